@@ -1,0 +1,273 @@
+"""The one module that attaches the lake.
+
+A lake is a DuckLake catalog (a DuckDB file, a SQLite file, or a PostgreSQL database) plus a folder
+of Parquet data files. Every committed transaction is a snapshot; ``at`` (a snapshot id or a tag)
+opens the lake read-only as it was then, so user SQL runs unchanged against the past.
+
+Location strings (flag ``--lake``, else ``$ZOO_LAKE``, else ``./lake``):
+    ./lake                                  DuckDB-file catalog at ./lake/zoo.ducklake, data in ./lake/data
+    sqlite:./lake                           SQLite catalog at ./lake/zoo.sqlite (several local writers)
+    postgres:dbname=zoo host=/tmp port=5433 PostgreSQL catalog (a cluster); data path from $ZOO_DATA_PATH
+Data files go to ``$ZOO_DATA_PATH`` when set (a local folder or an object-store URL such as s3://...).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
+
+import duckdb
+
+from core.errors import LakeError
+from storage.schema import TABLES
+
+T = TypeVar("T")
+DEFAULT_LAKE = "lake"
+AUTHOR = "weightnet-zoo"
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    catalog: str  # duckdb | sqlite | postgres
+    target: str  # catalog file path (duckdb/sqlite) or libpq connection string (postgres)
+    data_path: str  # folder or object-store URL for Parquet files
+
+    @classmethod
+    def parse(cls, location: str | os.PathLike | None = None) -> "LakeConfig":
+        loc = str(location or os.environ.get("ZOO_LAKE") or DEFAULT_LAKE)
+        data_env = os.environ.get("ZOO_DATA_PATH")
+        if loc.startswith("postgres:"):
+            if not data_env:
+                raise LakeError("a PostgreSQL catalog needs ZOO_DATA_PATH (where the Parquet files live)")
+            return cls("postgres", loc[len("postgres:"):].strip(), data_env)
+        kind = "duckdb"
+        if loc.startswith("sqlite:"):
+            kind, loc = "sqlite", loc[len("sqlite:"):]
+        elif loc.startswith("duckdb:"):
+            loc = loc[len("duckdb:"):]
+        root = pathlib.Path(loc).expanduser().absolute()
+        target = root / ("zoo.sqlite" if kind == "sqlite" else "zoo.ducklake")
+        return cls(kind, str(target), data_env or str(root / "data"))
+
+    @property
+    def display(self) -> str:
+        """Where the lake is, without credentials (never log a password)."""
+        if self.catalog == "postgres":
+            parts = [p for p in self.target.split() if not p.lower().startswith("password")]
+            return "postgres:" + " ".join(parts)
+        return str(pathlib.Path(self.target).parent) if self.catalog == "duckdb" else f"sqlite:{pathlib.Path(self.target).parent}"
+
+    def exists(self) -> bool:
+        return self.catalog == "postgres" or pathlib.Path(self.target).is_file()
+
+    def attach_uri(self) -> str:
+        prefix = {"duckdb": "", "sqlite": "sqlite:", "postgres": "postgres:"}[self.catalog]
+        return f"ducklake:{prefix}{self.target}"
+
+
+def _extension(module: str, name: str) -> str:
+    """Path of a DuckDB extension shipped inside a pip package (never fetched from the network)."""
+    mod = __import__(module)
+    found = next(pathlib.Path(mod.__file__).parent.rglob(f"{name}.duckdb_extension"), None)
+    if found is None:
+        raise LakeError(f"the {module} package holds no {name} extension; reinstall it (pip install {module.replace('_', '-')})")
+    return str(found)
+
+
+_EXTENSIONS = {"sqlite": ("duckdb_extension_sqlite_scanner", "sqlite_scanner"),
+               "postgres": ("duckdb_extension_postgres_scanner", "postgres_scanner")}
+_TRANSIENT = ("database is locked", "could not set lock", "conflict", "concurrent", "busy", "serialization")
+
+
+def is_transient(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return any(s in msg for s in _TRANSIENT)
+
+
+class Lake:
+    """An open connection with the lake attached as ``lake`` (and selected with USE)."""
+
+    def __init__(self, config: LakeConfig, con: duckdb.DuckDBPyConnection, snapshot: int | None, read_only: bool):
+        self.config = config
+        self.con = con
+        self.snapshot = snapshot  # None: the latest
+        self.read_only = read_only
+
+    # --- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, location: str | os.PathLike | LakeConfig | None = None, *, create: bool = False,
+             read_only: bool = False, at: str | int | None = None) -> "Lake":
+        cfg = location if isinstance(location, LakeConfig) else LakeConfig.parse(location)
+        if not cfg.exists():
+            if not create:
+                raise LakeError(f"{cfg.display} is not a zoo lake (no catalog at {cfg.target}; run `zoo init`)")
+            pathlib.Path(cfg.target).parent.mkdir(parents=True, exist_ok=True)
+        if cfg.catalog != "postgres" and "://" not in cfg.data_path:
+            pathlib.Path(cfg.data_path).mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false",
+                                     "autoload_known_extensions": "false"})
+        try:
+            con.execute(f"LOAD '{_extension('duckdb_extension_ducklake', 'ducklake')}'")
+            if cfg.catalog in _EXTENSIONS:
+                con.execute(f"LOAD '{_extension(*_EXTENSIONS[cfg.catalog])}'")
+            lake = cls(cfg, con, None, read_only)
+            if at is not None:
+                snap = lake._resolve_with_fresh_attach(at)
+                lake._attach(snap, read_only=True)
+                lake.snapshot, lake.read_only = snap, True
+            else:
+                lake._attach(None, read_only)
+                if not read_only:
+                    lake.ensure_schema()
+        except duckdb.Error as e:
+            con.close()
+            raise LakeError(f"cannot open lake {cfg.display}: {str(e).splitlines()[0]}") from None
+        return lake
+
+    def _attach(self, snapshot: int | None, read_only: bool) -> None:
+        opts = [f"DATA_PATH '{self.config.data_path.rstrip('/')}/'"]
+        if snapshot is not None:
+            opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
+        if read_only:
+            opts.append("READ_ONLY")
+        uri = self.config.attach_uri().replace("'", "''")
+        self.con.execute(f"ATTACH '{uri}' AS lake ({', '.join(opts)})")
+        self.con.execute("USE lake")
+
+    def _resolve_with_fresh_attach(self, at: str | int) -> int:
+        self._attach(None, read_only=True)
+        try:
+            return self.resolve(at)
+        finally:
+            self.con.execute("USE memory")
+            self.con.execute("DETACH lake")
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Lake":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- schema & snapshots --------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        existing = {r[0] for r in self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake'").fetchall()}
+        missing = [t for name, t in TABLES.items() if name not in existing]
+        if not missing:
+            return
+
+        def create() -> None:
+            for t in missing:
+                self.con.execute(t.ddl())
+
+        self.commit(create, "create schema", retries=8)
+        for t in missing:  # table options cannot be set in the transaction that creates the table
+            if not t.inline:
+                self.commit(lambda: self.con.execute(
+                    f"CALL lake.set_option('data_inlining_row_limit', 0, table_name => '{t.name}')"),
+                    f"no inlining for {t.name}", retries=8)
+
+    def current_snapshot(self) -> int:
+        return int(self.con.execute("SELECT id FROM lake.current_snapshot()").fetchone()[0])
+
+    def snapshots(self) -> list[dict]:
+        rows = self.con.execute(
+            "SELECT snapshot_id, snapshot_time, changes, author, commit_message, commit_extra_info "
+            "FROM lake.snapshots() ORDER BY snapshot_id").fetchall()
+        tags: dict[int, list[str]] = {}
+        for name, sid in self.con.execute("SELECT name, snapshot_id FROM lake.main.tags").fetchall():
+            tags.setdefault(int(sid), []).append(name)
+        return [{"snapshot_id": r[0], "time": r[1], "changes": r[2], "author": r[3], "message": r[4],
+                 "extra": r[5], "tags": sorted(tags.get(int(r[0]), []))} for r in rows]
+
+    def resolve(self, at: str | int) -> int:
+        """A snapshot id from an int, a numeric string or a tag name; unknown ones raise LakeError."""
+        if isinstance(at, int) or (isinstance(at, str) and at.strip().isdigit()):
+            sid = int(at)
+            ok = self.con.execute("SELECT count(*) FROM lake.snapshots() WHERE snapshot_id = ?", [sid]).fetchone()[0]
+            if not ok:
+                raise LakeError(f"unknown snapshot {sid} (latest is {self.current_snapshot()})")
+            return sid
+        row = self.con.execute("SELECT snapshot_id FROM lake.main.tags WHERE name = ?", [at]).fetchone()
+        if row is None:
+            raise LakeError(f"unknown snapshot or tag {at!r}")
+        return int(row[0])
+
+    # --- reading -------------------------------------------------------------------------------
+    def sql(self, query: str, params: list | None = None) -> duckdb.DuckDBPyRelation | None:
+        try:
+            return self.con.sql(query, params=params) if params else self.con.sql(query)
+        except duckdb.Error as e:
+            raise LakeError(f"SQL error: {str(e).splitlines()[0]}") from None
+
+    def fetch(self, query: str, params: list | None = None) -> list[tuple]:
+        try:
+            return self.con.execute(query, params or []).fetchall()
+        except duckdb.Error as e:
+            raise LakeError(f"SQL error: {str(e).splitlines()[0]}") from None
+
+    # --- writing -------------------------------------------------------------------------------
+    def commit(self, body: Callable[[], T], message: str, extra: dict | None = None, retries: int = 20) -> T:
+        """Run ``body`` in one transaction = one snapshot, named by ``message``.
+
+        Transient conflicts (a concurrent writer on SQLite/PostgreSQL, a lock) roll back and retry the
+        whole body with jittered backoff, so nothing is half-written and nothing is lost.
+        """
+        if self.read_only:
+            raise LakeError("the lake is open read-only (pass --write to change it)")
+        delay = 0.05
+        for attempt in range(retries + 1):
+            try:
+                self.con.execute("BEGIN TRANSACTION")
+                result = body()
+                self.con.execute("CALL lake.set_commit_message(?, ?, extra_info => ?)",
+                                 [AUTHOR, message, json.dumps(extra or {})])
+                self.con.execute("COMMIT")
+                return result
+            except duckdb.Error as e:
+                try:
+                    self.con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                if attempt < retries and is_transient(e):
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise LakeError(f"write failed ({message}): {str(e).splitlines()[0]}") from None
+            except BaseException:
+                try:
+                    self.con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                raise
+        raise AssertionError("unreachable")
+
+    def tag(self, name: str, snapshot: int | None = None) -> int:
+        """Name a snapshot (the current one by default). Re-tagging moves the name."""
+        if not name or name.strip().isdigit():
+            raise LakeError(f"tag name {name!r} must be non-empty and not a number")
+        sid = self.current_snapshot() if snapshot is None else self.resolve(snapshot)
+
+        def body() -> None:
+            self.con.execute("DELETE FROM lake.main.tags WHERE name = ?", [name])
+            self.con.execute("INSERT INTO lake.main.tags VALUES (?, ?, now())", [name, sid])
+
+        self.commit(body, f"tag {name} -> {sid}", {"tag": name, "snapshot_id": sid})
+        return sid
+
+
+@contextmanager
+def open_lake(location: str | os.PathLike | LakeConfig | None = None, **kw: Any) -> Iterator[Lake]:
+    lake = Lake.open(location, **kw)
+    try:
+        yield lake
+    finally:
+        lake.close()

@@ -1,0 +1,217 @@
+"""Idempotent writes and typed reads of the zoo tables.
+
+- ``write_models``: a batch of models with all their tensors lands in one transaction (one snapshot)
+  or not at all; models already stored (same ``model_id``) are skipped, so re-writing is a no-op.
+- ``write_labels`` / ``write_predictions`` / ``write_run``: MERGE on the table's key.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import pyarrow as pa
+import torch
+
+from core.errors import BadWeights, LakeError
+from core.hashing import code_version
+from core.spec import WeightSpec
+from storage.lake import Lake
+from storage.schema import LABELS, MODELS, PREDICTIONS, RUNS, TENSORS, Table
+from storage.tensors import decode, encode
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    model_id: str
+    family: str
+    arch: str
+    arch_config: dict
+    dataset: str
+    spec: WeightSpec
+    train_config: dict = field(default_factory=dict)
+    seed: int = 0
+    run_id: str = ""
+    epoch: int = 0
+    step: int = 0
+    source: str = "trained"  # trained | hf | timm | file
+
+    @property
+    def n_params(self) -> int:
+        return self.spec.n_params
+
+
+@dataclass(frozen=True)
+class Label:
+    model_id: str
+    property: str
+    value: float
+    labeler: str
+    labeler_version: int
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model_id: str
+    property: str
+    value: float
+    lower: float | None
+    upper: float | None
+    run_id: str
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _arrow(table: Table, rows: list[tuple]) -> pa.Table:
+    cols = list(zip(*rows)) if rows else [[] for _ in table.columns]
+    return pa.table({name: list(col) for (name, _), col in zip(table.columns, cols)})
+
+
+def _insert(lake: Lake, table: Table, data: pa.Table) -> None:
+    lake.con.register("_incoming", data)
+    try:
+        casts = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in table.columns)
+        lake.con.execute(f"INSERT INTO lake.main.{table.name} SELECT {casts} FROM _incoming")
+    finally:
+        lake.con.unregister("_incoming")
+
+
+def _merge(lake: Lake, table: Table, data: pa.Table) -> None:
+    """Upsert on the table's key: one row per key afterwards."""
+    lake.con.register("_incoming", data)
+    try:
+        casts = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in table.columns)
+        on = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
+        sets = ", ".join(f"{c} = s.{c}" for c in table.column_names if c not in table.keys)
+        cols = ", ".join(table.column_names)
+        vals = ", ".join(f"s.{c}" for c in table.column_names)
+        lake.con.execute(
+            f"MERGE INTO lake.main.{table.name} AS t USING (SELECT DISTINCT ON ({', '.join(table.keys)}) {casts} "
+            f"FROM _incoming) AS s ON {on} WHEN MATCHED THEN UPDATE SET {sets} "
+            f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({vals})")
+    finally:
+        lake.con.unregister("_incoming")
+
+
+# --- models ------------------------------------------------------------------------------------
+def write_models(lake: Lake, batch: Sequence[tuple[ModelRecord, Mapping[str, torch.Tensor]]], message: str,
+                 extra: dict | None = None) -> list[str]:
+    """Store models and their tensors in one snapshot; returns the ids that were new.
+
+    Every state dict is validated against its spec first (shape, NaN/Inf, unknown tensors), so a bad
+    model aborts the batch before anything is written.
+    """
+    seen: set[str] = set()
+    unique = []
+    for rec, state in batch:
+        rec.spec.validate(state)
+        if rec.model_id not in seen:
+            seen.add(rec.model_id)
+            unique.append((rec, state))
+    if not unique:
+        return []
+    now, version = _now(), code_version()
+
+    def body() -> list[str]:
+        ids = [r.model_id for r, _ in unique]
+        existing = {r[0] for r in lake.con.execute(
+            "SELECT model_id FROM lake.main.models WHERE model_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()}
+        new = [(r, s) for r, s in unique if r.model_id not in existing]
+        if not new:
+            return []
+        model_rows, tensor_rows = [], []
+        for rec, state in new:
+            model_rows.append((rec.model_id, rec.family, rec.arch, json.dumps(rec.arch_config, sort_keys=True),
+                               rec.dataset, json.dumps(rec.train_config, sort_keys=True), rec.seed, rec.run_id,
+                               rec.epoch, rec.step, rec.source, rec.n_params, rec.spec.to_json(), now, version))
+            kinds = {p.name: p.kind for p in rec.spec.params}
+            for ordinal, (name, t) in enumerate(state.items()):
+                dtype, shape, raw = encode(t)
+                tensor_rows.append((rec.model_id, ordinal, name, kinds[name], shape, dtype, raw))
+        _insert(lake, MODELS, _arrow(MODELS, model_rows))
+        tens = pa.table({
+            "model_id": [r[0] for r in tensor_rows], "ordinal": pa.array([r[1] for r in tensor_rows], pa.int32()),
+            "name": [r[2] for r in tensor_rows], "kind": [r[3] for r in tensor_rows],
+            "shape": pa.array([r[4] for r in tensor_rows], pa.list_(pa.int64())),
+            "dtype": [r[5] for r in tensor_rows], "data": pa.array([r[6] for r in tensor_rows], pa.large_binary())})
+        _insert(lake, TENSORS, tens)
+        return [r.model_id for r, _ in new]
+
+    return lake.commit(body, message, extra)
+
+
+def _record(row: Mapping) -> ModelRecord:
+    return ModelRecord(
+        model_id=row["model_id"], family=row["family"], arch=row["arch"], arch_config=json.loads(row["arch_config"]),
+        dataset=row["dataset"], spec=WeightSpec.from_json(row["spec"]), train_config=json.loads(row["train_config"]),
+        seed=int(row["seed"]), run_id=row["run_id"], epoch=int(row["epoch"]), step=int(row["step"]),
+        source=row["source"])
+
+
+def read_models(lake: Lake, where: str | None = None, params: list | None = None) -> list[ModelRecord]:
+    """Model records (with specs), optionally filtered by a SQL predicate over ``models``."""
+    q = "SELECT * FROM lake.main.models" + (f" WHERE {where}" if where else "") + " ORDER BY model_id"
+    rel = lake.sql(q, params)
+    cols = rel.columns
+    return [_record(dict(zip(cols, r))) for r in rel.fetchall()]
+
+
+def read_weights(lake: Lake, model_ids: Iterable[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """State dicts by model id, in stored tensor order. Unknown ids raise ``LakeError``."""
+    ids = list(dict.fromkeys(model_ids))
+    if not ids:
+        return {}
+    rows = lake.fetch(
+        "SELECT model_id, name, dtype, shape, data FROM lake.main.tensors "
+        "WHERE model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY model_id, ordinal", [ids])
+    out: dict[str, dict[str, torch.Tensor]] = {i: {} for i in ids}
+    for mid, name, dtype, shape, data in rows:
+        out[mid][name] = decode(dtype, shape, data, name=f"{mid}/{name}")
+    missing = [i for i in ids if not out[i]]
+    if missing:
+        raise LakeError(f"unknown model {missing[0]!r}")
+    return out
+
+
+def read_state_dict(lake: Lake, model_id: str) -> dict[str, torch.Tensor]:
+    return read_weights(lake, [model_id])[model_id]
+
+
+# --- labels, predictions, runs -----------------------------------------------------------------
+def write_labels(lake: Lake, labels: Sequence[Label], message: str, extra: dict | None = None) -> int:
+    """Upsert labels on (model_id, property) in one snapshot; returns how many rows were written."""
+    for lab in labels:
+        if lab.value is None or lab.value != lab.value:
+            raise BadWeights(f"label {lab.property} of {lab.model_id} is NaN: refusing to store it")
+    if not labels:
+        return 0
+    now = _now()
+    rows = [(l.model_id, l.property, float(l.value), l.labeler, int(l.labeler_version),
+             json.dumps(l.params, sort_keys=True), now) for l in labels]
+    lake.commit(lambda: _merge(lake, LABELS, _arrow(LABELS, rows)), message, extra)
+    return len(rows)
+
+
+def write_predictions(lake: Lake, preds: Sequence[Prediction], message: str, extra: dict | None = None) -> int:
+    if not preds:
+        return 0
+    now = _now()
+    rows = [(p.model_id, p.property, float(p.value), None if p.lower is None else float(p.lower),
+             None if p.upper is None else float(p.upper), p.run_id, now) for p in preds]
+    lake.commit(lambda: _merge(lake, PREDICTIONS, _arrow(PREDICTIONS, rows)), message, extra)
+    return len(rows)
+
+
+def write_run(lake: Lake, run_id: str, kind: str, config: dict, status: str, metrics: dict | None = None,
+              snapshot_id: int | None = None, started_at: dt.datetime | None = None,
+              finished_at: dt.datetime | None = None) -> None:
+    """Upsert one row of ``runs`` (call at start with status=running, again when done)."""
+    row = (run_id, kind, json.dumps(config, sort_keys=True, default=str), status,
+           json.dumps(metrics or {}, sort_keys=True, default=str), snapshot_id, started_at or _now(), finished_at,
+           code_version())
+    lake.commit(lambda: _merge(lake, RUNS, _arrow(RUNS, [row])), f"{kind} run {run_id}: {status}",
+                {"run_id": run_id, "status": status})

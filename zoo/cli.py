@@ -1,0 +1,40 @@
+"""The ``zoo`` command. Each group of subcommands lives in ``zoo/commands/<name>.py`` and exposes
+``register(app)``; this module only assembles them and turns expected errors into one-line messages."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from core.errors import ZooError
+from zoo.commands import COMMAND_MODULES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="WeightNet Zoo: build, label and query a versioned zoo of neural-network weights.")
+
+for _module in COMMAND_MODULES:
+    _module.register(app)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
