@@ -1,0 +1,108 @@
+"""WeightNet datasets: (snapshot or tag, SQL filter, target properties, split rule) -> samples.
+
+A ``ZooSample`` is one stored model: its spec, its weights and its labels. Every predictor (WeightNet
+and the baselines) trains and predicts on lists of samples, so they compare on identical splits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from core.errors import ZooError
+from core.hashing import stable_hash
+from core.spec import WeightSpec
+from storage.lake import Lake
+from storage.writes import read_models, read_weights
+
+
+@dataclass(frozen=True)
+class ZooSample:
+    model_id: str
+    run_id: str
+    family: str
+    arch: str
+    arch_config: dict
+    spec: WeightSpec
+    state: dict[str, torch.Tensor]
+    labels: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    at: str | int | None = None  # snapshot id or tag; None = latest (resolved and recorded)
+    where: str | None = None  # SQL predicate over the models table
+    targets: tuple[str, ...] = ("test_accuracy",)  # properties every sample must have
+    split: str = "random"  # random (by training run) | family:<name> | arch:<name> | width:<max>
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+
+    @property
+    def id(self) -> str:
+        return stable_hash(self)
+
+
+def load_samples(lake: Lake, where: str | None = None, targets: Sequence[str] = (), require_all: bool = True,
+                 batch: int = 256) -> list[ZooSample]:
+    """Models matching ``where`` with their weights and the requested labels.
+
+    With ``require_all`` models lacking any target are skipped (not an error: labeling may lag).
+    """
+    records = read_models(lake, where)
+    labels: dict[str, dict[str, float]] = {}
+    if targets:
+        rows = lake.fetch(
+            "SELECT model_id, property, value FROM lake.main.labels WHERE property IN (SELECT unnest(?::VARCHAR[]))",
+            [list(targets)])
+        for mid, prop, value in rows:
+            labels.setdefault(mid, {})[prop] = float(value)
+    if require_all and targets:
+        records = [r for r in records if all(t in labels.get(r.model_id, {}) for t in targets)]
+    out: list[ZooSample] = []
+    for i in range(0, len(records), batch):
+        chunk = records[i:i + batch]
+        weights = read_weights(lake, [r.model_id for r in chunk])
+        for r in chunk:
+            out.append(ZooSample(r.model_id, r.run_id or r.model_id, r.family, r.arch, r.arch_config, r.spec,
+                                 weights[r.model_id], labels.get(r.model_id, {})))
+    return out
+
+
+def _width(s: ZooSample) -> int:
+    cfg = s.arch_config
+    for key in ("width", "channels", "hidden_size", "embed_dim"):
+        if key in cfg:
+            v = cfg[key]
+            return int(max(v) if isinstance(v, (list, tuple)) else v)
+    return 0
+
+
+def split_samples(samples: Sequence[ZooSample], rule: str = "random", seed: int = 0, val_fraction: float = 0.15,
+                  test_fraction: float = 0.15) -> tuple[list[ZooSample], list[ZooSample], list[ZooSample]]:
+    """(train, val, test). ``random`` splits by training run, so checkpoints of one run never straddle
+    splits. ``family:X`` / ``arch:X`` hold X out as the test set; ``width:W`` tests on widths > W."""
+    if rule.startswith(("family:", "arch:", "width:")):
+        kind, value = rule.split(":", 1)
+        if kind == "width":
+            held = [s for s in samples if _width(s) > int(value)]
+        else:
+            held = [s for s in samples if getattr(s, kind) == value]
+        if not held:
+            raise ZooError(f"split {rule!r} holds out no model")
+        rest = [s for s in samples if s not in held]
+        train, val, _ = split_samples(rest, "random", seed, val_fraction, 0.0)
+        return train, val, held
+    if rule != "random":
+        raise ZooError(f"unknown split rule {rule!r} (random | family:NAME | arch:NAME | width:MAX)")
+    runs = sorted({s.run_id for s in samples})
+    g = torch.Generator().manual_seed(seed)
+    order = [runs[i] for i in torch.randperm(len(runs), generator=g).tolist()]
+    n_test = int(round(len(order) * test_fraction))
+    n_val = int(round(len(order) * val_fraction))
+    test_runs, val_runs = set(order[:n_test]), set(order[n_test:n_test + n_val])
+    train = [s for s in samples if s.run_id not in test_runs and s.run_id not in val_runs]
+    val = [s for s in samples if s.run_id in val_runs]
+    test = [s for s in samples if s.run_id in test_runs]
+    return train, val, test
