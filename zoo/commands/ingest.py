@@ -1,0 +1,6 @@
+"""Subcommands (filled in by the issue that owns them)."""
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    return None
