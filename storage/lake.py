@@ -9,6 +9,14 @@ Location strings (flag ``--lake``, else ``$ZOO_LAKE``, else ``./lake``):
     sqlite:./lake                           SQLite catalog at ./lake/zoo.sqlite (several local writers)
     postgres:dbname=zoo host=/tmp port=5433 PostgreSQL catalog (a cluster); data path from $ZOO_DATA_PATH
 Data files go to ``$ZOO_DATA_PATH`` when set (a local folder or an object-store URL such as s3://...).
+For s3:// (and gcs://, r2://) data paths the packaged httpfs extension is loaded and a DuckDB secret is
+made from ``$ZOO_S3_KEY_ID``, ``$ZOO_S3_SECRET`` (+ optional ``$ZOO_S3_REGION``, ``$ZOO_S3_ENDPOINT``,
+``$ZOO_S3_SESSION_TOKEN``, ``$ZOO_S3_URL_STYLE``, ``$ZOO_S3_USE_SSL``). Secrets never appear in
+``LakeConfig.display``, its repr, or any error raised here (``redact``).
+
+A DuckDB-file catalog admits one process at a time: ``Lake.open`` waits (with backoff, up to
+``lock_timeout`` seconds, default ``$ZOO_LOCK_TIMEOUT`` or 120) while another process holds it, so
+concurrent writer processes take turns instead of failing.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,9 +67,15 @@ class LakeConfig:
     def display(self) -> str:
         """Where the lake is, without credentials (never log a password)."""
         if self.catalog == "postgres":
-            parts = [p for p in self.target.split() if not p.lower().startswith("password")]
-            return "postgres:" + " ".join(parts)
+            return redact("postgres:" + self.target)
         return str(pathlib.Path(self.target).parent) if self.catalog == "duckdb" else f"sqlite:{pathlib.Path(self.target).parent}"
+
+    def __repr__(self) -> str:  # the dataclass repr would print a DSN's password
+        return f"LakeConfig({self.display!r}, data_path={redact(self.data_path)!r})"
+
+    @property
+    def object_store(self) -> bool:
+        return self.data_path.split("://", 1)[0].lower() in _OBJECT_SCHEMES if "://" in self.data_path else False
 
     def exists(self) -> bool:
         return self.catalog == "postgres" or pathlib.Path(self.target).is_file()
@@ -81,12 +96,54 @@ def _extension(module: str, name: str) -> str:
 
 _EXTENSIONS = {"sqlite": ("duckdb_extension_sqlite_scanner", "sqlite_scanner"),
                "postgres": ("duckdb_extension_postgres_scanner", "postgres_scanner")}
+_OBJECT_SCHEMES = ("s3", "s3a", "gcs", "gs", "r2")
+_SECRET_ENV = ("ZOO_S3_SECRET", "ZOO_S3_KEY_ID", "ZOO_S3_SESSION_TOKEN")
+_LOCKED = ("could not set lock", "conflicting lock", "database is locked")
 _TRANSIENT = ("database is locked", "could not set lock", "conflict", "concurrent", "busy", "serialization")
+
+
+def redact(text: str) -> str:
+    """``text`` without passwords (libpq ``password=...``, URL ``user:pass@``) or the S3 secrets in the env."""
+    text = re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
+    text = re.sub(r"(?i)(://[^/\s:@]*:)[^@/\s]*@", r"\1***@", text)
+    for var in _SECRET_ENV:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    return redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _s3_secret_sql(data_path: str) -> str:
+    """CREATE SECRET for the object store from ``$ZOO_S3_*`` (never logged: it holds the secret)."""
+    env = os.environ
+    opts = {"TYPE": "s3", "KEY_ID": env.get("ZOO_S3_KEY_ID"), "SECRET": env.get("ZOO_S3_SECRET"),
+            "SESSION_TOKEN": env.get("ZOO_S3_SESSION_TOKEN"), "REGION": env.get("ZOO_S3_REGION"),
+            "ENDPOINT": env.get("ZOO_S3_ENDPOINT"), "URL_STYLE": env.get("ZOO_S3_URL_STYLE"),
+            "SCOPE": data_path.split("://", 1)[0] + "://" + data_path.split("://", 1)[1].split("/", 1)[0]}
+    if not opts["KEY_ID"] and not opts["SECRET"]:
+        opts["PROVIDER"] = "credential_chain"
+        opts.pop("KEY_ID"), opts.pop("SECRET")
+    parts = []
+    for k, v in opts.items():
+        if v:
+            parts.append(f"{k} " + ("s3" if k == "TYPE" else "'" + str(v).replace("'", "''") + "'"))
+    use_ssl = env.get("ZOO_S3_USE_SSL")
+    if use_ssl is not None:
+        parts.append(f"USE_SSL {'true' if use_ssl.lower() in ('1', 'true', 'yes') else 'false'}")
+    return f"CREATE OR REPLACE SECRET zoo_data ({', '.join(parts)})"
 
 
 def is_transient(exc: BaseException) -> bool:
     msg = str(exc).lower()
     return any(s in msg for s in _TRANSIENT)
+
+
+class _Locked(Exception):
+    """The catalog file is held by another process (retried by ``Lake.open``)."""
 
 
 class Lake:
@@ -101,20 +158,42 @@ class Lake:
     # --- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str | os.PathLike | LakeConfig | None = None, *, create: bool = False,
-             read_only: bool = False, at: str | int | None = None) -> "Lake":
+             read_only: bool = False, at: str | int | None = None, lock_timeout: float | None = None) -> "Lake":
         cfg = location if isinstance(location, LakeConfig) else LakeConfig.parse(location)
+        if cfg.catalog != "postgres":
+            target = pathlib.Path(cfg.target)
+            if target.parent.exists() and not target.parent.is_dir():
+                raise LakeError(f"{cfg.display} is not a zoo lake (it is a file, not a folder)")
         if not cfg.exists():
             if not create:
                 raise LakeError(f"{cfg.display} is not a zoo lake (no catalog at {cfg.target}; run `zoo init`)")
             pathlib.Path(cfg.target).parent.mkdir(parents=True, exist_ok=True)
         if cfg.catalog != "postgres" and "://" not in cfg.data_path:
             pathlib.Path(cfg.data_path).mkdir(parents=True, exist_ok=True)
+        if lock_timeout is None:
+            lock_timeout = float(os.environ.get("ZOO_LOCK_TIMEOUT", "120"))
+        deadline, delay = time.monotonic() + lock_timeout, 0.05
+        while True:
+            try:
+                return cls._open_once(cfg, read_only, at)
+            except _Locked as e:
+                if time.monotonic() + delay > deadline:
+                    raise LakeError(f"cannot open lake {cfg.display}: still locked by another process after "
+                                    f"{lock_timeout:g} s ({e})") from None
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 1.0)
+
+    @classmethod
+    def _open_once(cls, cfg: LakeConfig, read_only: bool, at: str | int | None) -> "Lake":
         con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false",
                                      "autoload_known_extensions": "false"})
         try:
             con.execute(f"LOAD '{_extension('duckdb_extension_ducklake', 'ducklake')}'")
             if cfg.catalog in _EXTENSIONS:
                 con.execute(f"LOAD '{_extension(*_EXTENSIONS[cfg.catalog])}'")
+            if cfg.object_store:
+                con.execute(f"LOAD '{_extension('duckdb_extension_httpfs', 'httpfs')}'")
+                con.execute(_s3_secret_sql(cfg.data_path))
             lake = cls(cfg, con, None, read_only)
             if at is not None:
                 snap = lake._resolve_with_fresh_attach(at)
@@ -126,7 +205,12 @@ class Lake:
                     lake.ensure_schema()
         except duckdb.Error as e:
             con.close()
-            raise LakeError(f"cannot open lake {cfg.display}: {str(e).splitlines()[0]}") from None
+            if any(s in str(e).lower() for s in _LOCKED):
+                raise _Locked(_first_line(e)) from None
+            raise LakeError(f"cannot open lake {cfg.display}: {_first_line(e)}") from None
+        except BaseException:
+            con.close()
+            raise
         return lake
 
     def _attach(self, snapshot: int | None, read_only: bool) -> None:
@@ -206,13 +290,42 @@ class Lake:
         try:
             return self.con.sql(query, params=params) if params else self.con.sql(query)
         except duckdb.Error as e:
-            raise LakeError(f"SQL error: {str(e).splitlines()[0]}") from None
+            raise LakeError(f"SQL error: {_first_line(e)}") from None
 
     def fetch(self, query: str, params: list | None = None) -> list[tuple]:
         try:
             return self.con.execute(query, params or []).fetchall()
         except duckdb.Error as e:
-            raise LakeError(f"SQL error: {str(e).splitlines()[0]}") from None
+            raise LakeError(f"SQL error: {_first_line(e)}") from None
+
+    def lock_down(self) -> None:
+        """For untrusted SQL on a read-only lake: no file access beyond the lake's data files, no
+        re-attaching, and settings frozen (so the lock cannot be lifted by the query itself)."""
+        if not self.read_only:
+            raise LakeError("lock_down needs a read-only lake")
+        if not self.config.object_store:
+            data = str(pathlib.Path(self.config.data_path).absolute()).replace("'", "''")
+            self.con.execute(f"SET allowed_directories = ['{data}/']")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
+
+    def query(self, query: str) -> duckdb.DuckDBPyRelation | None:
+        """One user statement. On a read-only lake only a single SELECT/EXPLAIN is accepted: DDL, DML,
+        ATTACH/DETACH, USE, SET, COPY, CALL... are refused before they run."""
+        try:
+            statements = self.con.extract_statements(query)
+        except duckdb.Error as e:
+            raise LakeError(f"SQL error: {_first_line(e)}") from None
+        if not statements:
+            raise LakeError("SQL error: empty query")
+        if self.read_only:
+            if len(statements) != 1:
+                raise LakeError(f"read-only SQL takes one statement, got {len(statements)} (pass --write to change the lake)")
+            kind = statements[0].type
+            if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+                raise LakeError(f"read-only SQL: {kind.name} statements are refused (only SELECT; pass --write "
+                                f"to change the lake)")
+        return self.sql(query)
 
     # --- writing -------------------------------------------------------------------------------
     def commit(self, body: Callable[[], T], message: str, extra: dict | None = None, retries: int = 20) -> T:
@@ -241,7 +354,7 @@ class Lake:
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 2.0)
                     continue
-                raise LakeError(f"write failed ({message}): {str(e).splitlines()[0]}") from None
+                raise LakeError(f"write failed ({redact(message)}): {_first_line(e)}") from None
             except BaseException:
                 try:
                     self.con.execute("ROLLBACK")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import torch
@@ -19,7 +19,7 @@ from core.hashing import code_version
 from core.spec import WeightSpec
 from storage.lake import Lake
 from storage.schema import LABELS, MODELS, PREDICTIONS, RUNS, TENSORS, Table
-from storage.tensors import decode, encode
+from storage.tensors import DTYPES, decode, encode
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,15 @@ def _insert(lake: Lake, table: Table, data: pa.Table) -> None:
         lake.con.unregister("_incoming")
 
 
-def _merge(lake: Lake, table: Table, data: pa.Table) -> None:
-    """Upsert on the table's key: one row per key afterwards."""
+def _merge(lake: Lake, table: Table, data: pa.Table, keep: tuple[str, ...] = ()) -> None:
+    """Upsert on the table's key: one row per key afterwards. A NULL incoming value of a ``keep`` column
+    leaves the stored value as it was (e.g. a run's started_at on its final update)."""
     lake.con.register("_incoming", data)
     try:
         casts = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in table.columns)
         on = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
-        sets = ", ".join(f"{c} = s.{c}" for c in table.column_names if c not in table.keys)
+        sets = ", ".join(f"{c} = " + (f"COALESCE(s.{c}, t.{c})" if c in keep else f"s.{c}")
+                         for c in table.column_names if c not in table.keys)
         cols = ", ".join(table.column_names)
         vals = ", ".join(f"s.{c}" for c in table.column_names)
         lake.con.execute(
@@ -99,16 +101,23 @@ def _merge(lake: Lake, table: Table, data: pa.Table) -> None:
 
 # --- models ------------------------------------------------------------------------------------
 def write_models(lake: Lake, batch: Sequence[tuple[ModelRecord, Mapping[str, torch.Tensor]]], message: str,
-                 extra: dict | None = None) -> list[str]:
+                 extra: dict | None = None, progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Store models and their tensors in one snapshot; returns the ids that were new.
 
-    Every state dict is validated against its spec first (shape, NaN/Inf, unknown tensors), so a bad
-    model aborts the batch before anything is written.
+    Every state dict is validated against its spec first (shape, NaN/Inf, unknown tensors, dtype), so a
+    bad model aborts the batch before anything is written; any later failure rolls the whole batch back.
+    ``progress(done, total)`` is called as models are encoded.
     """
     seen: set[str] = set()
     unique = []
     for rec, state in batch:
-        rec.spec.validate(state)
+        try:
+            rec.spec.validate(state)
+        except BadWeights as e:
+            raise BadWeights(f"model {rec.model_id}: {e}") from None
+        for name, t in state.items():
+            if t.dtype not in DTYPES.values():
+                raise BadWeights(f"model {rec.model_id}: tensor {name!r} has unsupported dtype {t.dtype}")
         if rec.model_id not in seen:
             seen.add(rec.model_id)
             unique.append((rec, state))
@@ -124,7 +133,9 @@ def write_models(lake: Lake, batch: Sequence[tuple[ModelRecord, Mapping[str, tor
         if not new:
             return []
         model_rows, tensor_rows = [], []
-        for rec, state in new:
+        for i, (rec, state) in enumerate(new):
+            if progress is not None:
+                progress(i, len(new))
             model_rows.append((rec.model_id, rec.family, rec.arch, json.dumps(rec.arch_config, sort_keys=True),
                                rec.dataset, json.dumps(rec.train_config, sort_keys=True), rec.seed, rec.run_id,
                                rec.epoch, rec.step, rec.source, rec.n_params, rec.spec.to_json(), now, version))
@@ -139,6 +150,8 @@ def write_models(lake: Lake, batch: Sequence[tuple[ModelRecord, Mapping[str, tor
             "shape": pa.array([r[4] for r in tensor_rows], pa.list_(pa.int64())),
             "dtype": [r[5] for r in tensor_rows], "data": pa.array([r[6] for r in tensor_rows], pa.large_binary())})
         _insert(lake, TENSORS, tens)
+        if progress is not None:
+            progress(len(new), len(new))
         return [r.model_id for r, _ in new]
 
     return lake.commit(body, message, extra)
@@ -209,9 +222,17 @@ def write_predictions(lake: Lake, preds: Sequence[Prediction], message: str, ext
 def write_run(lake: Lake, run_id: str, kind: str, config: dict, status: str, metrics: dict | None = None,
               snapshot_id: int | None = None, started_at: dt.datetime | None = None,
               finished_at: dt.datetime | None = None) -> None:
-    """Upsert one row of ``runs`` (call at start with status=running, again when done)."""
+    """Upsert one row of ``runs`` (call at start with status=running, again when done).
+
+    An update that passes no ``started_at`` keeps the stored one (a new run gets now)."""
     row = (run_id, kind, json.dumps(config, sort_keys=True, default=str), status,
-           json.dumps(metrics or {}, sort_keys=True, default=str), snapshot_id, started_at or _now(), finished_at,
+           json.dumps(metrics or {}, sort_keys=True, default=str), snapshot_id, started_at, finished_at,
            code_version())
-    lake.commit(lambda: _merge(lake, RUNS, _arrow(RUNS, [row])), f"{kind} run {run_id}: {status}",
-                {"run_id": run_id, "status": status})
+    now = _now()
+
+    def body() -> None:
+        _merge(lake, RUNS, _arrow(RUNS, [row]), keep=("started_at",))
+        lake.con.execute("UPDATE lake.main.runs SET started_at = ? WHERE run_id = ? AND started_at IS NULL",
+                         [now, run_id])
+
+    lake.commit(body, f"{kind} run {run_id}: {status}", {"run_id": run_id, "status": status})

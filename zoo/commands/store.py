@@ -51,7 +51,8 @@ def sql(query: str = typer.Argument(..., help="SQL over models, tensors, labels,
             lk.commit(lambda: lk.con.execute(query), f"zoo sql --write: {query[:120]}")
             console.print("ok")
             return
-        rel = lk.sql(query)
+        lk.lock_down()
+        rel = lk.query(query)
         if rel is None:
             return
         _emit(rel, fmt, out)

@@ -1,0 +1,149 @@
+"""Shared plumbing for the flows: task runners, lake access from tasks, retries, progress artifacts.
+
+Flows pass lake *location strings* and snapshot ids between tasks, never tensors or open connections:
+every task opens the lake itself and closes it before returning, so tasks can run in other processes
+(Dask workers, Kubernetes jobs) and a DuckDB-file catalog is never held while another task writes.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from core.errors import ZooError
+from storage.lake import Lake, is_transient
+
+RUNNERS = ("threads", "dask")
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How a flow fans out its tasks."""
+    kind: str = "threads"  # threads | dask
+    address: str | None = None  # dask only: scheduler address of an existing cluster; None = LocalCluster
+    workers: int = 2  # threads: pool size; dask LocalCluster: processes (one thread each)
+
+
+class BadRunner(ZooError):
+    """An unknown task-runner setting."""
+
+
+def task_runner(config: RunnerConfig) -> Any:
+    """A Prefect task runner for ``config``: threads, a Dask LocalCluster, or an existing Dask cluster."""
+    if config.kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=config.workers)
+    if config.kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.address:
+            return DaskTaskRunner(address=config.address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1,
+                                              "dashboard_address": None, "processes": True})
+    raise BadRunner(f"unknown task runner {config.kind!r}; choose one of {', '.join(RUNNERS)}")
+
+
+def is_retryable(exc: BaseException | None) -> bool:
+    """Transient failures worth a retry: catalog locks/conflicts, dropped connections, timeouts."""
+    if exc is None:
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return is_transient(exc)
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only transient errors, never bad input."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - the state's own exception, re-raised by result()
+        return is_retryable(exc)
+    return False
+
+
+# Retry settings shared by every task that touches the lake.
+RETRY = {"retries": 3, "retry_delay_seconds": [1, 4, 10], "retry_condition_fn": retry_transient}
+
+
+@contextmanager
+def lake_at(location: str, *, read_only: bool = False, create: bool = False, at: str | int | None = None,
+            wait_s: float = 120.0) -> Iterator[Lake]:
+    """Open the lake, waiting while another process holds a DuckDB-file catalog's lock."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.2
+    while True:
+        try:
+            lake = Lake.open(location, read_only=read_only, create=create, at=at)
+            break
+        except ZooError as exc:
+            if not is_transient(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
+    try:
+        yield lake
+    finally:
+        lake.close()
+
+
+def lake_stamp(location: str) -> str:
+    """Identifies one lake *instance* (location + creation time), so cached results never outlive a
+    deleted-and-recreated lake at the same path."""
+    with lake_at(location, create=True) as lake:
+        first = lake.fetch("SELECT min(snapshot_time) FROM lake.snapshots()")[0][0]
+    return f"{lake.config.display}@{first}"
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+def progress_artifact(description: str, key: str | None = None, every_s: float = 1.0) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback for library functions that updates a Prefect progress
+    artifact (shown live in the UI), at most once per ``every_s`` seconds plus the final 100%."""
+    artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        update_progress_artifact(artifact_id, progress=100.0 * done / max(total, 1))
+
+    return progress
+
+
+def optional(module: str, name: str) -> Any | None:
+    """``module.name`` when another part of the project provides it, else None (the flow says so)."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def required(module: str, name: str) -> Any:
+    found = optional(module, name)
+    if found is None:
+        raise ZooError(f"{module}.{name} is not available in this checkout")
+    return found
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "_none_"
+    cols = columns or list(rows[0])
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "".join("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |\n" for r in rows)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|")

@@ -1,0 +1,71 @@
+"""Flow ``label_zoo``: measure properties of every model whose labels are missing or stale.
+
+The plan (batches of model ids) is computed once; each batch is one task, fanned out on the chosen
+task runner (threads by default, or Dask: a LocalCluster or ``address=`` of a real cluster). Every
+batch commits its own snapshot; use a SQLite or PostgreSQL catalog when batches run in several processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import INPUTS
+from prefect.futures import as_completed
+
+from flows.common import (RETRY, RunnerConfig, artifact_key, lake_at, lake_stamp, markdown_table, progress_artifact,
+                          required, task_runner)
+
+
+@task(name="plan-labeling", **RETRY)
+def plan(lake: str, properties: list[str] | None, where: str | None, batch_size: int) -> list[list[str]]:
+    plan_labeling = required("labeling.run", "plan_labeling")
+    with lake_at(lake) as lk:
+        return plan_labeling(lk, properties=properties, where=where, batch_size=batch_size)
+
+
+@task(name="label-batch", cache_policy=INPUTS, persist_result=True, **RETRY)
+def label_batch(lake: str, model_ids: list[str], properties: list[str] | None, device: str, stamp: str) -> dict:
+    """Wraps labeling.run.label_models for one batch (one snapshot). Deterministic given its inputs and
+    the lake instance ``stamp``, so a re-run flow answers finished batches from the cache."""
+    label_models = required("labeling.run", "label_models")
+    with lake_at(lake) as lk:
+        return dataclasses.asdict(label_models(lk, model_ids, properties=properties, device=device))
+
+
+@flow(name="label-batches")
+def label_batches(lake: str, batches: list[list[str]], properties: list[str] | None, device: str, stamp: str) -> list[dict]:
+    """Fans the batches out on this flow's task runner (set by ``label_zoo`` with ``with_options``)."""
+    futures = [label_batch.submit(lake, b, properties, device, stamp) for b in batches]
+    progress = progress_artifact(f"labeling {sum(map(len, batches))} models in {len(batches)} batches",
+                                 key=artifact_key("label-progress"), every_s=0.0)
+    results = []
+    for i, fut in enumerate(as_completed(futures), 1):
+        results.append(fut.result())
+        progress(i, len(futures))
+    return results
+
+
+@flow(name="label_zoo", log_prints=True)
+def label_zoo(properties: list[str] | None = None, where: str | None = None, lake: str = "lake", batch_size: int = 32,
+              runner: str = "threads", dask_address: str | None = None, workers: int = 2, device: str = "cpu") -> dict:
+    """Label models (all, or those matching the SQL filter ``where`` on ``models``) with ``properties``
+    (None: every registered property). Returns labels written, models labeled and the final snapshot."""
+    batches = plan(lake, properties, where, batch_size)
+    stamp = lake_stamp(lake)
+    results: list[dict] = []
+    if batches:
+        inner = label_batches.with_options(task_runner=task_runner(RunnerConfig(runner, dask_address, workers)))
+        results = inner(lake, batches, properties, device, stamp)
+    with lake_at(lake, read_only=True) as lk:
+        snapshot = lk.current_snapshot()
+    summary = {"n_labels": sum(r["n_labels"] for r in results), "n_models": sum(r["n_models"] for r in results),
+               "n_batches": len(batches), "snapshot_id": snapshot}
+    rows = [{"field": k, "value": v} for k, v in summary.items()]
+    rows += [{"field": "properties", "value": ", ".join(properties) if properties else "all registered"},
+             {"field": "filter", "value": where or "-"}, {"field": "runner", "value": runner}]
+    create_markdown_artifact("# Labeling\n\n" + markdown_table(rows), key=artifact_key("labels"),
+                             description=f"{summary['n_labels']} labels on {summary['n_models']} models")
+    print(f"labeled {summary['n_models']} models ({summary['n_labels']} labels) in {len(batches)} batches; "
+          f"snapshot {snapshot}")
+    return summary

@@ -1,0 +1,121 @@
+"""Shared pieces of the baselines: target scaling, split-conformal intervals, a small torch fit loop."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import ZooError
+from weightnet.data import ZooSample
+
+
+def target_matrix(samples: Sequence[ZooSample], targets: Sequence[str]) -> np.ndarray:
+    """(N, T) float64 labels; a missing label is an error naming the model and property."""
+    out = np.empty((len(samples), len(targets)), dtype=np.float64)
+    for i, s in enumerate(samples):
+        for j, t in enumerate(targets):
+            if t not in s.labels:
+                raise ZooError(f"model {s.model_id} has no label {t!r}")
+            out[i, j] = s.labels[t]
+    return out
+
+
+class ConformalMixin:
+    """Split-conformal intervals from absolute validation residuals (Lei et al. 2018).
+
+    Subclasses set ``self.targets`` and call ``self._calibrate(val)`` at the end of ``fit``.
+    """
+
+    targets: tuple[str, ...]
+    _radius: dict[str, np.ndarray]
+
+    def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _calibrate(self, val: Sequence[ZooSample]) -> None:
+        self._val_residuals: dict[str, np.ndarray] = {}
+        if not val:
+            return
+        pred = self.predict(val)
+        y = target_matrix(val, self.targets)
+        for j, t in enumerate(self.targets):
+            self._val_residuals[t] = np.sort(np.abs(y[:, j] - pred[t]))
+
+    def predict_interval(self, samples: Sequence[ZooSample], alpha: float = 0.1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        pred = self.predict(samples)
+        out = {}
+        for t, p in pred.items():
+            res = getattr(self, "_val_residuals", {}).get(t)
+            if res is None or res.size == 0:
+                q = math.inf
+            else:  # the ceil((n+1)(1-alpha))-th smallest residual; infinite when n is too small
+                k = math.ceil((res.size + 1) * (1 - alpha))
+                q = float(res[k - 1]) if k <= res.size else math.inf
+            out[t] = (p - q, p + q)
+        return out
+
+
+class Standardizer:
+    """Z-scoring fitted on the training rows: per column, or one scalar for all (``per_column=False``,
+    for raw weights, whose relative scales carry information); constant columns keep scale 1."""
+
+    def __init__(self, x: np.ndarray, per_column: bool = True) -> None:
+        self.mean = x.mean(axis=0) if per_column else np.full(x.shape[1], x.mean())
+        std = x.std(axis=0) if per_column else np.full(x.shape[1], x.std())
+        self.std = np.where(std > 1e-12, std, 1.0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        return z * self.std + self.mean
+
+
+def mlp(d_in: int, d_out: int, hidden: int = 64, depth: int = 2, dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    d = d_in
+    for _ in range(depth):
+        layers += [nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout)]
+        d = hidden
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+def fit_torch(model: nn.Module, batches: Callable[[str, torch.Generator], Iterable[tuple[object, torch.Tensor]]],
+              forward: Callable[[nn.Module, object], torch.Tensor], seed: int, epochs: int = 200, lr: float = 1e-3,
+              weight_decay: float = 1e-4, patience: int = 30) -> nn.Module:
+    """Adam on MSE (standardized targets) with early stopping on the validation loss.
+
+    ``batches(split, generator)`` yields (inputs, y) for split "train" (shuffled) or "val"; the best
+    validation state is restored at the end (the last state when there is no validation set).
+    """
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_state, waited = math.inf, None, 0
+    for _ in range(epochs):
+        model.train()
+        for x, y in batches("train", g):
+            opt.zero_grad()
+            loss = torch.mean((forward(model, x) - y) ** 2)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            losses = [torch.mean((forward(model, x) - y) ** 2).item() for x, y in batches("val", g)]
+        if not losses:
+            continue
+        val = float(np.mean(losses))
+        if val < best - 1e-6:
+            best, best_state, waited = val, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model

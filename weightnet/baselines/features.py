@@ -1,0 +1,137 @@
+"""Fixed-length feature vectors from weights: global flattening and StatNN per-layer statistics,
+plus the feature-matrix predictor (MLP or gradient boosting) both baselines share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from weightnet.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, target_matrix
+from weightnet.data import ZooSample
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+N_STATS = 2 + len(QUANTILES)  # mean, variance, quantiles
+
+
+def flat_vector(s: ZooSample) -> np.ndarray:
+    """Every trainable tensor (buffers excluded) flattened in spec order and concatenated."""
+    parts = [s.state[p.name].detach().float().reshape(-1) for p in s.spec.params if p.role != "buffer"]
+    return torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0)
+
+
+def _stats(t: torch.Tensor | None) -> list[float]:
+    if t is None or t.numel() == 0:
+        return [0.0] * N_STATS
+    t = t.detach().double().reshape(-1)
+    q = torch.quantile(t, torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
+    return [float(t.mean()), float(t.var(unbiased=False))] + q
+
+
+def statnn_vector(s: ZooSample) -> np.ndarray:
+    """Per layer in spec order: N_STATS statistics of its weights, then N_STATS of its biases.
+
+    A layer with several weight tensors (e.g. q/k/v) pools them; a layer without bias gets zeros.
+    """
+    layers: dict[int, dict[str, list[torch.Tensor]]] = {}
+    for p in s.spec.params:
+        if p.role == "buffer":
+            continue
+        layers.setdefault(p.layer, {"weight": [], "bias": []})[p.role].append(s.state[p.name].reshape(-1))
+    feats: list[float] = []
+    for layer in sorted(layers):
+        for role in ("weight", "bias"):
+            ts = layers[layer][role]
+            feats += _stats(torch.cat(ts) if ts else None)
+    return np.asarray(feats, dtype=np.float64)
+
+
+def pad_matrix(vectors: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """Zero-pad (or truncate) every vector to ``width`` columns."""
+    out = np.zeros((len(vectors), width), dtype=np.float64)
+    for i, v in enumerate(vectors):
+        n = min(width, v.size)
+        out[i, :n] = v[:n]
+    return out
+
+
+@dataclass(frozen=True)
+class FeatureModelConfig:
+    model: str = "mlp"  # mlp | gbt
+    hidden: int = 128  # MLP width
+    depth: int = 2  # MLP hidden layers
+    dropout: float = 0.1
+    epochs: int = 300
+    lr: float = 1e-3
+    batch_size: int = 32
+    gbt_iter: int = 200  # HistGradientBoostingRegressor max_iter
+    per_column: bool = True  # z-score each feature (statistics) or all with one scalar (raw weights)
+
+
+class FeaturePredictor(ConformalMixin):
+    """Standardized features -> MLP (torch) or one HistGradientBoostingRegressor per target."""
+
+    def __init__(self, name: str, featurize: Callable[[ZooSample], np.ndarray], config: FeatureModelConfig,
+                 device: str = "cpu") -> None:
+        self.name, self.featurize, self.config, self.device = name, featurize, config, device
+        self.targets: tuple[str, ...] = ()
+
+    def _x(self, samples: Sequence[ZooSample]) -> np.ndarray:
+        return self.xs(pad_matrix([self.featurize(s) for s in samples], self.width))
+
+    def fit(self, train: Sequence[ZooSample], val: Sequence[ZooSample], targets: Sequence[str], seed: int) -> None:
+        self.targets = tuple(targets)
+        raw = [self.featurize(s) for s in train]
+        self.width = max(v.size for v in raw)
+        xtr = pad_matrix(raw, self.width)
+        self.xs = Standardizer(xtr, self.config.per_column)
+        ytr = target_matrix(train, self.targets)
+        self.ys = Standardizer(ytr)
+        xtr, ytr = self.xs(xtr), self.ys(ytr)
+        if self.config.model == "gbt":
+            from sklearn.ensemble import HistGradientBoostingRegressor
+
+            leaf = max(2, min(20, len(xtr) // 8))  # sklearn's default 20 cannot split a zoo of 32 models
+            self.models = [HistGradientBoostingRegressor(max_iter=self.config.gbt_iter, random_state=seed,
+                                                         min_samples_leaf=leaf, early_stopping=False
+                                                         ).fit(xtr, ytr[:, j])
+                           for j in range(ytr.shape[1])]
+        else:
+            self.net = self._fit_mlp(xtr, ytr, self._x(val) if val else None,
+                                     self.ys(target_matrix(val, self.targets)) if val else None, seed)
+        self._calibrate(val)
+
+    def _fit_mlp(self, xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, yva: np.ndarray | None, seed: int):
+        c = self.config
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # parameter init from the seed, global RNG restored afterwards
+            net = mlp(xtr.shape[1], ytr.shape[1], c.hidden, c.depth, c.dropout).to(self.device)
+        data = {"train": (torch.tensor(xtr, dtype=torch.float32), torch.tensor(ytr, dtype=torch.float32))}
+        if xva is not None:
+            data["val"] = (torch.tensor(xva, dtype=torch.float32), torch.tensor(yva, dtype=torch.float32))
+
+        def batches(split: str, g: torch.Generator):
+            if split not in data:
+                return
+            x, y = data[split]
+            order = torch.randperm(len(x), generator=g) if split == "train" else torch.arange(len(x))
+            for i in range(0, len(x), c.batch_size):
+                idx = order[i:i + c.batch_size]
+                yield x[idx].to(self.device), y[idx].to(self.device)
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # dropout masks
+            return fit_torch(net, batches, lambda m, x: m(x), seed, epochs=c.epochs, lr=c.lr)
+
+    def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
+        if not samples:
+            return {t: np.zeros(0) for t in self.targets}
+        x = self._x(samples)
+        if self.config.model == "gbt":
+            z = np.stack([m.predict(x) for m in self.models], axis=1)
+        else:
+            with torch.no_grad():
+                z = self.net(torch.tensor(x, dtype=torch.float32, device=self.device)).cpu().double().numpy()
+        y = self.ys.inverse(z)
+        return {t: y[:, j] for j, t in enumerate(self.targets)}

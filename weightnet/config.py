@@ -1,0 +1,96 @@
+"""WeightNet's configuration: one frozen dataclass; its stable hash names checkpoints and token caches."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from dataclasses import dataclass, field
+
+from core.errors import ZooError
+from core.hashing import stable_hash
+
+TOKENIZER_NAMES = ("neuron", "layer", "global")
+PERMUTATIONS = ("invariant", "weight_sort", "activation_sort", "align", "none")
+POOLINGS = ("cls", "mean", "attention")
+LOSSES = ("mse", "huber")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    name: str = "neuron"  # neuron | layer | global
+    # invariant: tokens of a permutable group are a set (no position inside it);
+    # weight_sort / activation_sort / align: canonicalize first, then positions are meaningful;
+    # none: raw order with positions (the ablation).
+    permutation: str = "invariant"
+    n_quantiles: int = 9  # sorted-value features per token (any fan-in maps to a fixed width)
+    unit_budget: int = 32  # max tokens per (tensor, axis); wider ones pool sorted units into buckets
+    max_tokens: int = 1024  # per model; shrinks unit_budget for very large specs
+    chunk: int = 64  # global tokenizer: parameters per token
+    probe_size: int = 32  # activation_sort: probe batch size (fixed, seeded)
+
+    @property
+    def id(self) -> str:
+        return stable_hash(self)
+
+
+@dataclass(frozen=True)
+class WeightNetConfig:
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    d_model: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 2
+    pooling: str = "cls"  # cls | mean | attention
+    loss: str = "huber"  # regression loss on standardized targets
+    loss_weights: tuple[tuple[str, float], ...] = ()  # (property, weight); default 1
+    thresholds: tuple[tuple[str, float], ...] = ()  # (property, t): extra classification head "value > t"
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    epochs: int = 60
+    batch_size: int = 32
+    patience: int = 12  # epochs without validation improvement before stopping
+    alpha: float = 0.1  # conformal intervals cover 1 - alpha
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        t = self.tokenizer
+        if isinstance(t, dict):
+            object.__setattr__(self, "tokenizer", TokenizerConfig(**t))
+            t = self.tokenizer
+        for value, known, what in ((t.name, TOKENIZER_NAMES, "tokenizer"), (t.permutation, PERMUTATIONS, "permutation"),
+                                   (self.pooling, POOLINGS, "pooling"), (self.loss, LOSSES, "loss")):
+            if value not in known:
+                raise ZooError(f"unknown {what} {value!r} (known: {', '.join(known)})")
+        if self.d_model % self.heads:
+            raise ZooError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        object.__setattr__(self, "loss_weights", tuple(tuple(x) for x in self.loss_weights))
+        object.__setattr__(self, "thresholds", tuple(tuple(x) for x in self.thresholds))
+
+    @property
+    def id(self) -> str:
+        return stable_hash(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WeightNetConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ZooError(f"unknown WeightNet config key {unknown[0]!r} (known: {', '.join(sorted(names))})")
+        d = dict(d)
+        if isinstance(d.get("tokenizer"), dict):
+            tnames = {f.name for f in dataclasses.fields(TokenizerConfig)}
+            bad = sorted(set(d["tokenizer"]) - tnames)
+            if bad:
+                raise ZooError(f"unknown tokenizer config key {bad[0]!r} (known: {', '.join(sorted(tnames))})")
+            d["tokenizer"] = TokenizerConfig(**d["tokenizer"])
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | pathlib.Path) -> "WeightNetConfig":
+        try:
+            return cls.from_dict(json.loads(pathlib.Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ZooError(f"cannot read WeightNet config {path}: {e}") from None

@@ -1,0 +1,143 @@
+"""The experiment runner: fit every predictor on the same split for each seed, score every test set.
+
+An ``Experiment`` is a named zoo (a list of samples) plus a split function ``seed -> (train, val,
+{test set name: samples})``. ``run`` returns one ``Score`` row per (test set, predictor, property,
+seed); ``summarize`` turns them into mean/std rows. Predictors that cannot read a zoo (the NFN on a
+heterogeneous one, calculators for learned properties) are skipped and said so, never faked.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from weightnet.baselines.calculators import CALCULATED
+from weightnet.baselines.nfn import supports as nfn_supports
+from weightnet.data import ZooSample
+from weightnet.eval import metrics
+from weightnet.eval.predictors import make_predictor
+
+SplitFn = Callable[[int], tuple[list[ZooSample], list[ZooSample], dict[str, list[ZooSample]]]]
+
+
+@dataclass
+class Experiment:
+    name: str  # e.g. "digits-cnn / random"
+    zoo: str
+    split: str  # random | family:X | width | hparam:lr | learning-curve:0.5 | ablation:...
+    split_fn: SplitFn
+    predictors: tuple[str, ...]
+    targets: tuple[str, ...]
+    overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # predictor -> config overrides
+    labels: Mapping[str, str] = field(default_factory=dict)  # predictor -> display name (ablation variants)
+    keep_fitted: bool = False  # keep seed-0 predictors (for interpretability)
+
+
+@dataclass(frozen=True)
+class Score:
+    experiment: str
+    test_set: str
+    predictor: str
+    property: str
+    seed: int
+    n_train: int
+    n_test: int
+    values: dict  # metric -> float
+
+
+@dataclass
+class Outcome:
+    scores: list[Score] = field(default_factory=list)
+    scatter: dict = field(default_factory=dict)  # (experiment, test_set, predictor, property) -> (y, p) of the first seed
+    fitted: dict = field(default_factory=dict)  # (experiment, predictor) -> (predictor, test samples) of the first seed
+    notes: list[str] = field(default_factory=list)
+
+
+def applicable(name: str, train: Sequence[ZooSample], tests: Sequence[ZooSample], targets: Sequence[str]) -> str:
+    """'' when ``name`` can run here, else the reason it is skipped."""
+    if name == "calc" and not set(targets) & set(CALCULATED):
+        return "calculators only compute n_params and flops"
+    if name == "nfn" and not nfn_supports(list(train) + list(tests)):
+        return "the NFN baseline needs one MLP/CNN tensor layout across the zoo"
+    return ""
+
+
+def n_units(exps: Sequence[Experiment], seeds: Sequence[int]) -> int:
+    return sum(len(e.predictors) for e in exps) * len(seeds)
+
+
+def run(exps: Sequence[Experiment], seeds: Sequence[int], device: str = "cpu",
+        progress: Callable[[int, int], None] | None = None) -> Outcome:
+    out = Outcome()
+    total, done = n_units(exps, seeds), 0
+    skipped: set[tuple[str, str]] = set()
+    for exp in exps:
+        for seed in seeds:
+            train, val, tests = exp.split_fn(seed)
+            all_test = [s for ss in tests.values() for s in ss]
+            for name in exp.predictors:
+                label = exp.labels.get(name, name)
+                why = applicable(name, train, all_test, exp.targets)
+                if why:
+                    if (exp.name, label) not in skipped:
+                        out.notes.append(f"{exp.name}: {label} skipped: {why}")
+                        skipped.add((exp.name, label))
+                else:
+                    _fit_and_score(exp, name, label, seed, seeds[0], train, val, tests, device, out)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    return out
+
+
+def _fit_and_score(exp: Experiment, name: str, label: str, seed: int, first_seed: int, train, val, tests,
+                   device: str, out: Outcome) -> None:
+    try:
+        pred = make_predictor(name, device, exp.overrides.get(name))
+        pred.fit(train, val, list(exp.targets), seed)
+    except Exception as e:  # one failing predictor must not sink the comparison; the report shows it
+        out.notes.append(f"{exp.name}: {label} failed on seed {seed}: {type(e).__name__}: {e}")
+        return
+    if exp.keep_fitted and seed == first_seed:
+        out.fitted[(exp.name, label)] = (pred, tests.get("test") or next(iter(tests.values())))
+    for test_name, samples in tests.items():
+        if not samples:
+            continue
+        try:
+            p = pred.predict(samples)
+            iv = pred.predict_interval(samples, alpha=0.1) if hasattr(pred, "predict_interval") else {}
+        except Exception as e:
+            out.notes.append(f"{exp.name}/{test_name}: {label} could not predict: {type(e).__name__}: {e}")
+            continue
+        for prop, values in p.items():
+            y = np.array([s.labels.get(prop, math.nan) for s in samples], dtype=np.float64)
+            ok = ~np.isnan(y)
+            if not ok.any():
+                continue
+            interval = (iv[prop][0][ok], iv[prop][1][ok]) if prop in iv else None
+            vals = metrics.score(y[ok], np.asarray(values)[ok], interval)
+            out.scores.append(Score(exp.name, test_name, label, prop, seed, len(train), int(ok.sum()), vals))
+            if seed == first_seed:
+                out.scatter[(exp.name, test_name, label, prop)] = (y[ok], np.asarray(values)[ok])
+
+
+def summarize(scores: Sequence[Score]) -> list[dict]:
+    """One row per (experiment, test set, predictor, property): metric -> (mean, std) over seeds."""
+    groups: dict[tuple, list[Score]] = {}
+    for s in scores:
+        groups.setdefault((s.experiment, s.test_set, s.predictor, s.property), []).append(s)
+    rows = []
+    for (exp, test, pred, prop), ss in groups.items():
+        agg = metrics.aggregate([s.values for s in ss])
+        rows.append({"experiment": exp, "test_set": test, "predictor": pred, "property": prop,
+                     "n_seeds": len(ss), "n_train": ss[0].n_train, "n_test": ss[0].n_test, **agg})
+    return rows
+
+
+def lookup(rows: Sequence[dict], experiment: str, predictor: str, prop: str, test_set: str = "test") -> dict | None:
+    for r in rows:
+        if (r["experiment"], r["predictor"], r["property"], r["test_set"]) == (experiment, predictor, prop, test_set):
+            return r
+    return None

@@ -1,0 +1,281 @@
+"""``evaluate``: the comparison suites, the issue-7 targets, and the report.
+
+Suites (``SUITES``):
+- ``small`` (default, minutes on the demo zoo): random split by training run on up to two families,
+  WeightNet vs StatNN (GBT and MLP) vs NFN vs flat MLP (+ calculators when n_params/flops are
+  labelled), test_accuracy and two more labels, 3 seeds.
+- ``standard``: every family; the pooled zoo; held-out families; held-out widths (2x/4x
+  function-preserving widenings and wider-trained models); held-out learning-rate range; the seed's
+  ablations; a learning curve; sensitivity (and attention, when WeightNet exposes it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import pathlib
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from core.hashing import code_version, stable_hash
+from storage.lake import Lake
+from storage.writes import read_models, write_run
+from weightnet.data import ZooSample, _width, load_samples, split_samples
+from weightnet.eval import ablations, experiments, interpret, report, splits
+from weightnet.eval.experiments import Experiment
+from weightnet.eval.metrics import fmt
+from weightnet.eval.predictors import WEIGHTNET, weightnet_available
+
+PREFERRED_TARGETS = ("test_accuracy", "gen_gap_accuracy", "pgd_linf_2_255", "corruption_mean_accuracy", "test_loss",
+                     "test_f1", "pgd_linf_8_255")
+PREFERRED_ZOOS = ("digits-cnn", "wildcnn", "digits-mlp", "mnist1d-mlp", "arrests-mlp")
+# labels that widening leaves unchanged (it preserves the function, not the weights or their count)
+NOT_FUNCTION = ("n_params", "flops", "weights_")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    max_zoos: int  # families evaluated on the random split (preferred first, then largest)
+    n_extra_targets: int  # labels besides test_accuracy
+    predictors: tuple[str, ...]
+    pooled: bool = False  # also the whole snapshot as one zoo
+    held_out_family: bool = False
+    widths: bool = False
+    hparams: bool = False
+    ablation_groups: tuple[str, ...] = ()
+    learning_curve: tuple[float, ...] = ()  # fractions of the training runs
+    interpret: bool = False
+    min_models: int = 20  # a family needs this many labelled models to be a zoo here
+    weightnet: tuple[tuple[str, object], ...] = ()  # WeightNetConfig overrides for this suite
+
+
+SUITES = {
+    "small": Suite("small", 2, 2, (WEIGHTNET, "statnn-gbt", "statnn-mlp", "nfn", "flat-mlp", "calc"),
+                   interpret=True),
+    "standard": Suite("standard", 8, 4, (WEIGHTNET, "statnn-gbt", "statnn-mlp", "nfn", "flat-mlp", "calc"),
+                      pooled=True, held_out_family=True, widths=True, hparams=True,
+                      ablation_groups=("permutation", "tokenization", "depth", "heads", "d_model", "embeddings"),
+                      learning_curve=(0.25, 0.5, 1.0), interpret=True),
+}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    run_id: str
+    report_path: str
+    headline: list[dict]  # rows of the headline table
+    targets: list[dict] = field(default_factory=list)  # issue-7 targets: measured value and whether met
+    notes: list[str] = field(default_factory=list)
+
+    def format_headline(self) -> str:
+        return report.headline_text(self.headline, self.targets)
+
+
+@contextmanager
+def _attached(lake: Lake, snapshot: int | None, read_only: bool) -> Iterator[Lake]:
+    """Re-attach ``lake`` at ``snapshot`` (None = latest) for the block, then restore how it was.
+
+    One DuckDB connection cannot attach the same DuckLake catalog twice, so reading a past snapshot
+    and then writing the run row both go through the caller's connection.
+    """
+    before = (lake.snapshot, lake.read_only)
+    if before == (snapshot, read_only) or (snapshot is not None and before == (snapshot, True) and read_only):
+        yield lake
+        return
+    lake.con.execute("USE memory")
+    lake.con.execute("DETACH lake")
+    try:
+        lake._attach(snapshot, read_only)
+        lake.snapshot, lake.read_only = snapshot, read_only
+        yield lake
+    finally:
+        lake.con.execute("USE memory")
+        lake.con.execute("DETACH lake")
+        lake._attach(*before)
+        lake.snapshot, lake.read_only = before
+
+
+def choose_targets(samples: Sequence[ZooSample], n_extra: int) -> tuple[str, ...]:
+    """test_accuracy plus up to ``n_extra`` labels that >= 80% of the models carry (preferred ones first)."""
+    counts = Counter(k for s in samples for k in s.labels)
+    common = [k for k, c in counts.items() if c >= 0.8 * len(samples)]
+    ordered = [t for t in PREFERRED_TARGETS if t in common] + sorted(t for t in common if t not in PREFERRED_TARGETS)
+    out = [t for t in ordered if t == "test_accuracy"] + [t for t in ordered if t != "test_accuracy"][:n_extra]
+    for calc in ("n_params", "flops"):
+        if calc in common and calc not in out:
+            out.append(calc)
+    return tuple(out)
+
+
+def _labelled(samples: Sequence[ZooSample], targets: Sequence[str]) -> list[ZooSample]:
+    return [s for s in samples if all(t in s.labels for t in targets)]
+
+
+def _random(samples: list[ZooSample]) -> experiments.SplitFn:
+    def fn(seed: int):
+        tr, va, te = split_samples(samples, "random", seed)
+        return tr, va, {"test": te}
+    return fn
+
+
+def _zoos(samples: Sequence[ZooSample], suite: Suite) -> list[tuple[str, list[ZooSample]]]:
+    fams: dict[str, list[ZooSample]] = {}
+    for s in samples:
+        fams.setdefault(s.family, []).append(s)
+    big = {f: ss for f, ss in fams.items() if len(ss) >= suite.min_models}
+    order = [f for f in PREFERRED_ZOOS if f in big] + sorted((f for f in big if f not in PREFERRED_ZOOS),
+                                                             key=lambda f: -len(big[f]))
+    zoos = [(f, big[f]) for f in order[:suite.max_zoos]]
+    if not zoos or (suite.pooled and len(fams) > 1):
+        zoos.append(("all", list(samples)))
+    return zoos
+
+
+def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, dict],
+         notes: list[str]) -> tuple[list[Experiment], str, tuple[str, ...]]:
+    """The experiments of a suite, the primary zoo's name and its targets."""
+    zoos = _zoos(samples, suite)
+    exps: list[Experiment] = []
+    primary, primary_targets = zoos[0][0], ()
+    for i, (zoo, ss) in enumerate(zoos):
+        targets = choose_targets(ss, suite.n_extra_targets)
+        ss = _labelled(ss, targets)
+        if len(ss) < 8:
+            notes.append(f"zoo {zoo}: only {len(ss)} models carry {', '.join(targets)}; skipped")
+            continue
+        if i == 0:
+            primary_targets = targets
+        exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), suite.predictors, targets,
+                               overrides={WEIGHTNET: dict(suite.weightnet)}, keep_fitted=(i == 0)))
+    base = exps[0] if exps else None
+    if base is None:
+        return exps, primary, primary_targets
+    fams = sorted({s.family for s in samples})
+    learned = tuple(p for p in suite.predictors if p != "calc")
+    if suite.held_out_family and len(fams) > 1:
+        for fam in [f for f in PREFERRED_ZOOS if f in fams][:3] or fams[:3]:
+            ss = _labelled(samples, ("test_accuracy",))
+
+            def fn(seed: int, fam=fam, ss=ss):
+                tr, va, te = splits.family_split(ss, fam, seed)
+                return tr, va, {"test": te}
+            exps.append(Experiment(f"held-out family {fam}", "all", f"family:{fam}", fn, learned, ("test_accuracy",),
+                                   overrides=base.overrides))
+    primary_samples = _labelled([s for s in samples if primary in ("all", s.family)], primary_targets)
+    if suite.widths:
+        fn_targets = tuple(t for t in primary_targets if not t.startswith(NOT_FUNCTION))
+        try:
+            splits.width_sets(primary_samples, 0, factors=(2,))  # fail early with a clear note
+
+            def wfn(seed: int, ss=primary_samples):
+                w = splits.width_sets(ss, seed)
+                tests = {"test": w.test, **{f"widened x{f}": v for f, v in w.widened.items()},
+                         "wider-trained": w.wider_trained}
+                return w.train, w.val, tests
+            exps.append(Experiment(f"{primary} / widths", primary, "width", wfn, learned, fn_targets,
+                                   overrides=base.overrides))
+        except Exception as e:
+            notes.append(f"width generalization not run on {primary}: {e}")
+    if suite.hparams:
+        try:
+            splits.hparam_split(primary_samples, train_configs, "lr", 0)
+
+            def hfn(seed: int, ss=primary_samples):
+                tr, va, te = splits.hparam_split(ss, train_configs, "lr", seed)
+                return tr, va, {"test": te}
+            exps.append(Experiment(f"{primary} / held-out lr range", primary, "hparam:lr", hfn, learned,
+                                   primary_targets, overrides=base.overrides))
+        except Exception as e:
+            notes.append(f"held-out hyperparameter split not run on {primary}: {e}")
+    if suite.learning_curve:
+        for frac in suite.learning_curve:
+            def lfn(seed: int, frac=frac, ss=primary_samples):
+                tr, va, te = split_samples(ss, "random", seed)
+                runs = sorted({s.run_id for s in tr})
+                g = torch.Generator().manual_seed(seed)
+                keep = {runs[i] for i in torch.randperm(len(runs), generator=g)[:max(2, int(frac * len(runs)))].tolist()}
+                return [s for s in tr if s.run_id in keep], va, {"test": te}
+            exps.append(Experiment(f"{primary} / learning curve {frac:g}", primary, f"learning-curve:{frac:g}", lfn,
+                                   (WEIGHTNET, "statnn-gbt"), ("test_accuracy",), overrides=base.overrides))
+    if suite.ablation_groups:
+        if WEIGHTNET in suite.predictors and weightnet_available()[0]:
+            variants, why = ablations.plan(suite.ablation_groups)
+            notes += why
+            for v in variants:
+                exps.append(Experiment(f"{primary} / ablation", primary, f"ablation:{v.group}",
+                                       _random(primary_samples), (WEIGHTNET,), ("test_accuracy",),
+                                       overrides={WEIGHTNET: {**dict(suite.weightnet), **v.as_dict}},
+                                       labels={WEIGHTNET: f"{v.group}: {v.label}"}))
+        else:
+            notes.append("ablations not run: WeightNet is not available")
+    return exps, primary, primary_targets
+
+
+def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_dir: str | pathlib.Path = "reports",
+             seeds: Sequence[int] = (0, 1, 2), progress: Callable[[int, int], None] | None = None,
+             where: str | None = None, device: str = "cpu") -> EvalResult:
+    """Run a suite on the zoo at snapshot/tag ``at`` (default latest), write reports/<run>/report.md
+    with its plots, and record a ``runs`` row (kind=evaluate)."""
+    if suite not in SUITES:
+        from core.errors import UnknownEntry
+
+        raise UnknownEntry(f"unknown evaluation suite {suite!r} (known: {', '.join(SUITES)})")
+    cfg = SUITES[suite]
+    snapshot = lake.resolve(at) if at is not None else (lake.snapshot or lake.current_snapshot())
+    with _attached(lake, snapshot, True):
+        samples = load_samples(lake, where, require_all=False)
+        train_configs = {r.model_id: r.train_config for r in read_models(lake, where)}
+    config = {"suite": dataclasses.asdict(cfg), "at": at, "snapshot_id": snapshot, "where": where,
+              "seeds": list(seeds), "device": device}
+    run_id = "eval-" + stable_hash({**config, "code_version": code_version()}, 12)
+    started = dt.datetime.now(dt.timezone.utc)
+    with _attached(lake, None, False):
+        write_run(lake, run_id, "evaluate", config, "running", snapshot_id=snapshot, started_at=started)
+    notes: list[str] = []
+    ok, why = weightnet_available()
+    if not ok:
+        notes.append(why + "; WeightNet rows are missing and every WeightNet target reads 'not measured'")
+    try:
+        exps, primary, _ = plan(samples, cfg, train_configs, notes)
+        outcome = experiments.run(exps, list(seeds), device, progress)
+        notes += outcome.notes
+        rows = experiments.summarize(outcome.scores)
+        sens, attn = {}, {}
+        if cfg.interpret:
+            for (exp_name, label), (pred, test) in outcome.fitted.items():
+                if label in (WEIGHTNET, "statnn-gbt", "nfn") and test:
+                    try:
+                        sens[label] = interpret.sensitivity(pred, test)
+                        a = interpret.attention(pred, test)
+                        if a is not None:
+                            attn[label] = a
+                    except Exception as e:
+                        notes.append(f"sensitivity of {label} failed: {type(e).__name__}: {e}")
+            if WEIGHTNET in sens and WEIGHTNET not in attn:
+                notes.append("WeightNet exposes no attention_by_layer(): attention heatmap omitted, sensitivity only")
+        targets = report.check_targets(rows)
+        headline = report.headline_rows(rows, primary)
+        out = pathlib.Path(out_dir) / run_id
+        path = report.write(out, run_id, config, rows, outcome.scatter, sens, attn, targets, headline, notes, samples)
+    except BaseException:
+        with _attached(lake, None, False):
+            write_run(lake, run_id, "evaluate", config, "failed", snapshot_id=snapshot, started_at=started,
+                      finished_at=dt.datetime.now(dt.timezone.utc))
+        raise
+    metrics = {"headline": [{k: v for k, v in r.items()} for r in headline], "targets": targets,
+               "report": str(path)}
+    with _attached(lake, None, False):
+        write_run(lake, run_id, "evaluate", config, "completed", metrics, snapshot_id=snapshot, started_at=started,
+                  finished_at=dt.datetime.now(dt.timezone.utc))
+    return EvalResult(run_id, str(path), headline, targets, notes)
+
+
+def headline_of(rows: Sequence[dict], primary: str) -> list[dict]:
+    return report.headline_rows(rows, primary)
+
+
+__all__ = ["EvalResult", "SUITES", "Suite", "evaluate", "fmt", "_width"]

@@ -1,0 +1,232 @@
+"""Tokenizers: pure functions (state dict, WeightSpec, TokenizerConfig) -> Tokens. Registry ``TOKENIZERS``.
+
+A *stream* is one (tensor, axis) pair: every axis that a permutation group acts on gives one token per
+unit of the group (the unit's slice of the tensor: incoming weights on axis 0, outgoing weights on
+axis 1, a head's block of rows...), and a fixed axis 0 (classes, positions) gives one token per row.
+A unit's features are statistics and sorted-value quantiles over ALL entries of its slice, so they
+accept any fan-in and do not change when any other group permutes the slice's entries; permuting the
+unit's own group only reorders tokens, which the set-style encoder ignores.
+
+- ``neuron``: one token per unit (a weight's output unit also carries its bias value);
+- ``layer``: one token per stream, the mean and std of its unit features;
+- ``global``: all parameters flattened (spec order) and chunked; NOT invariant (ablation / with
+  canonicalization).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Callable, Mapping
+
+import torch
+
+from core.errors import BadWeights
+from core.registry import Registry
+from core.spec import LAYER_KINDS, ParamSpec, WeightSpec
+from weightnet.config import TokenizerConfig
+
+TOKENIZERS: Registry = Registry("tokenizer")
+N_STATS = 7  # mean, std, mean|x|, rms, min, max, max|x|
+N_META = 6  # relative depth, log kernel, log fan-in, log fan-out, log units in stream, log entries per unit
+MAX_POS = 512  # position ids are clamped to [0, MAX_POS]; 0 = inside a permutable set
+MAX_DEPTH = 64
+# axis roles: which side of the tensor the token reads
+ROLE_OUT, ROLE_IN, ROLE_ROW, ROLE_FLAT = 0, 1, 2, 3
+N_ROLES = 3 * 4  # (weight | bias | buffer) x axis role
+
+
+@dataclass(frozen=True)
+class Tokens:
+    features: torch.Tensor  # (T, F) float32
+    kind: torch.Tensor  # (T,) long: index in core.spec.LAYER_KINDS
+    role: torch.Tensor  # (T,) long: param role * 4 + axis role
+    depth: torch.Tensor  # (T,) long, clamped to MAX_DEPTH - 1
+    meta: torch.Tensor  # (T, N_META) float32
+    position: torch.Tensor  # (T,) long: 0 inside a permutable set, else 1 + index (clamped)
+    group: torch.Tensor  # (T,) long: 1 + index of the spec group whose units the tokens are, 0 = fixed axis
+    mask: torch.Tensor  # (T,) bool: True for real tokens (False only after padding)
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, torch.Tensor]) -> "Tokens":
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+
+def feature_dim(cfg: TokenizerConfig) -> int:
+    base = N_STATS + cfg.n_quantiles + 2  # + bias value and has-bias flag
+    return {"neuron": base, "layer": 2 * base, "global": cfg.chunk}[cfg.name]
+
+
+def tokenize(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
+    return TOKENIZERS.get(cfg.name)(state, spec, cfg)
+
+
+# --- per-unit features ----------------------------------------------------------------------------
+def unit_features(x: torch.Tensor, n_quantiles: int) -> torch.Tensor:
+    """(n, m) unit slices -> (n, N_STATS + n_quantiles); each row depends only on the multiset of its entries."""
+    x = x.double()  # float64 keeps sums order-independent far below 1e-5
+    mean = x.mean(1)
+    std = x.std(1, correction=0)
+    absx = x.abs()
+    srt = x.sort(dim=1).values
+    m = x.shape[1]
+    levels = torch.linspace(0, 1, n_quantiles + 2, dtype=torch.float64)[1:-1] * (m - 1)
+    lo, hi = levels.floor().long(), levels.ceil().long()
+    w = levels - lo
+    q = srt[:, lo] * (1 - w) + srt[:, hi] * w  # (n, n_quantiles), linear interpolation
+    stats = [mean, std, absx.mean(1), x.pow(2).mean(1).sqrt(), srt[:, 0], srt[:, -1], absx.max(1).values]
+    return torch.cat([torch.stack(stats, 1), q], 1).float()
+
+
+def _unit_slices(t: torch.Tensor, ax: int, block: int) -> torch.Tensor:
+    """(n, block * rest): row i holds every entry of unit i (indices [i*block, (i+1)*block) on ``ax``)."""
+    t = t.movedim(ax, 0)
+    n = t.shape[0] // block
+    return t.reshape(n, -1)
+
+
+def _pool(feats: torch.Tensor, budget: int, ordered: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most ``budget`` rows: buckets of units averaged. Unordered streams sort units first (by rms,
+    then mean) so the buckets do not depend on the units' order. Returns (features, bucket index)."""
+    n = feats.shape[0]
+    if n <= budget:
+        return feats, torch.arange(n)
+    if not ordered:
+        key = feats[:, 3].double() * 1e6 + feats[:, 0].double()
+        feats = feats[torch.argsort(key, stable=True)]
+    bucket = torch.arange(n) * budget // n
+    out = torch.zeros(budget, feats.shape[1]).index_add_(0, bucket, feats)
+    return out / torch.bincount(bucket, minlength=budget).clamp_min(1)[:, None].float(), torch.arange(budget)
+
+
+@dataclass
+class _Stream:
+    param: ParamSpec
+    axis: int
+    group: str | None
+    feats: torch.Tensor  # (units, F) before pooling
+    ax_role: int
+
+
+def _bias_for(p: ParamSpec, spec: WeightSpec, state: Mapping[str, torch.Tensor]) -> ParamSpec | None:
+    if p.role != "weight" or "." not in p.name and p.name != "weight":
+        return None
+    name = p.name[: -len("weight")] + "bias" if p.name.endswith("weight") else None
+    if name is None or name not in state:
+        return None
+    try:
+        b = spec.param(name)
+    except KeyError:
+        return None
+    if b.shape == (p.shape[0],) and b.axes == (p.axes[0],) and b.blocks == (p.blocks[0],):
+        return b
+    return None
+
+
+def _streams(state: Mapping[str, torch.Tensor], spec: WeightSpec, nq: int) -> list[_Stream]:
+    out: list[_Stream] = []
+    consumed: set[str] = set()
+    for p in spec.params:
+        if p.name in consumed:
+            continue
+        t = state[p.name]
+        if not t.is_floating_point() or t.dim() == 0 or t.numel() == 0:
+            continue
+        bias = _bias_for(p, spec, state)
+        for ax, (g, b) in enumerate(zip(p.axes, p.blocks)):
+            if g is None and ax != 0:
+                continue
+            block = b if g is not None else 1
+            f = unit_features(_unit_slices(t, ax, block), nq)
+            extra = torch.zeros(f.shape[0], 2)
+            if ax == 0 and bias is not None:
+                extra[:, 0] = _unit_slices(state[bias.name], 0, block).double().mean(1).float()
+                extra[:, 1] = 1.0
+            role = ROLE_OUT if ax == 0 and g is not None else (ROLE_ROW if g is None else ROLE_IN)
+            out.append(_Stream(p, ax, g, torch.cat([f, extra], 1), role))
+        if bias is not None:
+            consumed.add(bias.name)
+    if not out:
+        raise BadWeights("spec has no floating-point tensor to tokenize")
+    return out
+
+
+def _meta(p: ParamSpec, spec: WeightSpec, n_units: int, per_unit: int) -> list[float]:
+    kernel = math.prod(p.shape[2:]) if len(p.shape) > 2 else 1
+    fan_in = math.prod(p.shape[1:]) if len(p.shape) > 1 else 1
+    rel = p.layer / max(1, spec.n_layers - 1)
+    return [rel, math.log(kernel), math.log(fan_in), math.log(p.shape[0]), math.log(max(1, n_units)),
+            math.log(max(1, per_unit))]
+
+
+def _assemble(rows: list[tuple[torch.Tensor, ParamSpec, int, torch.Tensor, int, list[float]]]) -> Tokens:
+    """rows: (features (k, F), param, axis role, positions (k,), group id, meta)."""
+    feats, kind, role, depth, meta, pos, group = [], [], [], [], [], [], []
+    for f, p, ax_role, positions, gid, m in rows:
+        k = f.shape[0]
+        feats.append(f)
+        kind.append(torch.full((k,), LAYER_KINDS.index(p.kind)))
+        role.append(torch.full((k,), ("weight", "bias", "buffer").index(p.role) * 4 + ax_role))
+        depth.append(torch.full((k,), min(p.layer, MAX_DEPTH - 1)))
+        meta.append(torch.tensor(m, dtype=torch.float32).expand(k, -1))
+        pos.append(positions.clamp(0, MAX_POS))
+        group.append(torch.full((k,), gid))
+    f = torch.cat(feats)
+    return Tokens(f, torch.cat(kind), torch.cat(role), torch.cat(depth), torch.cat(meta), torch.cat(pos),
+                  torch.cat(group), torch.ones(f.shape[0], dtype=torch.bool))
+
+
+def _group_ids(spec: WeightSpec) -> dict[str, int]:
+    return {g.name: i + 1 for i, g in enumerate(spec.groups)}
+
+
+@TOKENIZERS.register("neuron")
+def neuron_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
+    ordered = cfg.permutation != "invariant"
+    streams = _streams(state, spec, cfg.n_quantiles)
+    budget = max(2, min(cfg.unit_budget, cfg.max_tokens // len(streams)))
+    gids = _group_ids(spec)
+    rows = []
+    for s in streams:
+        n = s.feats.shape[0]
+        f, idx = _pool(s.feats, budget, ordered or s.group is None)
+        positions = idx + 1 if (ordered or s.group is None) else torch.zeros_like(idx)
+        per_unit = s.param.numel // max(1, n)
+        rows.append((f, s.param, s.ax_role, positions, gids.get(s.group, 0), _meta(s.param, spec, n, per_unit)))
+    return _assemble(rows)
+
+
+@TOKENIZERS.register("layer")
+def layer_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
+    gids = _group_ids(spec)
+    rows = []
+    for s in _streams(state, spec, cfg.n_quantiles):
+        n = s.feats.shape[0]
+        f = torch.cat([s.feats.mean(0), s.feats.std(0, correction=0)])[None]
+        rows.append((f, s.param, s.ax_role, torch.zeros(1, dtype=torch.long), gids.get(s.group, 0),
+                     _meta(s.param, spec, n, s.param.numel // max(1, n))))
+    return _assemble(rows)
+
+
+@TOKENIZERS.register("global")
+def global_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
+    rows = []
+    params = [p for p in spec.params if state[p.name].is_floating_point() and state[p.name].numel() > 0]
+    if not params:
+        raise BadWeights("spec has no floating-point tensor to tokenize")
+    per_param = max(1, cfg.max_tokens // len(params))
+    for p in params:
+        flat = state[p.name].reshape(-1).float()
+        n_chunks = -(-flat.numel() // cfg.chunk)
+        flat = torch.nn.functional.pad(flat, (0, n_chunks * cfg.chunk - flat.numel()))
+        f, idx = _pool(flat.reshape(n_chunks, cfg.chunk), per_param, ordered=True)
+        rows.append((f, p, ROLE_FLAT, idx + 1, 0, _meta(p, spec, n_chunks, cfg.chunk)))
+    return _assemble(rows)
+
+
+Tokenizer = Callable[[Mapping[str, torch.Tensor], WeightSpec, TokenizerConfig], Tokens]
