@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -109,8 +110,13 @@ def progress_artifact(description: str, key: str | None = None, every_s: float =
     artifact (shown live in the UI), at most once per ``every_s`` seconds plus the final 100%."""
     artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
     last = [0.0]
+    logged = [-1]  # last decile written to the run log (visible on the terminal and in the UI)
 
     def progress(done: int, total: int) -> None:
+        decile = 10 * done // max(total, 1)
+        if decile > logged[0]:
+            logged[0] = decile
+            get_run_logger().info("%s: %d/%d", description, done, total)
         now = time.monotonic()
         if done < total and now - last[0] < every_s:
             return
@@ -147,3 +153,12 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v).replace("|", "\\|")
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: the GPU when the worker has one (the ``gpu`` pool), else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

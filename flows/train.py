@@ -5,7 +5,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS
 
-from flows.common import RETRY, artifact_key, lake_at, lake_stamp, markdown_table, progress_artifact, required
+from flows.common import (RETRY, artifact_key, lake_at, lake_stamp, markdown_table, progress_artifact, required,
+                          resolve_device)
 
 
 @task(name="resolve-snapshot", **RETRY)
@@ -54,10 +55,11 @@ def _metric_rows(metrics: dict, prefix: str = "") -> list[dict]:
 @flow(name="train_weightnet", log_prints=True)
 def train_weightnet(lake: str = "lake", at: str | None = None, where: str | None = None,
                     targets: list[str] | None = None, config: dict | None = None, predict_where: str | None = None,
-                    device: str = "cpu", runs_dir: str | None = None) -> dict:
+                    device: str = "auto", runs_dir: str | None = None) -> dict:
     """Train on snapshot/tag ``at`` (default latest) restricted to ``where``; predict ``targets`` for
     the models matching ``predict_where`` (default all). Returns run id, metrics, predictions written."""
     targets = list(targets or ["test_accuracy"])
+    device = resolve_device(device)
     snapshot = resolve_snapshot(lake, at)
     result = train(lake, snapshot, where, targets, config, device, runs_dir, lake_stamp(lake))
     n_pred = predict(lake, result["run_id"], predict_where, device, runs_dir)

@@ -63,7 +63,9 @@ def read_header(path: str | os.PathLike, limits: FileLimits = DEFAULT_LIMITS) ->
         raise BadWeights(f"{path}: corrupt safetensors header (not valid JSON)") from None
     if not isinstance(header, dict):
         raise BadWeights(f"{path}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise BadWeights(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
     if len(header) > limits.max_tensors:
         raise BadWeights(f"{path}: {len(header)} tensors exceed the limit of {limits.max_tensors}")
     data_size = size - 8 - n
@@ -80,7 +82,21 @@ def read_header(path: str | os.PathLike, limits: FileLimits = DEFAULT_LIMITS) ->
     for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise BadWeights(f"{path}: tensors {n0!r} and {n1!r} overlap in the file")
-    return header, 8 + n
+    return {k: header[k] for k in _order(meta, header)}, 8 + n
+
+
+ORDER_KEY = "zoo.order"  # metadata entry: the state dict's key order as a JSON list (safetensors sorts)
+
+
+def _order(meta: dict | None, header: dict) -> list[str]:
+    """Tensor names in state-dict order when the file records it, else in file (data offset) order."""
+    try:
+        order = json.loads((meta or {}).get(ORDER_KEY, "null"))
+    except json.JSONDecodeError:
+        order = None
+    if isinstance(order, list) and sorted(order) == sorted(header):
+        return order
+    return sorted(header, key=lambda k: header[k]["data_offsets"][0])
 
 
 def _check_entry(path: pathlib.Path, name: str, entry: object, limits: FileLimits) -> tuple[int, int]:
@@ -112,9 +128,8 @@ def state_from_safetensors(path: str | os.PathLike, limits: FileLimits = DEFAULT
     """A state dict (file order) from a safetensors file, bit-exact; refuses bad files with ``BadWeights``."""
     header, start = read_header(path, limits)
     out: dict[str, torch.Tensor] = {}
-    entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
     with open(path, "rb") as fh:
-        for name, entry in entries:
+        for name, entry in header.items():
             dt, _ = ST_DTYPES[entry["dtype"]]
             begin, end = entry["data_offsets"]
             fh.seek(start + begin)
@@ -134,6 +149,6 @@ def state_to_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathL
 
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp),
-              metadata=dict(metadata) if metadata else None)
+    meta = {**(metadata or {}), ORDER_KEY: json.dumps(list(state))}
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
     os.replace(tmp, path)

@@ -181,7 +181,7 @@ class Lake:
                     raise LakeError(f"cannot open lake {cfg.display}: still locked by another process after "
                                     f"{lock_timeout:g} s ({e})") from None
                 time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 0.5)
 
     @classmethod
     def _open_once(cls, cfg: LakeConfig, read_only: bool, at: str | int | None) -> "Lake":
@@ -326,6 +326,16 @@ class Lake:
                 raise LakeError(f"read-only SQL: {kind.name} statements are refused (only SELECT; pass --write "
                                 f"to change the lake)")
         return self.sql(query)
+
+    @contextmanager
+    def pinned(self) -> Iterator[int]:
+        """Several reads that see one snapshot (yielded) even while other processes commit: outside a
+        transaction every statement reads the latest snapshot of its own moment."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.snapshot if self.snapshot is not None else self.current_snapshot()
+        finally:
+            self.con.execute("ROLLBACK")
 
     # --- writing -------------------------------------------------------------------------------
     def commit(self, body: Callable[[], T], message: str, extra: dict | None = None, retries: int = 20) -> T:

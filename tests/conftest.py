@@ -78,3 +78,69 @@ def lake_fingerprint(location) -> tuple:
 def fingerprint():
     """The ``lake_fingerprint`` function, as a fixture."""
     return lake_fingerprint
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """ONE real Prefect server (subprocess, 127.0.0.1, free port, Prefect home in tmp) for the whole
+    session; this process's Prefect client talks to it, results persist under the tmp home."""
+    from deploy.server import prefect_env, start_server, stop
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    server = start_server(home, fast=True, timeout=180)
+    env = {k: v for k, v in prefect_env(home, server.api_url, fast=True).items() if k.startswith("PREFECT_")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH,
+                                  PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings)
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_HOME: str(home),
+                                         PREFECT_LOCAL_STORAGE_PATH: str(home / "storage"),
+                                         PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}):
+            yield server, home
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        stop(server.proc)
+
+
+# --- labeling (issue 4): tiny trained digits models, shared by the labeling tests -----------------
+def train_tiny_digits(arch: str, seed: int, epochs: int = 60, **knobs):
+    """A small digits model trained full-batch with Adam (a second or so); returns (ModelRecord, state)."""
+    from core.hashing import stable_hash
+    from storage.writes import ModelRecord
+    from zoo.archs import build
+    from zoo.datasets import load_dataset
+
+    splits = load_dataset("digits", 0)
+    config = {"input_shape": [1, 8, 8], "n_classes": 10, **knobs}
+    torch.manual_seed(seed)  # test-only: module init draws from the global RNG
+    built = build(arch, config)
+    model = built.module
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(splits.x_train), splits.y_train).backward()
+        opt.step()
+    train_config = {"epochs": epochs, "lr": 0.02, "data_seed": 0}
+    mid = stable_hash({"arch": arch, "config": config, "train": train_config, "seed": seed})
+    rec = ModelRecord(mid, f"digits-{arch}", arch, config, "digits", built.spec, train_config, seed)
+    return rec, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_models():
+    """3 CNNs (two of them trained longer) and 2 MLPs on digits."""
+    return [train_tiny_digits("cnn", 0, channels=6, n_layers=2), train_tiny_digits("cnn", 1, channels=6, n_layers=2),
+            train_tiny_digits("cnn", 2, epochs=15, channels=6, n_layers=2),
+            train_tiny_digits("mlp", 0, width=16, depth=1), train_tiny_digits("mlp", 1, width=16, depth=1)]
+
+
+@pytest.fixture(autouse=False)
+def corruption_cache(tmp_path_factory, monkeypatch):
+    """Corrupted test sets cached per test session, not in the user's home."""
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path_factory.getbasetemp() / "zoo-cache"))

@@ -7,7 +7,8 @@ A unit's features are statistics and sorted-value quantiles over ALL entries of 
 accept any fan-in and do not change when any other group permutes the slice's entries; permuting the
 unit's own group only reorders tokens, which the set-style encoder ignores.
 
-- ``neuron``: one token per unit (a weight's output unit also carries its bias value);
+- ``neuron``: one token per unit (a weight's output unit also carries its bias value, and every unit
+  token the mean features of the same unit in the group's other tensors: incoming <-> outgoing);
 - ``layer``: one token per stream, the mean and std of its unit features;
 - ``global``: all parameters flattened (spec order) and chunked; NOT invariant (ablation / with
   canonicalization).
@@ -59,7 +60,7 @@ class Tokens:
 
 def feature_dim(cfg: TokenizerConfig) -> int:
     base = N_STATS + cfg.n_quantiles + 2  # + bias value and has-bias flag
-    return {"neuron": base, "layer": 2 * base, "global": cfg.chunk}[cfg.name]
+    return {"neuron": 2 * base, "layer": 2 * base, "global": cfg.chunk}[cfg.name]
 
 
 def tokenize(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
@@ -79,7 +80,7 @@ def unit_features(x: torch.Tensor, n_quantiles: int) -> torch.Tensor:
     lo, hi = levels.floor().long(), levels.ceil().long()
     w = levels - lo
     q = srt[:, lo] * (1 - w) + srt[:, hi] * w  # (n, n_quantiles), linear interpolation
-    stats = [mean, std, absx.mean(1), x.pow(2).mean(1).sqrt(), srt[:, 0], srt[:, -1], absx.max(1).values]
+    stats = [mean, std, absx.mean(1), x.pow(2).mean(1).sqrt(), srt[:, 0], srt[:, -1], torch.maximum(-srt[:, 0], srt[:, -1])]
     return torch.cat([torch.stack(stats, 1), q], 1).float()
 
 
@@ -114,10 +115,10 @@ class _Stream:
 
 
 def _bias_for(p: ParamSpec, spec: WeightSpec, state: Mapping[str, torch.Tensor]) -> ParamSpec | None:
-    if p.role != "weight" or "." not in p.name and p.name != "weight":
+    if p.role != "weight" or not p.name.endswith("weight"):
         return None
-    name = p.name[: -len("weight")] + "bias" if p.name.endswith("weight") else None
-    if name is None or name not in state:
+    name = p.name[: -len("weight")] + "bias"
+    if name not in state:
         return None
     try:
         b = spec.param(name)
@@ -191,10 +192,21 @@ def neuron_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: Toke
     streams = _streams(state, spec, cfg.n_quantiles)
     budget = max(2, min(cfg.unit_budget, cfg.max_tokens // len(streams)))
     gids = _group_ids(spec)
+    # partner features: the mean over the group's OTHER streams at the same unit (a neuron's incoming
+    # token sees its outgoing weights and vice versa), so the coupling across layers is visible
+    totals: dict[str, tuple[torch.Tensor, int]] = {}
+    for s in streams:
+        if s.group is not None:
+            tot, cnt = totals.get(s.group, (torch.zeros_like(s.feats, dtype=torch.float64), 0))
+            totals[s.group] = (tot + s.feats.double(), cnt + 1)
     rows = []
     for s in streams:
         n = s.feats.shape[0]
-        f, idx = _pool(s.feats, budget, ordered or s.group is None)
+        partner = torch.zeros_like(s.feats)
+        if s.group is not None and totals[s.group][1] > 1:
+            tot, cnt = totals[s.group]
+            partner = ((tot - s.feats.double()) / (cnt - 1)).float()
+        f, idx = _pool(torch.cat([s.feats, partner], 1), budget, ordered or s.group is None)
         positions = idx + 1 if (ordered or s.group is None) else torch.zeros_like(idx)
         per_unit = s.param.numel // max(1, n)
         rows.append((f, s.param, s.ax_role, positions, gids.get(s.group, 0), _meta(s.param, spec, n, per_unit)))

@@ -131,9 +131,10 @@ class NFNConfig:
     hidden: int = 16  # channels per weight entry inside the NP layers
     n_layers: int = 2
     head_hidden: int = 64
-    epochs: int = 150
+    epochs: int = 100
     lr: float = 2e-3
     batch_size: int = 16
+    patience: int = 15  # epochs without validation improvement before stopping
 
 
 class NFNPredictor(ConformalMixin):
@@ -191,7 +192,8 @@ class NFNPredictor(ConformalMixin):
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # parameter init from the seed; global RNG restored afterwards
             self.net = NFN(self.layout, len(self.targets), c.hidden, c.n_layers, c.head_hidden).to(self.device)
-        self.net = fit_torch(self.net, batches, lambda m, x: m(x), seed, epochs=c.epochs, lr=c.lr)
+        self.net = fit_torch(self.net, batches, lambda m, x: m(x), seed, epochs=c.epochs, lr=c.lr,
+                             patience=c.patience)
         self._calibrate(val)
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:

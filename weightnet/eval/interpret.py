@@ -25,7 +25,7 @@ def layer_keys(s: ZooSample) -> dict[str, list[str]]:
     return out
 
 
-def _perturbed(s: ZooSample, names: Sequence[str], mode: str, gen: torch.Generator) -> ZooSample:
+def _perturbed(s: ZooSample, names: Sequence[str], mode: str, gen: torch.Generator, key: str) -> ZooSample:
     state = dict(s.state)
     for n in names:
         t = state[n]
@@ -33,7 +33,8 @@ def _perturbed(s: ZooSample, names: Sequence[str], mode: str, gen: torch.Generat
             state[n] = torch.zeros_like(t)
         else:  # noise of 10% of the tensor's own std: a small, scale-aware perturbation
             state[n] = t + 0.1 * t.float().std().nan_to_num(0.0) * torch.randn(t.shape, generator=gen).to(t.dtype)
-    return ZooSample(s.model_id, s.run_id, s.family, s.arch, s.arch_config, s.spec, state, s.labels)
+    # a new id: predictors may cache per model id (WeightNet's token cache does)
+    return ZooSample(f"{s.model_id}~{mode}:{key}", s.run_id, s.family, s.arch, s.arch_config, s.spec, state, s.labels)
 
 
 def sensitivity(predictor, samples: Sequence[ZooSample], mode: str = "zero",
@@ -47,7 +48,7 @@ def sensitivity(predictor, samples: Sequence[ZooSample], mode: str = "zero",
         idx = [i for i, s in enumerate(samples) if key in layer_keys(s)]
         if not idx:
             continue
-        pert = [_perturbed(samples[i], layer_keys(samples[i])[key], mode, gen) for i in idx]
+        pert = [_perturbed(samples[i], layer_keys(samples[i])[key], mode, gen, key) for i in idx]
         pred = predictor.predict(pert)
         for t, p in pred.items():
             spread = float(np.std(base[t])) or 1.0

@@ -23,10 +23,9 @@ import torch
 from core.hashing import code_version, stable_hash
 from storage.lake import Lake
 from storage.writes import read_models, write_run
-from weightnet.data import ZooSample, _width, load_samples, split_samples
+from weightnet.data import ZooSample, load_samples, split_samples
 from weightnet.eval import ablations, experiments, interpret, report, splits
 from weightnet.eval.experiments import Experiment
-from weightnet.eval.metrics import fmt
 from weightnet.eval.predictors import WEIGHTNET, weightnet_available
 
 PREFERRED_TARGETS = ("test_accuracy", "gen_gap_accuracy", "pgd_linf_2_255", "corruption_mean_accuracy", "test_loss",
@@ -227,7 +226,8 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
     cfg = SUITES[suite]
     snapshot = lake.resolve(at) if at is not None else (lake.snapshot or lake.current_snapshot())
     with _attached(lake, snapshot, True):
-        samples = load_samples(lake, where, require_all=False)
+        props = [r[0] for r in lake.fetch("SELECT DISTINCT property FROM lake.main.labels ORDER BY 1")]
+        samples = load_samples(lake, where, targets=props, require_all=False)
         train_configs = {r.model_id: r.train_config for r in read_models(lake, where)}
     config = {"suite": dataclasses.asdict(cfg), "at": at, "snapshot_id": snapshot, "where": where,
               "seeds": list(seeds), "device": device}
@@ -272,10 +272,3 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
         write_run(lake, run_id, "evaluate", config, "completed", metrics, snapshot_id=snapshot, started_at=started,
                   finished_at=dt.datetime.now(dt.timezone.utc))
     return EvalResult(run_id, str(path), headline, targets, notes)
-
-
-def headline_of(rows: Sequence[dict], primary: str) -> list[dict]:
-    return report.headline_rows(rows, primary)
-
-
-__all__ = ["EvalResult", "SUITES", "Suite", "evaluate", "fmt", "_width"]

@@ -1,0 +1,178 @@
+"""Adversarial robustness with torchattacks, all models of a batch attacked in one run (``Population``).
+
+Robust accuracy counts an example as robust only if the model classifies it correctly both clean and
+under attack, so it never exceeds clean accuracy. PGD runs ``restarts`` times per eps (an example must
+survive every restart), and the eps list is processed in increasing order with the robust sets
+intersected: an adversarial example found within a small ball also lies within every larger ball, so
+robust accuracy does not increase with eps.
+
+Inputs are attacked in [0, 1] coordinates (see ``labeling.population``); eps is given for [0, 1] images
+and multiplied by ``DatasetInfo.eps_scale / (hi - lo)`` of the dataset's value range for other inputs.
+torchattacks draws its random starts from the global torch RNG (and APGD/FAB reseed it), so every call
+runs inside ``torch.random.fork_rng`` seeded from the property's generator: the global state is
+restored afterwards and the same models in the same batch get the same numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from labeling.population import Population, tile
+from labeling.registry import ModelBatch, register_property
+from zoo.datasets import Splits
+
+
+def eps_name(eps: float) -> str:
+    """8/255 -> '8_255'; 0.5 -> '0p5'."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) > 0:
+        return f"{round(k)}_255"
+    return f"{eps:g}".replace(".", "p").replace("-", "m")
+
+
+def attack_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """torchattacks assumes (C, H, W) examples (L2 norms are viewed as (N, 1, 1, 1)): flat inputs become (1, 1, F)."""
+    return tuple(shape) if len(shape) == 3 else (1, 1, math.prod(shape))
+
+
+def seeded_call(seed: int, device: torch.device, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return fn()
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def unit_eps(eps: float, splits: Splits) -> float:
+    lo, hi = splits.info.value_range
+    return eps * splits.info.eps_scale / (hi - lo)
+
+
+def subset(n_total: int, n: int | None, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded subset (all examples when n is None or >= n_total)."""
+    if n is None or n >= n_total:
+        return torch.arange(n_total)
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+@torch.no_grad()
+def correct(pop: Population, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(M*N,) bool: row classified correctly. u in unit coordinates, y tiled."""
+    return pop(u).argmax(-1) == y
+
+
+@dataclass(frozen=True)
+class PGDParams:
+    eps_linf: tuple[float, ...] = (2 / 255, 8 / 255)
+    eps_l2: tuple[float, ...] = (0.25, 0.5)
+    steps: int = 10
+    restarts: int = 1  # independent random starts; an example must survive all of them
+    alpha_factor: float = 2.5  # step size = alpha_factor * eps / steps (Madry et al.)
+    split: str = "test"
+    n_examples: int | None = None  # None: the whole split; else a seeded subset
+    subset_seed: int = 0
+    chunk_rows: int = 16384  # rows (models x examples) per attack call
+
+
+def _robust(pop: Population, x: torch.Tensor, y: torch.Tensor, make_attack, seeds: list[int], chunk_rows: int,
+            device: torch.device) -> torch.Tensor:
+    """(M, N) bool: clean-correct and correct after every restart of the attack."""
+    m, n = pop.m, x.shape[0]
+    step = max(1, chunk_rows // m)
+    out = []
+    for i in range(0, n, step):
+        xb, yb = x[i:i + step].to(device), y[i:i + step].to(device)
+        u = tile(pop.to_unit(xb), m).reshape((m * xb.shape[0],) + attack_shape(tuple(xb.shape[1:])))
+        yy = tile(yb, m)
+        ok = correct(pop, u, yy)
+        for seed in seeds:
+            atk = make_attack()
+            adv = seeded_call(seed, device, lambda: atk(u, yy))
+            ok &= correct(pop, adv, yy)
+        out.append(ok.reshape(m, xb.shape[0]).cpu())
+    return torch.cat(out, dim=1)
+
+
+@register_property("pgd", version=1, params=PGDParams())
+def pgd(batch: ModelBatch, splits: Splits, params: PGDParams, device: torch.device,
+        generator: torch.Generator) -> list[dict[str, float]]:
+    import torchattacks
+
+    pop = Population(batch.modules, splits.info.input_shape, splits.info.value_range)
+    x, y = splits.split(params.split)
+    idx = subset(len(y), params.n_examples, params.subset_seed)
+    x, y = x[idx], y[idx]
+    out: list[dict[str, float]] = [{} for _ in range(len(batch))]
+    for norm, eps_list in (("linf", params.eps_linf), ("l2", params.eps_l2)):
+        alive = torch.ones(len(batch), len(y), dtype=torch.bool)
+        for eps in sorted(eps_list):
+            e = unit_eps(eps, splits)
+            alpha = params.alpha_factor * e / params.steps
+            if norm == "linf":
+                make = lambda: torchattacks.PGD(pop, eps=e, alpha=alpha, steps=params.steps, random_start=True)
+            else:
+                make = lambda: torchattacks.PGDL2(pop, eps=e, alpha=alpha, steps=params.steps, random_start=True)
+            seeds = [draw_seed(generator) for _ in range(params.restarts)]
+            alive &= _robust(pop, x, y, make, seeds, params.chunk_rows, device)
+            for i in range(len(batch)):
+                out[i][f"pgd_{norm}_{eps_name(eps)}"] = float(alive[i].double().mean())
+    return out
+
+
+@dataclass(frozen=True)
+class AutoAttackParams:
+    eps: float = 8 / 255
+    norm: str = "Linf"  # Linf | L2
+    version: str = "standard"  # torchattacks' standard: APGD-CE, APGD-T, FAB-T, Square (APGD with 10 steps)
+    n_queries: int = 5000  # Square's query budget (torchattacks' default; it dominates the cost)
+    n_examples: int = 100  # fixed subset of the test split
+    subset_seed: int = 0
+    split: str = "test"
+    indices: tuple[int, ...] = ()  # the subset actually attacked, fixed per dataset before the run
+
+
+def autoattack_name(params: AutoAttackParams) -> str:
+    norm = "" if params.norm == "Linf" else params.norm.lower() + "_"
+    return f"autoattack_ta_{params.version}_{norm}{eps_name(params.eps)}"
+
+
+def _autoattack_indices(splits: Splits, params: AutoAttackParams) -> AutoAttackParams:
+    _, y = splits.split(params.split)
+    idx = subset(len(y), params.n_examples, params.subset_seed)
+    return replace(params, indices=tuple(int(i) for i in idx))
+
+
+@register_property("autoattack", version=1, params=AutoAttackParams(), kinds=("image",),
+                   resolve_params=_autoattack_indices)
+def autoattack(batch: ModelBatch, splits: Splits, params: AutoAttackParams, device: torch.device,
+               generator: torch.Generator) -> list[dict[str, float]]:
+    import torchattacks
+
+    pop = Population(batch.modules, splits.info.input_shape, splits.info.value_range)
+    x, y = splits.split(params.split)
+    idx = torch.tensor(params.indices or _autoattack_indices(splits, params).indices, dtype=torch.long)
+    x, y = x[idx], y[idx]
+    seed = draw_seed(generator)
+
+    def make():
+        atk = torchattacks.AutoAttack(pop, norm=params.norm, eps=unit_eps(params.eps, splits),
+                                      version=params.version, n_classes=splits.info.n_classes, seed=seed)
+        for sub in atk._autoattack.attacks:
+            if isinstance(sub, torchattacks.Square):
+                sub.n_queries = params.n_queries
+        return atk
+
+    robust = _robust(pop, x, y, make, [seed], chunk_rows=len(batch) * len(y), device=device)
+    clean = None
+    name = autoattack_name(params)
+    with torch.no_grad():
+        u = tile(pop.to_unit(x.to(device)), pop.m)
+        clean = correct(pop, u, tile(y.to(device), pop.m)).reshape(pop.m, -1).cpu()
+    return [{name: float(robust[i].double().mean()), f"{name}_clean": float(clean[i].double().mean())}
+            for i in range(len(batch))]

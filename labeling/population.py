@@ -1,0 +1,112 @@
+"""Models of one architecture evaluated together.
+
+``Population`` wraps M models as ONE module whose input is M stacked copies of a batch: rows
+``[m*N, (m+1)*N)`` go through model m. Forward passes then cost one call instead of M, and an attack
+library (torchattacks) attacks all M models in one run: every row is an independent example, so the
+per-row perturbation budgets and success checks are exactly those of M separate runs.
+
+When the M models share one architecture and config, their parameters are stacked
+(``torch.func.stack_module_state``) and run with ``vmap`` over ``functional_call``; otherwise (or if
+vmap fails for an architecture) the wrapper loops over the models.
+
+Inputs are also mapped to [0, 1] here: torchattacks clamps to [0, 1], so a dataset whose values span
+``value_range`` = (lo, hi) is attacked in ``u = (x - lo) / (hi - lo)`` coordinates and the wrapper feeds
+``lo + u * (hi - lo)`` to the models (the normalization lives inside the attacked model).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from storage.writes import ModelRecord
+
+
+def load_module(record: ModelRecord, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> nn.Module:
+    """The stored model in eval mode with its weights (``zoo.archs.load_module`` when it exists)."""
+    import zoo.archs as archs
+
+    if hasattr(archs, "load_module"):
+        module = archs.load_module(record, state)
+    else:
+        module = archs.build(record.arch, record.arch_config).module
+        module.load_state_dict(state)
+    return module.to(device).eval()
+
+
+class Population(nn.Module):
+    def __init__(self, modules: Sequence[nn.Module], example_shape: tuple[int, ...],
+                 value_range: tuple[float, float] = (0.0, 1.0), stack: bool = True):
+        super().__init__()
+        self.m = len(modules)
+        self.example_shape = tuple(example_shape)  # one example as the models expect it, e.g. (1, 8, 8)
+        self.lo, self.span = float(value_range[0]), float(value_range[1] - value_range[0])
+        self.members = nn.ModuleList(modules)
+        for p in self.members.parameters():
+            p.requires_grad_(False)  # attacks need input gradients only
+        self.stacked = False
+        if stack and self.m > 1:
+            self._try_stack()
+
+    def _try_stack(self) -> None:
+        from torch.func import stack_module_state
+
+        try:
+            params, buffers = stack_module_state(list(self.members))
+            self._params = {k: v.detach() for k, v in params.items()}
+            self._buffers = buffers
+            self._base = copy.deepcopy(self.members[0]).to("meta")
+            self.stacked = True
+            g = torch.Generator().manual_seed(0)
+            probe = torch.rand((self.m * 2,) + self.example_shape, generator=g).to(self.device)
+            ref = self.members[0](probe[:2])
+            got = self(self.to_unit(probe))[:2]
+            self.stacked = bool(torch.allclose(ref, got, atol=1e-4, rtol=1e-4))
+        except Exception:  # an architecture vmap cannot handle: loop instead
+            self.stacked = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.members.parameters()).device
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.lo) / self.span
+
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        return self.lo + u * self.span
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u: (M*N, *shape) in [0, 1] coordinates -> logits (M*N, classes)."""
+        n = u.shape[0] // self.m
+        x = self.from_unit(u).reshape((self.m, n) + self.example_shape)
+        if self.stacked:
+            from torch.func import functional_call, vmap
+
+            def one(params, buffers, xb):
+                return functional_call(self._base, (params, buffers), (xb,))
+
+            out = vmap(one)(self._params, self._buffers, x)  # (M, N, classes)
+            return out.reshape(self.m * n, -1)
+        return torch.cat([mod(x[i]) for i, mod in enumerate(self.members)])
+
+    def parameters(self, recurse: bool = True):  # torchattacks reads the device from the first parameter
+        return self.members.parameters(recurse)
+
+
+def tile(x: torch.Tensor, m: int) -> torch.Tensor:
+    """(N, ...) -> (M*N, ...): the same examples for each of M models."""
+    return x.unsqueeze(0).expand((m,) + tuple(x.shape)).reshape((m * x.shape[0],) + tuple(x.shape[1:]))
+
+
+@torch.no_grad()
+def population_logits(pop: Population, x: torch.Tensor, chunk_rows: int = 65536) -> torch.Tensor:
+    """Logits of every model on every example: (M, N, classes). Data in the models' own coordinates."""
+    device = pop.device
+    outs = []
+    step = max(1, chunk_rows // pop.m)
+    for i in range(0, x.shape[0], step):
+        xb = x[i:i + step].to(device)
+        outs.append(pop(tile(pop.to_unit(xb), pop.m)).reshape(pop.m, xb.shape[0], -1).float().cpu())
+    return torch.cat(outs, dim=1)

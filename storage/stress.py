@@ -1,0 +1,142 @@
+"""Concurrent-writer scenarios for the store, shared by tests/test_concurrency.py and bench/faults.py.
+
+Run as ``python -m storage.stress writer LOCATION WRITER_ID N_BATCHES BATCH_SIZE`` (one writer
+process) or ``python -m storage.stress reader LOCATION SECONDS`` (checks snapshots while writers run).
+A writer stores ``N_BATCHES`` batches of tiny models (one snapshot each) and a label per model (one
+more snapshot per batch), like a build and a labeling run interleaved. Model ids are deterministic,
+so ``audit`` knows exactly which rows must exist.
+
+With a DuckDB-file catalog (one process at a time) each writer opens the lake per batch and closes it,
+so writers take turns through ``Lake.open``'s lock wait; SQLite and PostgreSQL writers stay open.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from core.spec import ParamSpec, PermGroup, WeightSpec
+from storage.lake import Lake, LakeConfig
+from storage.writes import Label, ModelRecord, write_labels, write_models
+
+SPEC = WeightSpec(
+    (ParamSpec("0.weight", (3, 4), "linear", "weight", 0, ("h", None)),
+     ParamSpec("0.bias", (3,), "linear", "bias", 0, ("h",)),
+     ParamSpec("1.weight", (2, 3), "linear", "weight", 1, (None, "h")),
+     ParamSpec("1.bias", (2,), "linear", "bias", 1, (None,))),
+    (PermGroup("h", 3),))
+TENSORS_PER_MODEL = len(SPEC.params)
+
+
+def model_id(writer: int, batch: int, i: int) -> str:
+    return f"w{writer:02d}-b{batch:04d}-{i:04d}"
+
+
+def make_batch(writer: int, batch: int, size: int) -> list[tuple[ModelRecord, dict[str, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(writer * 1_000_003 + batch)
+    out = []
+    for i in range(size):
+        state = {p.name: torch.randn(p.shape, generator=g) for p in SPEC.params}
+        rec = ModelRecord(model_id(writer, batch, i), "stress", "mlp", {"input_shape": [4], "n_classes": 2},
+                          "none", SPEC, seed=writer, run_id=f"w{writer}", step=batch)
+        out.append((rec, state))
+    return out
+
+
+def run_writer(location: str, writer: int, n_batches: int, size: int) -> None:
+    keep_open = LakeConfig.parse(location).catalog != "duckdb"
+    lake = Lake.open(location) if keep_open else None
+    try:
+        for b in range(n_batches):
+            lk = lake or Lake.open(location)
+            try:
+                batch = make_batch(writer, b, size)
+                write_models(lk, batch, f"stress writer {writer} batch {b}")
+                write_labels(lk, [Label(r.model_id, "stress_value", float(b), "stress", 1) for r, _ in batch],
+                             f"stress labels {writer} batch {b}")
+            finally:
+                if lake is None:
+                    lk.close()
+    finally:
+        if lake is not None:
+            lake.close()
+
+
+@dataclass(frozen=True)
+class Audit:
+    expected: int  # models that must exist
+    landed: int  # distinct expected models found
+    lost: int  # expected models missing (must be 0)
+    duplicates: int  # extra rows over distinct keys in models, tensors, labels (must be 0)
+    unexpected: int  # models nobody wrote
+    tensors_ok: bool  # every model has all its tensors
+    labels_ok: bool  # every model has its label
+
+
+def audit(location: str, writers: int, n_batches: int, size: int) -> Audit:
+    want = {model_id(w, b, i) for w in range(writers) for b in range(n_batches) for i in range(size)}
+    with Lake.open(location, read_only=True) as lk:
+        got = [r[0] for r in lk.fetch("SELECT model_id FROM models")]
+        dup = sum(lk.fetch(q)[0][0] or 0 for q in (
+            "SELECT count(*) - count(DISTINCT model_id) FROM models",
+            "SELECT count(*) - count(DISTINCT (model_id, name)) FROM tensors",
+            "SELECT count(*) - count(DISTINCT (model_id, property)) FROM labels"))
+        per_model = lk.fetch("SELECT count(*) FROM (SELECT model_id, count(*) AS n FROM tensors GROUP BY ALL) "
+                             f"WHERE n <> {TENSORS_PER_MODEL}")[0][0]
+        n_tensor_models = lk.fetch("SELECT count(DISTINCT model_id) FROM tensors")[0][0]
+        n_labelled = lk.fetch("SELECT count(DISTINCT model_id) FROM labels WHERE property = 'stress_value'")[0][0]
+    found = set(got)
+    return Audit(len(want), len(want & found), len(want - found), dup, len(found - want),
+                 per_model == 0 and n_tensor_models == len(found), n_labelled == len(found))
+
+
+def check_consistent(lake: Lake, size: int) -> int:
+    """Raise AssertionError unless the snapshot ``lake`` shows is consistent: whole batches only, every
+    model with all its tensors, labels only for stored models. Returns the number of models seen."""
+    with lake.pinned():
+        return _check_consistent(lake, size)
+
+
+def _check_consistent(lake: Lake, size: int) -> int:
+    n_models, n_distinct = lake.fetch("SELECT count(*), count(DISTINCT model_id) FROM models")[0]
+    n_tensors = lake.fetch("SELECT count(*) FROM tensors")[0][0]
+    partial = lake.fetch(f"SELECT count(*) FROM (SELECT run_id, step, count(*) AS n FROM models GROUP BY ALL) "
+                         f"WHERE n <> {size}")[0][0]
+    orphans = lake.fetch("SELECT count(*) FROM labels WHERE model_id NOT IN (SELECT model_id FROM models)")[0][0]
+    assert n_models == n_distinct, f"duplicate models ({n_models} rows, {n_distinct} distinct)"
+    assert n_tensors == n_models * TENSORS_PER_MODEL, f"{n_tensors} tensors for {n_models} models"
+    assert partial == 0, f"{partial} half-written batches"
+    assert orphans == 0, f"{orphans} labels without a model"
+    return n_models
+
+
+def run_reader(location: str, seconds: float, size: int) -> tuple[int, int]:
+    """Open the latest snapshot repeatedly for ``seconds``; each must be consistent and never go back.
+    Returns (reads, snapshots seen)."""
+    deadline, last, reads, seen = time.monotonic() + seconds, -1, 0, set()
+    while time.monotonic() < deadline:
+        with Lake.open(location, read_only=True) as lk:
+            snap = lk.current_snapshot()
+            assert snap >= last, f"snapshot went back from {last} to {snap}"
+            check_consistent(lk, size)
+            last = snap
+            seen.add(snap)
+        reads += 1
+        time.sleep(0.05)
+    return reads, len(seen)
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "writer":
+        run_writer(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
+    elif argv[0] == "reader":
+        reads, seen = run_reader(argv[1], float(argv[2]), int(argv[3]))
+        print(f"reads={reads} snapshots={seen}")
+    else:
+        raise SystemExit(f"unknown role {argv[0]!r} (writer | reader)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

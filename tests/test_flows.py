@@ -1,0 +1,99 @@
+"""The flows with real components: a real Prefect server (session fixture), real lakes, real
+training and labeling; Dask LocalCluster vs threads give the same labels."""
+from __future__ import annotations
+
+import pytest
+
+from core.errors import ZooError
+from flows.common import BadRunner, RunnerConfig, artifact_key, is_retryable, markdown_table, task_runner
+from storage.lake import Lake
+
+CHEAP = ["performance", "efficiency", "weight_stats"]  # labelers without attacks: seconds per batch
+
+
+def test_task_runner_kinds() -> None:
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    assert isinstance(task_runner(RunnerConfig()), ThreadPoolTaskRunner)
+    local = task_runner(RunnerConfig("dask"))
+    assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 2
+    assert local.cluster_kwargs["threads_per_worker"] == 1 and local.cluster_kwargs["dashboard_address"] is None
+    remote = task_runner(RunnerConfig("dask", address="tcp://10.0.0.1:8786"))
+    assert remote.address == "tcp://10.0.0.1:8786"
+    with pytest.raises(BadRunner, match="ray"):
+        task_runner(RunnerConfig("ray"))
+
+
+def test_retry_only_transient_errors() -> None:
+    assert is_retryable(ZooError("write failed: database is locked"))
+    assert is_retryable(ConnectionError("reset"))
+    assert not is_retryable(ZooError("unknown family 'nope'"))
+    assert not is_retryable(None)
+
+
+def test_artifact_keys_and_tables() -> None:
+    assert artifact_key("Zoo Build", "digits_cnn") == "zoo-build-digits-cnn"
+    assert artifact_key("x" * 300) == "x" * 100
+    table = markdown_table([{"a": 1.23456, "b": "x|y"}])
+    assert "1.235" in table and "x\\|y" in table and table.count("\n") == 3
+
+
+def _labels(location: str) -> dict[tuple[str, str], float]:
+    with Lake.open(location, read_only=True) as lk:
+        return {(m, p): v for m, p, v in lk.fetch("SELECT model_id, property, value FROM labels")}
+
+
+def _copy_models(src: str, dst: str) -> int:
+    from storage.writes import read_models, read_weights, write_models
+
+    with Lake.open(src, read_only=True) as a:
+        records = read_models(a)
+        weights = read_weights(a, [r.model_id for r in records])
+    with Lake.open(dst, create=True) as b:
+        write_models(b, [(r, weights[r.model_id]) for r in records], "copy of the zoo")
+    return len(records)
+
+
+@pytest.fixture(scope="module")
+def small_zoo(prefect_server, tmp_path_factory) -> str:
+    """Two digits-cnn members (with their checkpoints) built by the build_zoo flow."""
+    from flows.build import build_zoo
+
+    loc = str(tmp_path_factory.mktemp("flows") / "zoo")
+    Lake.open(loc, create=True).close()
+    result = build_zoo(family="digits-cnn", n=2, seed=0, lake=loc)
+    assert len(result["model_ids"]) >= 2
+    return loc
+
+
+@pytest.mark.slow
+def test_build_flow_is_cached_and_leaves_the_lake_alone(small_zoo) -> None:
+    from flows.build import build_zoo
+
+    with Lake.open(small_zoo, read_only=True) as lk:
+        snaps = len(lk.snapshots())
+        n = lk.fetch("SELECT count(*) FROM models")[0][0]
+    again = build_zoo(family="digits-cnn", n=2, seed=0, lake=small_zoo)
+    with Lake.open(small_zoo, read_only=True) as lk:
+        assert len(lk.snapshots()) == snaps  # answered from the INPUTS cache: no new snapshot
+        assert lk.fetch("SELECT count(*) FROM models")[0][0] == n
+    assert sorted(again["model_ids"]) == sorted(m for (m,) in Lake.open(small_zoo, read_only=True).fetch(
+        "SELECT model_id FROM models"))
+
+
+@pytest.mark.slow
+def test_dask_and_threads_give_the_same_labels(small_zoo, tmp_path) -> None:
+    from flows.label import label_zoo
+
+    threads_lake, dask_lake = str(tmp_path / "threads"), "sqlite:" + str(tmp_path / "dask")
+    assert _copy_models(small_zoo, threads_lake) == _copy_models(small_zoo, dask_lake)
+    t = label_zoo(properties=CHEAP, lake=threads_lake, batch_size=1, runner="threads")
+    d = label_zoo(properties=CHEAP, lake=dask_lake, batch_size=1, runner="dask")
+    assert t["n_batches"] == d["n_batches"] >= 2  # batch_size=1: one batch per model, fanned out
+    assert t["n_labels"] == d["n_labels"] > 0
+    a, b = _labels(threads_lake), _labels(dask_lake)
+    assert a.keys() == b.keys() and len(a) == t["n_labels"]
+    assert all(abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(a[k])) for k in a)
+    # nothing is left to label: a second run plans no batches and writes nothing
+    assert label_zoo(properties=CHEAP, lake=dask_lake, runner="threads")["n_labels"] == 0

@@ -1,0 +1,87 @@
+"""Tokenizers: any registered architecture tokenizes; neuron/layer tokens are a set under neuron permutations."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.errors import BadWeights
+from core.spec import ParamSpec, PermGroup, WeightSpec, break_coupling, permute, random_perms
+from fixtures.weightnet_models import example_sample
+from weightnet.config import TokenizerConfig
+from weightnet.tokenizers import TOKENIZERS, Tokens, feature_dim, tokenize, unit_features
+from zoo.archs import ARCHS
+
+
+def assert_same_token_set(a: Tokens, b: Tokens, atol: float = 1e-5) -> None:
+    """Equal up to a reordering of tokens (rows sorted by a random projection of all fields)."""
+    assert len(a) == len(b)
+
+    def rows(t: Tokens) -> torch.Tensor:
+        r = torch.cat([t.features, t.meta, torch.stack([t.kind, t.role, t.depth, t.position], 1).float()], 1)
+        key = r.double() @ torch.linspace(1, 2, r.shape[1], dtype=torch.float64)
+        return r[torch.argsort(key)]
+
+    assert torch.allclose(rows(a), rows(b), atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("name", TOKENIZERS.names())
+def test_every_arch_tokenizes(arch: str, name: str, rng: torch.Generator) -> None:
+    s = example_sample(arch, rng)
+    cfg = TokenizerConfig(name=name)
+    t = tokenize(s.state, s.spec, cfg)
+    assert t.features.shape == (len(t), feature_dim(cfg))
+    assert torch.isfinite(t.features).all() and torch.isfinite(t.meta).all()
+    assert t.mask.all() and len(t) <= cfg.max_tokens + 64
+    for f in ("kind", "role", "depth", "position", "group", "mask"):
+        assert getattr(t, f).shape == (len(t),)
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("name", ["neuron", "layer"])
+def test_tokens_are_a_set_under_neuron_permutations(arch: str, name: str, rng: torch.Generator) -> None:
+    s = example_sample(arch, rng)
+    cfg = TokenizerConfig(name=name, unit_budget=4)  # small budget: pooling must stay invariant too
+    perms = random_perms(s.spec, rng)
+    assert_same_token_set(tokenize(s.state, s.spec, cfg), tokenize(permute(s.state, s.spec, perms), s.spec, cfg))
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+def test_neuron_tokens_see_broken_coupling(arch: str, rng: torch.Generator) -> None:
+    s = example_sample(arch, rng)
+    cfg = TokenizerConfig()
+    with pytest.raises(AssertionError):
+        assert_same_token_set(tokenize(s.state, s.spec, cfg), tokenize(break_coupling(s.state, s.spec, rng), s.spec, cfg))
+
+
+def test_global_and_positional_tokens_see_permutations(rng: torch.Generator) -> None:
+    s = example_sample("mlp", rng)
+    perms = random_perms(s.spec, rng)
+    for cfg in (TokenizerConfig(name="global"), TokenizerConfig(permutation="none")):
+        a, b = tokenize(s.state, s.spec, cfg), tokenize(permute(s.state, s.spec, perms), s.spec, cfg)
+        assert not torch.allclose(a.features, b.features)
+
+
+def test_unit_features_accept_any_fan_in_and_ignore_entry_order(rng: torch.Generator) -> None:
+    for m in (1, 2, 7, 300):
+        x = torch.randn(5, m, generator=rng)
+        f = unit_features(x, 9)
+        assert f.shape == (5, 16)
+        shuffled = x[:, torch.randperm(m, generator=rng)]
+        assert torch.allclose(f, unit_features(shuffled, 9), atol=1e-6)
+    assert torch.allclose(unit_features(torch.tensor([[3.0, -4.0]]), 1)[0, :7],
+                          torch.tensor([-0.5, 3.5, 3.5, (12.5) ** 0.5, -4.0, 3.0, 4.0]))
+
+
+def test_wide_layers_respect_the_token_budget(rng: torch.Generator) -> None:
+    spec = WeightSpec((ParamSpec("w", (1000, 20), "linear", "weight", 0, ("h", None)),
+                       ParamSpec("v", (3, 1000), "linear", "weight", 1, (None, "h"))), (PermGroup("h", 1000),))
+    state = {"w": torch.randn(1000, 20, generator=rng), "v": torch.randn(3, 1000, generator=rng)}
+    t = tokenize(state, spec, TokenizerConfig(unit_budget=16))
+    assert len(t) == 16 + 16 + 3
+
+
+def test_spec_without_float_tensors_is_refused() -> None:
+    spec = WeightSpec((ParamSpec("n", (), "buffer", "buffer", 0, ()),))
+    with pytest.raises(BadWeights, match="no floating-point tensor"):
+        tokenize({"n": torch.tensor(3)}, spec, TokenizerConfig())

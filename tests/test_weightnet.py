@@ -1,0 +1,185 @@
+"""WeightNet end to end: invariance for every architecture, learning on a tiny zoo, checkpoints, prediction."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import ZooError
+from core.spec import break_coupling, permute, random_perms
+from fixtures.weightnet_models import example_sample, hidden_groups, with_state
+from storage.lake import Lake
+from storage.writes import Label, ModelRecord, write_labels, write_models
+from weightnet.config import TokenizerConfig, WeightNetConfig
+from weightnet.data import DatasetConfig, load_samples
+from weightnet.model import WeightNetPredictor
+from weightnet.predict import predict_zoo
+from weightnet.train import train_weightnet
+from zoo.archs import ARCHS, build
+
+HANDLING = {  # name -> tokenizer config: invariant attention (two tokenizers) and each canonicalization
+    "invariant-neuron": TokenizerConfig(),
+    "invariant-layer": TokenizerConfig(name="layer"),
+    "weight_sort": TokenizerConfig(permutation="weight_sort"),
+    "activation_sort": TokenizerConfig(permutation="activation_sort"),
+    "align": TokenizerConfig(permutation="align"),
+}
+
+
+def _small(tok: TokenizerConfig, **kw) -> WeightNetConfig:
+    return WeightNetConfig(tokenizer=tok, d_model=32, depth=2, heads=4, **kw)
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("handling", sorted(HANDLING))
+def test_predictions_are_invariant_to_neuron_permutations(arch: str, handling: str, rng: torch.Generator) -> None:
+    base = example_sample(arch, rng)
+    if not hidden_groups(base.spec):
+        pytest.skip(f"{arch} has no permutable group")
+    train = [example_sample(arch, rng, f"t{i}", {"y": float(i)}) for i in range(3)]
+    pred = WeightNetPredictor(_small(HANDLING[handling], epochs=2))
+    pred.fit(train, train[:1], ["y"], seed=0)
+    permuted = with_state(base, permute(base.state, base.spec, random_perms(base.spec, rng)), "perm")
+    broken = with_state(base, break_coupling(base.state, base.spec, rng), "broken")
+    a, b, c = (pred.predict([s])["y"][0] for s in (base, permuted, broken))
+    assert abs(a - b) < 1e-5
+    za, zb, zc = pred.embed([base, permuted, broken])
+    scale = float(np.abs(za).max())
+    assert np.abs(za - zb).max() < 1e-5 * scale
+    assert np.abs(za - zc).max() > 1e-3 * scale  # a permutation that is not a symmetry is seen
+
+
+# --- a tiny zoo: digits MLPs trained briefly with different learning rates and step counts ----------
+def _train_mlp(x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    m = build("mlp", {"input_shape": [1, 8, 8], "n_classes": 10, "width": 16, "depth": 1}).module
+    opt = torch.optim.SGD(m.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """A lake with 48 labeled digits MLPs (test accuracy measured here) and 2 unlabeled CNNs."""
+    from zoo.datasets import load_dataset
+
+    d = load_dataset("digits", 0)
+    x_tr, y_tr, x_te, y_te = d.x_train, d.y_train, d.x_test, d.y_test
+    mlp_cfg = {"input_shape": [1, 8, 8], "n_classes": 10, "width": 16, "depth": 1}
+    spec = build("mlp", mlp_cfg).spec
+    g = torch.Generator().manual_seed(0)
+    batch, labels = [], []
+    for i in range(48):
+        lr = float(10 ** (-2.5 + 2.5 * torch.rand(1, generator=g)))
+        steps = int(torch.randint(2, 60, (1,), generator=g))
+        state = _train_mlp(x_tr, y_tr, lr, steps, seed=i)
+        m = build("mlp", mlp_cfg).module
+        m.load_state_dict(state)
+        with torch.no_grad():
+            acc = float((m(x_te).argmax(1) == y_te).float().mean())
+        mid = f"mlp{i:03d}"
+        batch.append((ModelRecord(mid, "tiny-mlp", "mlp", mlp_cfg, "digits", spec, {"lr": lr, "steps": steps},
+                                  seed=i, run_id=mid), state))
+        labels.append(Label(mid, "test_accuracy", acc, "test", 1))
+    cnn_cfg = {"input_shape": [1, 8, 8], "n_classes": 10, "channels": 8, "n_layers": 3}
+    for i in range(2):
+        torch.manual_seed(100 + i)
+        b = build("cnn", cnn_cfg)
+        batch.append((ModelRecord(f"cnn{i}", "tiny-cnn", "cnn", cnn_cfg, "digits", b.spec, run_id=f"cnn{i}"),
+                      b.module.state_dict()))
+    path = tmp_path_factory.mktemp("tiny") / "lake"
+    with Lake.open(path, create=True) as lk:
+        write_models(lk, batch, "tiny zoo")
+        write_labels(lk, labels, "tiny labels")
+        lk.tag("tiny")
+    return path
+
+
+def test_training_beats_the_mean_and_predictions_land_in_sql(tiny_zoo, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    cfg = _small(TokenizerConfig(), epochs=80, patience=20, lr=3e-3)
+    with Lake.open(tiny_zoo) as lk:
+        res = train_weightnet(lk, DatasetConfig(at="tiny", targets=("test_accuracy",), where="arch = 'mlp'",
+                                                val_fraction=0.25, test_fraction=0.2), cfg, runs_dir=tmp_path / "runs")
+        m = res.metrics
+        assert m["n_train"] > 20 and m["n_val"] >= 10
+        assert m["best_val_loss"] < 0.5 * m["val_mean_baseline_loss"], m
+        assert m["test"]["test_accuracy"]["spearman"] > 0.5, m["test"]
+        assert list((tmp_path / "cache" / "tokens").glob(f"{res.snapshot_id}-*.pt"))  # tokens cached per snapshot
+        status, cfg_json = lk.fetch("SELECT status, config FROM runs WHERE run_id = ?", [res.run_id])[0]
+        assert status == "completed" and json.loads(cfg_json)["checkpoint"] == res.checkpoint
+
+        n = predict_zoo(lk, res.run_id)
+        assert n == 50  # every model, including the CNNs (an architecture never seen in training)
+        rows = lk.fetch("SELECT m.arch, p.value, p.lower, p.upper, l.value FROM models m JOIN predictions p "
+                        "USING (model_id) LEFT JOIN labels l ON l.model_id = m.model_id AND l.property = p.property "
+                        "WHERE p.run_id = ? ORDER BY m.model_id", [res.run_id])
+        assert {r[0] for r in rows} == {"mlp", "cnn"}
+        assert all(np.isfinite(r[1]) and r[2] <= r[1] <= r[3] for r in rows)
+
+        # the checkpoint reloads to identical predictions
+        stored = {mid: v for mid, v in lk.fetch("SELECT model_id, value FROM predictions WHERE run_id = ?", [res.run_id])}
+        samples = load_samples(lk)
+        again = WeightNetPredictor.load(res.checkpoint).predict(samples)["test_accuracy"]
+        assert all(stored[s.model_id] == float(v) for s, v in zip(samples, again))
+        assert predict_zoo(lk, res.run_id, where="arch = 'cnn'") == 2  # re-predicting upserts, no duplicates
+        assert lk.fetch("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id])[0][0] == 50
+
+
+def test_fit_is_deterministic_and_intervals_are_conformal(rng: torch.Generator) -> None:
+    samples = []
+    for i in range(16):
+        s = example_sample("mlp", rng, f"s{i}")
+        scale = 0.5 + i / 8
+        samples.append(with_state(s, {k: v * scale for k, v in s.state.items()}, f"s{i}"))
+        samples[-1].labels["y"] = scale
+    cfg = _small(TokenizerConfig(), epochs=6, alpha=0.2)
+    preds = []
+    for _ in range(2):
+        p = WeightNetPredictor(cfg)
+        p.fit(samples[:10], samples[10:], ["y"], seed=3)
+        preds.append(p.predict(samples)["y"])
+    assert np.array_equal(preds[0], preds[1])
+    lo, hi = p.predict_interval(samples[10:])["y"]
+    y = np.array([s.labels["y"] for s in samples[10:]])
+    # split conformal with 6 calibration points at alpha=0.2: the 6th residual -> covers every val point
+    assert np.all((lo <= y + 1e-6) & (y <= hi + 1e-6))
+
+
+def test_cli_train_and_predict(tiny_zoo, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    cfg = tmp_path / "wn.json"
+    cfg.write_text(json.dumps({"d_model": 32, "heads": 4, "tokenizer": {"unit_budget": 16}}))
+    r = CliRunner().invoke(app, ["weightnet", "train", "--lake", str(tiny_zoo), "--at", "tiny", "--targets",
+                                 "test_accuracy", "--where", "arch = 'mlp'", "--config", str(cfg), "--epochs", "3",
+                                 "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    run_id = r.output.split("run ")[-1].split()[0]
+    r = CliRunner().invoke(app, ["weightnet", "predict", "--lake", str(tiny_zoo), "--run", run_id,
+                                 "--where", "arch = 'cnn'"])
+    assert r.exit_code == 0, r.output
+    assert "wrote 2 predictions" in r.output
+
+
+def test_bad_input_gets_clear_errors(tiny_zoo, tmp_path) -> None:
+    with pytest.raises(ZooError, match="unknown WeightNet config key 'depht'"):
+        WeightNetConfig.from_dict({"depht": 3})
+    with pytest.raises(ZooError, match="unknown pooling"):
+        WeightNetConfig(pooling="max")
+    with Lake.open(tiny_zoo) as lk:
+        with pytest.raises(ZooError, match="unknown WeightNet run 'nope'"):
+            predict_zoo(lk, "nope")
+        with pytest.raises(ZooError, match="label the zoo first"):
+            train_weightnet(lk, DatasetConfig(targets=("pgd_linf_8_255",)), runs_dir=tmp_path)
+    with pytest.raises(ZooError, match="cannot load WeightNet checkpoint"):
+        WeightNetPredictor.load(tmp_path / "missing.pt")

@@ -1,0 +1,316 @@
+"""WeightNet: a pre-norm transformer encoder over weight tokens with multi-task heads.
+
+No positional information enters except the tokens' own ``position`` ids, which are 0 inside a
+permutable set, so with the ``invariant`` tokenizers the encoder sees each group's neurons as a set
+and pooling (CLS, mean or attention) is symmetric: predictions do not depend on neuron order.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import ZooError
+from core.hashing import code_version
+from core.spec import LAYER_KINDS
+from weightnet.config import WeightNetConfig
+from weightnet.data import ZooSample
+from weightnet.pipeline import TokenPipeline
+from weightnet.tokenizers import MAX_DEPTH, MAX_POS, N_META, N_ROLES, Tokens, feature_dim
+
+Progress = Callable[[int, int], None]
+
+
+# --- batching --------------------------------------------------------------------------------------
+def collate(tokens: Sequence[Tokens]) -> dict[str, torch.Tensor]:
+    """Pad to the longest: every field gets a leading batch axis; mask marks real tokens."""
+    T = max(len(t) for t in tokens)
+    out = {}
+    for name in ("features", "kind", "role", "depth", "meta", "position", "group", "mask"):
+        rows = []
+        for t in tokens:
+            x = getattr(t, name)
+            pad = [0, 0] * (x.dim() - 1) + [0, T - x.shape[0]]
+            rows.append(F.pad(x, pad) if x.dtype != torch.bool else F.pad(x, pad, value=False))
+        out[name] = torch.stack(rows)
+    return out
+
+
+def buckets(lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None) -> list[list[int]]:
+    """Batches of similar token counts (less padding); shuffled when a generator is given."""
+    idx = torch.randperm(len(lengths), generator=generator).tolist() if generator is not None else list(range(len(lengths)))
+    window = batch_size * 8
+    batches = []
+    for i in range(0, len(idx), window):
+        chunk = sorted(idx[i:i + window], key=lambda j: lengths[j])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    if generator is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+# --- network ---------------------------------------------------------------------------------------
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape  # mask: (B, 1, 1, T) True = attend
+        q, k, v = self.qkv(self.n1(x)).reshape(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, d/heads)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, T, d))
+        return x + self.mlp(self.n2(x))
+
+
+class WeightNetModel(nn.Module):
+    def __init__(self, cfg: WeightNetConfig, n_regression: int, n_classification: int):
+        super().__init__()
+        d, fdim = cfg.d_model, feature_dim(cfg.tokenizer)
+        self.pooling = cfg.pooling
+        self.register_buffer("feat_mean", torch.zeros(fdim))
+        self.register_buffer("feat_std", torch.ones(fdim))
+        self.embed = nn.Linear(fdim, d)
+        self.meta = nn.Linear(N_META, d)
+        self.kind = nn.Embedding(len(LAYER_KINDS), d)
+        self.role = nn.Embedding(N_ROLES, d)
+        self.depth = nn.Embedding(MAX_DEPTH, d)
+        self.position = nn.Embedding(MAX_POS + 1, d)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.attn_query = nn.Linear(d, 1)
+        self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(d)
+        self.regress = nn.Linear(d, n_regression)
+        self.classify = nn.Linear(d, 2 * n_classification) if n_classification else None
+
+    def encode(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, ...) padded batch -> (B, d) pooled embedding."""
+        f = (b["features"] - self.feat_mean) / self.feat_std
+        x = (self.embed(f) + self.meta(b["meta"]) + self.kind(b["kind"]) + self.role(b["role"])
+             + self.depth(b["depth"]) + self.position(b["position"]))
+        mask = b["mask"]
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)  # (B, 1 + T, d)
+        mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
+        for blk in self.blocks:
+            x = blk(x, mask[:, None, None, :])
+        x = self.norm(x)
+        if self.pooling == "cls":
+            return x[:, 0]
+        tok, m = x[:, 1:], mask[:, 1:, None].to(x.dtype)
+        if self.pooling == "mean":
+            return (tok * m).sum(1) / m.sum(1).clamp_min(1)
+        logits = self.attn_query(tok).masked_fill(m == 0, float("-inf"))
+        return (torch.softmax(logits, 1) * tok).sum(1)
+
+    def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encode(b)
+        cls = self.classify(z) if self.classify is not None else z[:, :0]
+        return self.regress(z), cls
+
+
+# --- the predictor ---------------------------------------------------------------------------------
+class WeightNetPredictor:
+    """weightnet.predictor.Predictor + predict_interval (split conformal on the validation set)."""
+
+    name = "weightnet"
+
+    def __init__(self, config: WeightNetConfig | None = None, device: str = "cpu", pipeline: TokenPipeline | None = None):
+        self.config = config or WeightNetConfig()
+        self.device = device
+        self.pipeline = pipeline or TokenPipeline(self.config.tokenizer)
+        self.targets: list[str] = []
+        self.model: WeightNetModel | None = None
+        self.target_mean = torch.zeros(0)
+        self.target_std = torch.ones(0)
+        self.residuals: dict[str, torch.Tensor] = {}  # sorted |val error| per property (conformal)
+        self.history: list[dict] = []
+
+    # -- helpers --
+    @property
+    def thresholds(self) -> list[tuple[str, float]]:
+        return [(p, float(t)) for p, t in self.config.thresholds if p in self.targets]
+
+    def _labels(self, samples: Sequence[ZooSample]) -> torch.Tensor:
+        return torch.tensor([[s.labels.get(t, float("nan")) for t in self.targets] for s in samples],
+                            dtype=torch.float32).reshape(len(samples), len(self.targets))
+
+    def _batch(self, toks: Sequence[Tokens]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in collate(toks).items()}
+
+    def _loss(self, reg: torch.Tensor, cls: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = (y - self.target_mean.to(y.device)) / self.target_std.to(y.device)
+        ok = ~torch.isnan(z)
+        weights = dict(self.config.loss_weights)
+        w = torch.tensor([float(weights.get(t, 1.0)) for t in self.targets], device=y.device).expand_as(z)
+        fn = F.huber_loss if self.config.loss == "huber" else F.mse_loss
+        per = fn(reg, torch.nan_to_num(z), reduction="none")
+        loss = (per * w * ok).sum() / ok.sum().clamp_min(1)
+        for j, (prop, thr) in enumerate(self.thresholds):
+            col = self.targets.index(prop)
+            okc = ok[:, col]
+            if okc.any():
+                target = (y[okc, col] > thr).long()
+                ce = F.cross_entropy(cls[okc, 2 * j:2 * j + 2], target)
+                loss = loss + float(weights.get(f"{prop}>{thr}", 1.0)) * ce
+        return loss
+
+    # -- training --
+    def fit(self, train: Sequence[ZooSample], val: Sequence[ZooSample], targets: Sequence[str], seed: int | None = None,
+            progress: Progress | None = None) -> None:
+        cfg = self.config
+        seed = cfg.seed if seed is None else seed
+        if not train:
+            raise ZooError("WeightNet needs at least one training sample")
+        self.targets = list(targets)
+        self.pipeline.fit_references(train)
+        tr_tok, va_tok = self.pipeline.many(train), self.pipeline.many(val)
+        y_tr, y_va = self._labels(train), self._labels(val)
+        self.target_mean = torch.nanmean(y_tr, 0).nan_to_num(0.0)
+        std = torch.tensor([float(np.nanstd(y_tr[:, j].numpy())) if y_tr.shape[0] > 1 else 1.0
+                            for j in range(len(self.targets))])
+        self.target_std = torch.where(torch.isfinite(std) & (std > 1e-8), std, torch.ones_like(std))
+        with torch.random.fork_rng(devices=[]):  # module init draws from the global RNG: seed it, then restore
+            torch.manual_seed(seed)
+            self.model = WeightNetModel(cfg, len(self.targets), len(self.thresholds)).to(self.device)
+        allf = torch.cat([t.features for t in tr_tok])
+        self.model.feat_mean.copy_(allf.mean(0))
+        self.model.feat_std.copy_(allf.std(0, correction=0).clamp_min(1e-6))
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = len(buckets([len(t) for t in tr_tok], cfg.batch_size))
+        total = max(1, cfg.epochs * steps_per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        best, best_state, stale = float("inf"), copy.deepcopy(self.model.state_dict()), 0
+        lengths = [len(t) for t in tr_tok]
+        for epoch in range(cfg.epochs):
+            self.model.train()
+            tr_loss = 0.0
+            for idx in buckets(lengths, cfg.batch_size, gen):
+                reg, cls = self.model(self._batch([tr_tok[i] for i in idx]))
+                loss = self._loss(reg, cls, y_tr[idx].to(self.device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                tr_loss += float(loss.detach()) * len(idx)
+            tr_loss /= len(train)
+            va_loss = self.evaluate_loss(va_tok, y_va) if val else tr_loss
+            self.history.append({"epoch": epoch, "train_loss": tr_loss, "val_loss": va_loss})
+            if progress is not None:
+                progress(epoch + 1, cfg.epochs)
+            if va_loss < best - 1e-6:
+                best, best_state, stale = va_loss, copy.deepcopy(self.model.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+        self.model.load_state_dict(best_state)
+        self.model.eval()
+        self.residuals = {}
+        if val:
+            pred = self._predict_tokens(va_tok)
+            for j, t in enumerate(self.targets):
+                r = (pred[:, j] - y_va[:, j]).abs()
+                self.residuals[t] = torch.sort(r[~torch.isnan(r)]).values
+
+    @torch.no_grad()
+    def evaluate_loss(self, toks: Sequence[Tokens], y: torch.Tensor) -> float:
+        assert self.model is not None
+        self.model.eval()
+        total = 0.0
+        for idx in buckets([len(t) for t in toks], self.config.batch_size):
+            reg, cls = self.model(self._batch([toks[i] for i in idx]))
+            total += float(self._loss(reg, cls, y[idx].to(self.device))) * len(idx)
+        return total / max(1, len(toks))
+
+    def mean_baseline_loss(self, samples: Sequence[ZooSample]) -> float:
+        """Loss of always predicting the training mean (for 'well below the mean' checks)."""
+        y = self._labels(samples)
+        reg = torch.zeros(len(samples), len(self.targets))
+        cls = torch.zeros(len(samples), 2 * len(self.thresholds))
+        return float(self._loss(reg, cls, y))
+
+    # -- prediction --
+    @torch.no_grad()
+    def _predict_tokens(self, toks: Sequence[Tokens], batch_size: int | None = None) -> torch.Tensor:
+        """(N, n_targets) de-standardized predictions."""
+        if self.model is None:
+            raise ZooError("WeightNet is not trained (call fit or load a checkpoint)")
+        self.model.eval()
+        out = torch.empty(len(toks), len(self.targets))
+        for idx in buckets([len(t) for t in toks], batch_size or max(64, self.config.batch_size)):
+            reg, _ = self.model(self._batch([toks[i] for i in idx]))
+            out[idx] = reg.float().cpu() * self.target_std + self.target_mean
+        return out
+
+    def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
+        if not samples:
+            return {t: np.zeros(0) for t in self.targets}
+        pred = self._predict_tokens(self.pipeline.many(samples)).numpy()
+        return {t: pred[:, j].astype(np.float64) for j, t in enumerate(self.targets)}
+
+    @torch.no_grad()
+    def embed(self, samples: Sequence[ZooSample]) -> np.ndarray:
+        """(N, d_model) pooled encodings, the representation every head reads."""
+        if self.model is None:
+            raise ZooError("WeightNet is not trained (call fit or load a checkpoint)")
+        self.model.eval()
+        toks = self.pipeline.many(samples)
+        return torch.cat([self.model.encode(self._batch([t])).cpu() for t in toks]).numpy()
+
+    @torch.no_grad()
+    def predict_proba(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
+        """P(property > threshold) for each configured threshold, keyed 'property>threshold'."""
+        assert self.model is not None
+        toks = self.pipeline.many(samples)
+        _, cls = self.model(self._batch(toks))
+        return {f"{p}>{t:g}": torch.softmax(cls[:, 2 * j:2 * j + 2], 1)[:, 1].cpu().numpy()
+                for j, (p, t) in enumerate(self.thresholds)}
+
+    def interval_width(self, prop: str, alpha: float) -> float:
+        """Split-conformal half-width: the ceil((n+1)(1-alpha))-th smallest validation residual."""
+        r = self.residuals.get(prop)
+        if r is None or r.numel() == 0:
+            return float("inf")
+        k = math.ceil((r.numel() + 1) * (1 - alpha))
+        return float("inf") if k > r.numel() else float(r[k - 1])
+
+    def predict_interval(self, samples: Sequence[ZooSample], alpha: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        alpha = self.config.alpha if alpha is None else alpha
+        pred = self.predict(samples)
+        return {t: (v - self.interval_width(t, alpha), v + self.interval_width(t, alpha)) for t, v in pred.items()}
+
+    # -- checkpoints --
+    def state(self) -> dict:
+        assert self.model is not None
+        return {"state_dict": self.model.state_dict(), "config": self.config.to_dict(), "targets": list(self.targets),
+                "target_mean": self.target_mean, "target_std": self.target_std, "residuals": dict(self.residuals),
+                "references": self.pipeline.references, "code_version": code_version(), "history": self.history}
+
+    def save(self, path) -> None:
+        torch.save(self.state(), path)
+
+    @classmethod
+    def load(cls, path, device: str = "cpu") -> "WeightNetPredictor":
+        try:
+            ck = torch.load(path, weights_only=True, map_location=device)
+        except (OSError, RuntimeError) as e:
+            raise ZooError(f"cannot load WeightNet checkpoint {path}: {e}") from None
+        cfg = WeightNetConfig.from_dict(ck["config"])
+        p = cls(cfg, device, TokenPipeline(cfg.tokenizer, ck.get("references")))
+        p.targets = list(ck["targets"])
+        p.target_mean, p.target_std = ck["target_mean"], ck["target_std"]
+        p.residuals = dict(ck["residuals"])
+        p.history = list(ck.get("history", []))
+        p.model = WeightNetModel(cfg, len(p.targets), len(p.thresholds)).to(device)
+        p.model.load_state_dict(ck["state_dict"])
+        p.model.eval()
+        return p

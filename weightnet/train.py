@@ -1,0 +1,107 @@
+"""Train WeightNet on a zoo snapshot and record the run (kind=weightnet) in the lake."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pathlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from core.errors import ZooError
+from core.hashing import stable_hash
+from storage.lake import Lake
+from storage.writes import write_run
+from weightnet.config import WeightNetConfig
+from weightnet.data import DatasetConfig, ZooSample, load_samples, reading_at, split_samples
+from weightnet.model import WeightNetPredictor
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    metrics: dict
+    snapshot_id: int
+    checkpoint: str
+
+
+def default_runs_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("ZOO_RUNS") or "runs")
+
+
+def resolve_snapshot(lake: Lake, at: str | int | None) -> int:
+    if at is None:
+        return lake.snapshot if lake.snapshot is not None else lake.current_snapshot()
+    return lake.resolve(at)
+
+
+def regression_metrics(pred: WeightNetPredictor, samples: Sequence[ZooSample]) -> dict:
+    """Per target: mae, rmse, r2, spearman, interval coverage and mean width on ``samples``."""
+    if not samples:
+        return {}
+    out = {}
+    for t, p in pred.predict(samples).items():
+        half = pred.interval_width(t, pred.config.alpha)
+        lo, hi = p - half, p + half
+        y = np.array([s.labels.get(t, np.nan) for s in samples], dtype=np.float64)
+        ok = np.isfinite(y)
+        if not ok.any():
+            continue
+        err = p[ok] - y[ok]
+        var = float(np.var(y[ok]))
+        out[t] = {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+                  "r2": float(1 - (err ** 2).mean() / var) if var > 0 else float("nan"),
+                  "spearman": float(spearmanr(p[ok], y[ok]).statistic) if ok.sum() > 2 and var > 0 else float("nan"),
+                  "coverage": float(((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])).mean()),
+                  "interval_width": 2 * half, "n": int(ok.sum())}
+    return out
+
+
+def train_weightnet(lake: Lake, dataset: DatasetConfig, config: WeightNetConfig | None = None, device: str = "cpu",
+                    progress: Progress | None = None, runs_dir: str | pathlib.Path | None = None) -> TrainResult:
+    """Resolve the snapshot, load samples there, split, train, evaluate on the test split, save the
+    checkpoint under ``runs_dir/weightnet/<run_id>/`` and upsert a ``runs`` row (needs a writable lake)."""
+    config = config or WeightNetConfig()
+    snapshot = resolve_snapshot(lake, dataset.at)
+    run_id = "wn-" + stable_hash({"dataset": dataset, "config": config, "snapshot": snapshot,
+                                  "lake": lake.config.display}, 12)
+    run_config = {"dataset": asdict(dataset), "weightnet": config.to_dict(), "device": device}
+    started = dt.datetime.now(dt.timezone.utc)
+    can_write = not lake.read_only
+    if can_write:
+        write_run(lake, run_id, "weightnet", run_config, "running", snapshot_id=snapshot, started_at=started)
+    try:
+        with reading_at(lake, snapshot) as snap:
+            samples = load_samples(snap, dataset.where, dataset.targets)
+        if len(samples) < 3:
+            raise ZooError(f"only {len(samples)} models at snapshot {snapshot} have all of {', '.join(dataset.targets)}"
+                           f"{' and match ' + repr(dataset.where) if dataset.where else ''}: label the zoo first")
+        train, val, test = split_samples(samples, dataset.split, dataset.seed, dataset.val_fraction, dataset.test_fraction)
+        if not train:
+            raise ZooError(f"split {dataset.split!r} leaves no training models")
+        predictor = WeightNetPredictor(config, device)
+        predictor.pipeline.fit_references(train)
+        predictor.pipeline.many(samples, snapshot=snapshot, lake_name=lake.config.display)
+        predictor.fit(train, val, dataset.targets, seed=config.seed, progress=progress)
+        out = pathlib.Path(runs_dir or default_runs_dir()) / "weightnet" / run_id
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint = str((out / "checkpoint.pt").absolute())
+        predictor.save(checkpoint)
+        hist = predictor.history
+        metrics = {"n_train": len(train), "n_val": len(val), "n_test": len(test), "epochs": len(hist),
+                   "best_val_loss": min(h["val_loss"] for h in hist),
+                   "val_mean_baseline_loss": predictor.mean_baseline_loss(val) if val else None,
+                   "test": regression_metrics(predictor, test), "checkpoint": checkpoint}
+    except BaseException as e:
+        if can_write:
+            write_run(lake, run_id, "weightnet", run_config, "failed", {"error": str(e)[:500]}, snapshot, started,
+                      dt.datetime.now(dt.timezone.utc))
+        raise
+    if can_write:
+        write_run(lake, run_id, "weightnet", {**run_config, "checkpoint": checkpoint}, "completed", metrics, snapshot,
+                  started, dt.datetime.now(dt.timezone.utc))
+    return TrainResult(run_id, metrics, snapshot, checkpoint)
