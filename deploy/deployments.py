@@ -32,11 +32,11 @@ class DeploymentSpec:
     description: str = ""
 
 
-def specs(lake: str, build_n: int = 4) -> list[DeploymentSpec]:
+def specs(lake: str, build_n: int = 4, build_family: str = "digits-cnn") -> list[DeploymentSpec]:
     """The project's deployments, all pointing at the lake at ``lake`` (a location string)."""
     return [
         DeploymentSpec("zoo-build", "flows/build.py:build_zoo", "cpu",
-                       {"family": "digits-cnn", "n": build_n, "seed": 0, "lake": lake},
+                       {"family": build_family, "n": build_n, "seed": 0, "lake": lake},
                        description="Train a family of models into the zoo (one new snapshot)."),
         DeploymentSpec("nightly-relabel", "flows/label.py:label_zoo", "cpu", {"lake": lake},
                        cron="0 3 * * *", concurrency_limit=1,
@@ -67,7 +67,8 @@ def ensure_pools(pools: tuple[str, ...] = POOLS) -> list[str]:
     return created
 
 
-def register(lake: str, root: pathlib.Path = ROOT, build_n: int = 4, only: tuple[str, ...] | None = None) -> dict[str, str]:
+def register(lake: str, root: pathlib.Path = ROOT, build_n: int = 4, build_family: str = "digits-cnn",
+             only: tuple[str, ...] | None = None) -> dict[str, str]:
     """Create the pools and (re)register the deployments from the source tree at ``root``; returns
     deployment name -> id. Re-registering updates in place (idempotent)."""
     from prefect import Flow
@@ -75,7 +76,7 @@ def register(lake: str, root: pathlib.Path = ROOT, build_n: int = 4, only: tuple
 
     ensure_pools()
     ids = {}
-    for spec in specs(lake, build_n):
+    for spec in specs(lake, build_n, build_family):
         if only and spec.name not in only:
             continue
         fl = Flow.from_source(source=str(root), entrypoint=spec.entrypoint)

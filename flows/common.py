@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from core.errors import ZooError
-from storage.lake import Lake, is_transient
+from storage.lake import Lake, LakeConfig, is_transient
 
 RUNNERS = ("threads", "dask")
 
@@ -71,10 +72,36 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 RETRY = {"retries": 3, "retry_delay_seconds": [1, 4, 10], "retry_condition_fn": retry_transient}
 
 
+_FILE_LOCKS: dict[str, threading.RLock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(location: str) -> threading.RLock | None:
+    """A DuckDB-file catalog can be attached once per process: threads of one process take turns."""
+    cfg = LakeConfig.parse(location)
+    if cfg.catalog != "duckdb":
+        return None
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(cfg.target, threading.RLock())
+
+
 @contextmanager
 def lake_at(location: str, *, read_only: bool = False, create: bool = False, at: str | int | None = None,
-            wait_s: float = 120.0) -> Iterator[Lake]:
-    """Open the lake, waiting while another process holds a DuckDB-file catalog's lock."""
+            wait_s: float = 900.0) -> Iterator[Lake]:
+    """Open the lake for the duration of the block. With a DuckDB-file catalog, threads of this process
+    take turns and other processes' locks are waited for (up to ``wait_s``); SQLite/PostgreSQL catalogs
+    admit concurrent writers."""
+    lock = _file_lock(location)
+    if lock is None:
+        with _open_waiting(location, read_only, create, at, wait_s) as lake:
+            yield lake
+        return
+    with lock, _open_waiting(location, read_only, create, at, wait_s) as lake:
+        yield lake
+
+
+@contextmanager
+def _open_waiting(location: str, read_only: bool, create: bool, at: str | int | None, wait_s: float) -> Iterator[Lake]:
     deadline = time.monotonic() + wait_s
     delay = 0.2
     while True:

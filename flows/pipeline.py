@@ -34,7 +34,8 @@ def pipeline(family: str = "digits-cnn", n: int = 8, seed: int = 0, checkpoints:
         tag_snapshot(lake, tag)
         at = tag
     trained = train_weightnet(lake=lake, at=at, where=where, targets=targets, config=config, device=device)
-    reported = report(run_id=trained["run_id"], lake=lake, suite=suite, at=at, out_dir=out_dir, seeds=seeds)
+    reported = report(run_id=trained["run_id"], lake=lake, suite=suite, at=at, out_dir=out_dir, seeds=seeds,
+                      device=device)
     summary = [{"step": "build", "result": f"{len(built['model_ids'])} models ({len(built['new_ids'])} new), "
                                            f"snapshot {built['snapshot_id']}"},
                {"step": "label", "result": f"{labeled['n_labels']} labels on {labeled['n_models']} models, "

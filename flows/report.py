@@ -40,16 +40,18 @@ def _evaluate_fn():
 
 
 @task(name="evaluate", cache_policy=INPUTS, persist_result=True, **RETRY)
-def run_evaluation(lake: str, suite: str, at: str | int | None, out_dir: str, seeds: list[int], stamp: str) -> dict | None:
+def run_evaluation(lake: str, suite: str, at: str | int | None, out_dir: str, seeds: list[int], device: str,
+                   stamp: str) -> dict | None:
     """Wraps weightnet.eval.evaluate (None when this checkout has no evaluation package)."""
     evaluate = _evaluate_fn()
     if evaluate is None:
         return None
     progress = progress_artifact(f"evaluation suite {suite}", key=artifact_key("eval-progress", suite))
     with lake_at(lake) as lk:
-        res = evaluate(lk, suite=suite, at=at, out_dir=out_dir, seeds=tuple(seeds), progress=progress)
+        res = evaluate(lk, suite=suite, at=at, out_dir=out_dir, seeds=tuple(seeds), progress=progress, device=device)
     headline = [dict(r) if not isinstance(r, dict) else r for r in (res.headline or [])]
     return {"run_id": res.run_id, "report_path": str(res.report_path), "headline": headline,
+            "notes": list(getattr(res, "notes", []) or []),
             "text": res.format_headline() if hasattr(res, "format_headline") else markdown_table(headline)}
 
 
@@ -64,7 +66,7 @@ def publish_plots(folder: pathlib.Path, limit: int = 20) -> list[str]:
 
 @flow(name="report", log_prints=True)
 def report(run_id: str | None = None, lake: str = "lake", suite: str | None = "small", at: str | None = None,
-           out_dir: str = "reports", seeds: list[int] | None = None) -> dict:
+           out_dir: str = "reports", seeds: list[int] | None = None, device: str = "cpu") -> dict:
     """Artifacts for ``run_id`` (a WeightNet run) and, with ``suite`` set, for the evaluation suite."""
     out: dict = {}
     if run_id:
@@ -74,7 +76,7 @@ def report(run_id: str | None = None, lake: str = "lake", suite: str | None = "s
                               description=f"{run['kind']} run {run_id} ({run['status']})")
         out["run"] = run
     if suite:
-        ev = run_evaluation(lake, suite, at, out_dir, list(seeds or (0, 1, 2)), lake_stamp(lake))
+        ev = run_evaluation(lake, suite, at, out_dir, list(seeds or (0, 1, 2)), device, lake_stamp(lake))
         if ev is None:
             print("weightnet.eval.evaluate is not available in this checkout: evaluation skipped")
         else:

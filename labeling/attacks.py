@@ -1,5 +1,6 @@
-"""Adversarial robustness with torchattacks, all models of a batch attacked in one run (``Population``).
+"""Adversarial robustness with torchattacks.
 
+PGD attacks all models of a batch in one run; AutoAttack runs model by model (see ``autoattack``).
 Robust accuracy counts an example as robust only if the model classifies it correctly both clean and
 under attack, so it never exceeds clean accuracy. PGD runs ``restarts`` times per eps (an example must
 survive every restart), and the eps list is processed in increasing order with the robust sets
@@ -49,9 +50,15 @@ def draw_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 
-def unit_eps(eps: float, splits: Splits) -> float:
+def attack_range(splits: Splits, x: torch.Tensor) -> tuple[float, float]:
+    """The declared value range, widened to cover the data (torchattacks would clamp values outside it)."""
     lo, hi = splits.info.value_range
-    return eps * splits.info.eps_scale / (hi - lo)
+    return min(float(lo), float(x.min())), max(float(hi), float(x.max()))
+
+
+def unit_eps(eps: float, splits: Splits, value_range: tuple[float, float]) -> float:
+    """eps for [0, 1] images -> eps in the attack's [0, 1] coordinates of this dataset."""
+    return eps * splits.info.eps_scale / (value_range[1] - value_range[0])
 
 
 def subset(n_total: int, n: int | None, seed: int) -> torch.Tensor:
@@ -104,15 +111,16 @@ def pgd(batch: ModelBatch, splits: Splits, params: PGDParams, device: torch.devi
         generator: torch.Generator) -> list[dict[str, float]]:
     import torchattacks
 
-    pop = Population(batch.modules, splits.info.input_shape, splits.info.value_range)
     x, y = splits.split(params.split)
     idx = subset(len(y), params.n_examples, params.subset_seed)
     x, y = x[idx], y[idx]
+    vr = attack_range(splits, x)
+    pop = Population(batch.modules, splits.info.input_shape, vr)
     out: list[dict[str, float]] = [{} for _ in range(len(batch))]
     for norm, eps_list in (("linf", params.eps_linf), ("l2", params.eps_l2)):
         alive = torch.ones(len(batch), len(y), dtype=torch.bool)
         for eps in sorted(eps_list):
-            e = unit_eps(eps, splits)
+            e = unit_eps(eps, splits, vr)
             alpha = params.alpha_factor * e / params.steps
             if norm == "linf":
                 make = lambda: torchattacks.PGD(pop, eps=e, alpha=alpha, steps=params.steps, random_start=True)
@@ -154,25 +162,28 @@ def autoattack(batch: ModelBatch, splits: Splits, params: AutoAttackParams, devi
                generator: torch.Generator) -> list[dict[str, float]]:
     import torchattacks
 
-    pop = Population(batch.modules, splits.info.input_shape, splits.info.value_range)
     x, y = splits.split(params.split)
     idx = torch.tensor(params.indices or _autoattack_indices(splits, params).indices, dtype=torch.long)
     x, y = x[idx], y[idx]
-    seed = draw_seed(generator)
-
-    def make():
-        atk = torchattacks.AutoAttack(pop, norm=params.norm, eps=unit_eps(params.eps, splits),
-                                      version=params.version, n_classes=splits.info.n_classes, seed=seed)
-        for sub in atk._autoattack.attacks:
-            if isinstance(sub, torchattacks.Square):
-                sub.n_queries = params.n_queries
-        return atk
-
-    robust = _robust(pop, x, y, make, [seed], chunk_rows=len(batch) * len(y), device=device)
-    clean = None
+    seed = draw_seed(generator)  # the same for every model: a model's label does not depend on its batch
     name = autoattack_name(params)
-    with torch.no_grad():
-        u = tile(pop.to_unit(x.to(device)), pop.m)
-        clean = correct(pop, u, tile(y.to(device), pop.m)).reshape(pop.m, -1).cpu()
-    return [{name: float(robust[i].double().mean()), f"{name}_clean": float(clean[i].double().mean())}
-            for i in range(len(batch))]
+    vr = attack_range(splits, x)
+    out = []
+    # One model at a time: AutoAttack's stages pass on only the examples still robust, so the rows of a
+    # Population would lose track of which model they belong to.
+    for module in batch.modules:
+        pop = Population([module], splits.info.input_shape, vr)
+
+        def make():
+            atk = torchattacks.AutoAttack(pop, norm=params.norm, eps=unit_eps(params.eps, splits, vr),
+                                          version=params.version, n_classes=splits.info.n_classes, seed=seed)
+            for sub in atk._autoattack.attacks:
+                if isinstance(sub, torchattacks.Square):
+                    sub.n_queries = params.n_queries
+            return atk
+
+        robust = _robust(pop, x, y, make, [seed], chunk_rows=len(y), device=device)[0]
+        with torch.no_grad():
+            clean = pop(pop.to_unit(x.to(device)).reshape((len(y),) + attack_shape(tuple(x.shape[1:])))).argmax(-1).cpu() == y
+        out.append({name: float(robust.double().mean()), f"{name}_clean": float(clean.double().mean())})
+    return out

@@ -52,6 +52,9 @@ def dataset_for(record: ModelRecord) -> Splits:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: CUDA when present, else the CPU. Asking for CUDA where there is none is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ZooError(f"device {device!r} requested but CUDA is not available here (use --device cpu)")
@@ -153,7 +156,7 @@ def label_zoo(lake: Lake, properties: Sequence[str] | str | None = None, where: 
               device: str | torch.device = "cpu", batch_size: int = 32, progress: Progress = None,
               seed: int = 0) -> LabelResult:
     """Plan, then label batch by batch (one snapshot each); a run row records the whole labeling run."""
-    resolve_device(device)
+    device = resolve_device(device)
     batches = plan(lake, properties, where, batch_size)
     if not batches:
         return LabelResult(0, 0, lake.current_snapshot())

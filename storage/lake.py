@@ -98,6 +98,7 @@ _EXTENSIONS = {"sqlite": ("duckdb_extension_sqlite_scanner", "sqlite_scanner"),
                "postgres": ("duckdb_extension_postgres_scanner", "postgres_scanner")}
 _OBJECT_SCHEMES = ("s3", "s3a", "gcs", "gs", "r2")
 _SECRET_ENV = ("ZOO_S3_SECRET", "ZOO_S3_KEY_ID", "ZOO_S3_SESSION_TOKEN")
+_PRIVATE_FUNCTIONS = ("duckdb_secrets", "which_secret")
 _LOCKED = ("could not set lock", "conflicting lock", "database is locked")
 _TRANSIENT = ("database is locked", "could not set lock", "conflict", "concurrent", "busy", "serialization")
 
@@ -105,7 +106,7 @@ _TRANSIENT = ("database is locked", "could not set lock", "conflict", "concurren
 def redact(text: str) -> str:
     """``text`` without passwords (libpq ``password=...``, URL ``user:pass@``) or the S3 secrets in the env."""
     text = re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
-    text = re.sub(r"(?i)(://[^/\s:@]*:)[^@/\s]*@", r"\1***@", text)
+    text = re.sub(r"://[^\s@/]*:[^\s@]*@", "://***@", text)
     for var in _SECRET_ENV:
         value = os.environ.get(var)
         if value and len(value) >= 4:
@@ -124,9 +125,6 @@ def _s3_secret_sql(data_path: str) -> str:
             "SESSION_TOKEN": env.get("ZOO_S3_SESSION_TOKEN"), "REGION": env.get("ZOO_S3_REGION"),
             "ENDPOINT": env.get("ZOO_S3_ENDPOINT"), "URL_STYLE": env.get("ZOO_S3_URL_STYLE"),
             "SCOPE": data_path.split("://", 1)[0] + "://" + data_path.split("://", 1)[1].split("/", 1)[0]}
-    if not opts["KEY_ID"] and not opts["SECRET"]:
-        opts["PROVIDER"] = "credential_chain"
-        opts.pop("KEY_ID"), opts.pop("SECRET")
     parts = []
     for k, v in opts.items():
         if v:
@@ -193,7 +191,8 @@ class Lake:
                 con.execute(f"LOAD '{_extension(*_EXTENSIONS[cfg.catalog])}'")
             if cfg.object_store:
                 con.execute(f"LOAD '{_extension('duckdb_extension_httpfs', 'httpfs')}'")
-                con.execute(_s3_secret_sql(cfg.data_path))
+                if any(os.environ.get(f"ZOO_S3_{k}") for k in ("KEY_ID", "SECRET", "ENDPOINT", "REGION")):
+                    con.execute(_s3_secret_sql(cfg.data_path))  # else: public bucket, no credentials
             lake = cls(cfg, con, None, read_only)
             if at is not None:
                 snap = lake._resolve_with_fresh_attach(at)
@@ -321,6 +320,8 @@ class Lake:
         if self.read_only:
             if len(statements) != 1:
                 raise LakeError(f"read-only SQL takes one statement, got {len(statements)} (pass --write to change the lake)")
+            if any(f in query.lower() for f in _PRIVATE_FUNCTIONS):
+                raise LakeError("read-only SQL may not read the connection's secrets")
             kind = statements[0].type
             if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
                 raise LakeError(f"read-only SQL: {kind.name} statements are refused (only SELECT; pass --write "

@@ -122,10 +122,15 @@ def train_tiny_digits(arch: str, seed: int, epochs: int = 60, **knobs):
     built = build(arch, config)
     model = built.module
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(epochs):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(splits.x_train), splits.y_train).backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny full-batch steps: one thread is fastest, and far faster on a loaded machine
+    try:
+        for _ in range(epochs):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(splits.x_train), splits.y_train).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     train_config = {"epochs": epochs, "lr": 0.02, "data_seed": 0}
     mid = stable_hash({"arch": arch, "config": config, "train": train_config, "seed": seed})
     rec = ModelRecord(mid, f"digits-{arch}", arch, config, "digits", built.spec, train_config, seed)
@@ -140,7 +145,10 @@ def tiny_digits_models():
             train_tiny_digits("mlp", 0, width=16, depth=1), train_tiny_digits("mlp", 1, width=16, depth=1)]
 
 
-@pytest.fixture(autouse=False)
-def corruption_cache(tmp_path_factory, monkeypatch):
-    """Corrupted test sets cached per test session, not in the user's home."""
-    monkeypatch.setenv("ZOO_CACHE", str(tmp_path_factory.getbasetemp() / "zoo-cache"))
+# --- dataset cache (added by the datasets tests) ----------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def _zoo_cache(tmp_path_factory):
+    """Split files and generated data go to a cache shared by test sessions, never ~/.cache."""
+    if not os.environ.get("ZOO_CACHE"):
+        os.environ["ZOO_CACHE"] = str(tmp_path_factory.getbasetemp().parent / "zoo-cache")
+    yield

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 import sys
 
 import pytest
@@ -26,12 +25,34 @@ def filled(lake_dir, make_models):
     return lake_dir
 
 
-def zoo(*args: str, lake=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ZOO_LOCK_TIMEOUT="20")
-    if lake is not None:
-        env["ZOO_LAKE"] = str(lake)
-    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+class Proc:
+    """What a `zoo` run left behind: exit code, stdout, stderr."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def zoo(capsys, monkeypatch):
+    """zoo(*args, lake=...) runs the real entry point (zoo.cli.main) in this process: same error
+    handling and exit codes as the installed command, without a new interpreter per case."""
+    from zoo.cli import main
+
+    def run(*args: str, lake=None) -> Proc:
+        monkeypatch.setenv("ZOO_LOCK_TIMEOUT", "20")
+        if lake is not None:
+            monkeypatch.setenv("ZOO_LAKE", str(lake))
+        monkeypatch.setattr(sys, "argv", ["zoo", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return Proc(code, out.out, out.err)
+
+    return run
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *culprits: str) -> None:
@@ -124,7 +145,7 @@ def test_shape_disagrees_with_architecture(filled, fingerprint, make_models):
     assert fingerprint(filled) == before
 
 
-def test_bad_sql(filled, fingerprint):
+def test_bad_sql(filled, fingerprint, zoo):
     before = fingerprint(filled)
     proc = zoo("sql", "SELEKT * FROM models", lake=filled)
     assert_one_line_error(proc, "SQL error", "SELEKT")
@@ -133,20 +154,20 @@ def test_bad_sql(filled, fingerprint):
     assert fingerprint(filled) == before
 
 
-def test_unknown_snapshot(filled, fingerprint):
+def test_unknown_snapshot(filled, fingerprint, zoo):
     before = fingerprint(filled)
     assert_one_line_error(zoo("sql", "SELECT 1", "--at", "999", lake=filled), "unknown snapshot 999")
     assert fingerprint(filled) == before
 
 
-def test_unknown_tag(filled, fingerprint):
+def test_unknown_tag(filled, fingerprint, zoo):
     before = fingerprint(filled)
     assert_one_line_error(zoo("sql", "SELECT 1", "--at", "no-such-tag", lake=filled), "no-such-tag")
     assert_one_line_error(zoo("tag", "v2", "--at", "no-such-tag", lake=filled), "no-such-tag")
     assert fingerprint(filled) == before
 
 
-def test_path_that_is_not_a_lake(tmp_path):
+def test_path_that_is_not_a_lake(tmp_path, zoo):
     plain = tmp_path / "just-a-folder"
     plain.mkdir()
     (plain / "notes.txt").write_text("hello")
@@ -155,7 +176,7 @@ def test_path_that_is_not_a_lake(tmp_path):
     assert sorted(p.name for p in plain.iterdir()) == ["notes.txt"]  # nothing created there
 
 
-def test_catalog_file_that_is_not_a_catalog(tmp_path):
+def test_catalog_file_that_is_not_a_catalog(tmp_path, zoo):
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "zoo.ducklake").write_bytes(b"this is not a database" * 100)
@@ -164,7 +185,7 @@ def test_catalog_file_that_is_not_a_catalog(tmp_path):
     assert (fake / "zoo.ducklake").read_bytes() == before
 
 
-def test_read_only_sql_refuses_writes(filled, fingerprint):
+def test_read_only_sql_refuses_writes(filled, fingerprint, zoo):
     before = fingerprint(filled)
     for q in ("DELETE FROM models", "INSERT INTO tags VALUES ('x', 1, now())", "DROP TABLE labels",
               "SELECT 1; DELETE FROM models", "DETACH lake", "USE memory",
@@ -174,7 +195,7 @@ def test_read_only_sql_refuses_writes(filled, fingerprint):
     assert fingerprint(filled) == before
 
 
-def test_write_sql_needs_flag_and_lands(filled, fingerprint):
+def test_write_sql_needs_flag_and_lands(filled, fingerprint, zoo):
     proc = zoo("sql", "--write", "DELETE FROM models WHERE model_id = 'm0-00000'", lake=filled)
     assert proc.returncode == 0, proc.stderr
     with Lake.open(filled, read_only=True) as lk:
@@ -186,3 +207,43 @@ def test_library_errors_are_lake_errors(filled):
     with Lake.open(filled, read_only=True) as lk:
         with pytest.raises(LakeError, match="unknown snapshot or tag 'zz'"):
             lk.resolve("zz")
+
+
+MLP = {"input_shape": [4], "n_classes": 2, "width": 3, "depth": 1}
+
+
+def mlp_state() -> dict[str, torch.Tensor]:
+    from zoo.archs import build
+
+    torch.manual_seed(0)
+    return {k: v.clone() for k, v in build("mlp", MLP).module.state_dict().items()}
+
+
+def write_case(case: str, path) -> str:
+    """Write a bad weight file for ``case``; returns the culprit the error must name."""
+    state = mlp_state()
+    if case == "nan":
+        state["layers.0.weight"][0, 0] = float("nan")
+    elif case == "inf":
+        state["head.bias"][1] = float("inf")
+    elif case == "shape":
+        state["layers.0.weight"] = torch.zeros(3, 5)
+    state_to_safetensors(state, path)
+    raw = path.read_bytes()
+    if case == "truncated":
+        path.write_bytes(raw[: len(raw) - 5])
+    elif case == "corrupt":
+        path.write_bytes(raw[:8] + b"\xff" * (len(raw) - 8))
+    return {"nan": "layers.0.weight", "inf": "head.bias", "shape": "layers.0.weight"}.get(case, path.name)
+
+
+@pytest.mark.parametrize("case", ["truncated", "corrupt", "nan", "inf", "shape"])
+def test_cli_ingest_bad_file(filled, fingerprint, zoo, tmp_path, case):
+    """The same cases through `zoo ingest file` (ingest's reader): exit 2, one line, lake unchanged."""
+    path = tmp_path / f"{case}.safetensors"
+    culprit = write_case(case, path)
+    before = fingerprint(filled)
+    proc = zoo("ingest", "file", str(path), "--arch", "mlp", "--config", json.dumps(MLP), lake=filled)
+    assert_one_line_error(proc, culprit)
+    assert proc.returncode == 2
+    assert fingerprint(filled) == before

@@ -57,12 +57,12 @@ def _copy_models(src: str, dst: str) -> int:
 
 @pytest.fixture(scope="module")
 def small_zoo(prefect_server, tmp_path_factory) -> str:
-    """Two digits-cnn members (with their checkpoints) built by the build_zoo flow."""
+    """Two digits-mlp members (with their checkpoints) built by the build_zoo flow."""
     from flows.build import build_zoo
 
     loc = str(tmp_path_factory.mktemp("flows") / "zoo")
     Lake.open(loc, create=True).close()
-    result = build_zoo(family="digits-cnn", n=2, seed=0, lake=loc)
+    result = build_zoo(family="digits-mlp", n=2, seed=0, lake=loc)
     assert len(result["model_ids"]) >= 2
     return loc
 
@@ -74,12 +74,12 @@ def test_build_flow_is_cached_and_leaves_the_lake_alone(small_zoo) -> None:
     with Lake.open(small_zoo, read_only=True) as lk:
         snaps = len(lk.snapshots())
         n = lk.fetch("SELECT count(*) FROM models")[0][0]
-    again = build_zoo(family="digits-cnn", n=2, seed=0, lake=small_zoo)
+    again = build_zoo(family="digits-mlp", n=2, seed=0, lake=small_zoo)
     with Lake.open(small_zoo, read_only=True) as lk:
         assert len(lk.snapshots()) == snaps  # answered from the INPUTS cache: no new snapshot
         assert lk.fetch("SELECT count(*) FROM models")[0][0] == n
-    assert sorted(again["model_ids"]) == sorted(m for (m,) in Lake.open(small_zoo, read_only=True).fetch(
-        "SELECT model_id FROM models"))
+        stored = sorted(m for (m,) in lk.fetch("SELECT model_id FROM models"))
+    assert sorted(again["model_ids"]) == stored
 
 
 @pytest.mark.slow

@@ -18,6 +18,8 @@ CHROMIUM = pathlib.Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-quic"]
 
+FAMILY = "digits-mlp"  # the cheapest digits family keeps the run short
+
 pytestmark = pytest.mark.slow
 
 
@@ -62,7 +64,7 @@ def test_quick_run_from_the_ui_lands_a_snapshot(prefect_server, tmp_path) -> Non
     server, home = prefect_server
     lake_dir = tmp_path / "ui-lake"
     Lake.open(lake_dir, create=True).close()
-    register(str(lake_dir), build_n=2, only=("zoo-build",))
+    register(str(lake_dir), build_n=2, build_family=FAMILY, only=("zoo-build",))
     with Lake.open(lake_dir, read_only=True) as lk:
         before = lk.current_snapshot()
 

@@ -9,7 +9,8 @@ unit's own group only reorders tokens, which the set-style encoder ignores.
 
 - ``neuron``: one token per unit (a weight's output unit also carries its bias value, and every unit
   token the mean features of the same unit in the group's other tensors: incoming <-> outgoing);
-- ``layer``: one token per stream, the mean and std of its unit features;
+- ``layer``: one token per stream: mean and std of its unit features, and their correlation across
+  units with the partner features (so coupling stays visible);
 - ``global``: all parameters flattened (spec order) and chunked; NOT invariant (ablation / with
   canonicalization).
 """
@@ -60,7 +61,7 @@ class Tokens:
 
 def feature_dim(cfg: TokenizerConfig) -> int:
     base = N_STATS + cfg.n_quantiles + 2  # + bias value and has-bias flag
-    return {"neuron": 2 * base, "layer": 2 * base, "global": cfg.chunk}[cfg.name]
+    return {"neuron": 2 * base, "layer": 3 * base, "global": cfg.chunk}[cfg.name]
 
 
 def tokenize(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
@@ -157,6 +158,25 @@ def _streams(state: Mapping[str, torch.Tensor], spec: WeightSpec, nq: int) -> li
     return out
 
 
+def _partners(streams: list[_Stream]) -> list[torch.Tensor]:
+    """Per stream (units, F): the mean features of the same units in the group's OTHER streams (a
+    neuron's incoming token sees its outgoing weights and vice versa), so coupling across layers is
+    visible; zeros for fixed axes and groups used by one stream only."""
+    totals: dict[str, tuple[torch.Tensor, int]] = {}
+    for s in streams:
+        if s.group is not None:
+            tot, cnt = totals.get(s.group, (torch.zeros_like(s.feats, dtype=torch.float64), 0))
+            totals[s.group] = (tot + s.feats.double(), cnt + 1)
+    out = []
+    for s in streams:
+        partner = torch.zeros_like(s.feats)
+        if s.group is not None and totals[s.group][1] > 1:
+            tot, cnt = totals[s.group]
+            partner = ((tot - s.feats.double()) / (cnt - 1)).float()
+        out.append(partner)
+    return out
+
+
 def _meta(p: ParamSpec, spec: WeightSpec, n_units: int, per_unit: int) -> list[float]:
     kernel = math.prod(p.shape[2:]) if len(p.shape) > 2 else 1
     fan_in = math.prod(p.shape[1:]) if len(p.shape) > 1 else 1
@@ -192,20 +212,9 @@ def neuron_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: Toke
     streams = _streams(state, spec, cfg.n_quantiles)
     budget = max(2, min(cfg.unit_budget, cfg.max_tokens // len(streams)))
     gids = _group_ids(spec)
-    # partner features: the mean over the group's OTHER streams at the same unit (a neuron's incoming
-    # token sees its outgoing weights and vice versa), so the coupling across layers is visible
-    totals: dict[str, tuple[torch.Tensor, int]] = {}
-    for s in streams:
-        if s.group is not None:
-            tot, cnt = totals.get(s.group, (torch.zeros_like(s.feats, dtype=torch.float64), 0))
-            totals[s.group] = (tot + s.feats.double(), cnt + 1)
     rows = []
-    for s in streams:
+    for s, partner in zip(streams, _partners(streams)):
         n = s.feats.shape[0]
-        partner = torch.zeros_like(s.feats)
-        if s.group is not None and totals[s.group][1] > 1:
-            tot, cnt = totals[s.group]
-            partner = ((tot - s.feats.double()) / (cnt - 1)).float()
         f, idx = _pool(torch.cat([s.feats, partner], 1), budget, ordered or s.group is None)
         positions = idx + 1 if (ordered or s.group is None) else torch.zeros_like(idx)
         per_unit = s.param.numel // max(1, n)
@@ -217,9 +226,14 @@ def neuron_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: Toke
 def layer_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
     gids = _group_ids(spec)
     rows = []
-    for s in _streams(state, spec, cfg.n_quantiles):
+    streams = _streams(state, spec, cfg.n_quantiles)
+    for s, partner in zip(streams, _partners(streams)):
         n = s.feats.shape[0]
-        f = torch.cat([s.feats.mean(0), s.feats.std(0, correction=0)])[None]
+        own, other = s.feats.double(), partner.double()
+        a, b = own - own.mean(0), other - other.mean(0)
+        # correlation across units of each own feature with the partner's: sees the coupling
+        corr = (a * b).mean(0) / (a.pow(2).mean(0).sqrt() * b.pow(2).mean(0).sqrt() + 1e-12)
+        f = torch.cat([own.mean(0), own.std(0, correction=0), corr]).float()[None]
         rows.append((f, s.param, s.ax_role, torch.zeros(1, dtype=torch.long), gids.get(s.group, 0),
                      _meta(s.param, spec, n, s.param.numel // max(1, n))))
     return _assemble(rows)

@@ -23,7 +23,7 @@ from zoo.datasets import load_dataset
 from zoo.families import FAMILIES, Family, MemberPlan
 from zoo.population import POPULATIONS, Member, Population, train_population
 from zoo.sampling import BadConfig
-from zoo.train import Checkpoint, train_plain
+from zoo.train import Checkpoint, last_epoch, train_plain
 
 POPULATION_SIZE = 64  # members per population: large enough to amortize per-step overhead on CPU
 PLAIN_BATCH = 8  # plain-loop members per snapshot
@@ -77,7 +77,7 @@ def build_zoo(lake: Lake, family: str, n: int, seed: int = 0, checkpoints: tuple
               "device": device, "dataset": fam.dataset, "arch": fam.arch}
     write_run(lake, run_id, "build", config, "running")
     started, new_ids, diverged = time.time(), [], 0
-    total = sum(p.train_config.epochs for p in pending)
+    total = sum(last_epoch(p.train_config) for p in pending)
     done = 0
     try:
         for chunk, trained in _train_chunks(fam, pending, splits, device, population_size,
@@ -90,7 +90,7 @@ def build_zoo(lake: Lake, family: str, n: int, seed: int = 0, checkpoints: tuple
                 batch.extend(_record(fam, plan, c, ids[plan.index][c.epoch]) for c in cps)
             msg = f"build {run_id}: {family} members {chunk[0].index}..{chunk[-1].index} (seed {seed})"
             new_ids += write_models(lake, batch, msg, {"run_id": run_id, "family": family})
-            done += sum(p.train_config.epochs for p in chunk)
+            done += sum(last_epoch(p.train_config) for p in chunk)
             if progress is not None:
                 progress(done, total)
     except BaseException as e:
@@ -132,7 +132,7 @@ def _train_chunks(fam: Family, pending: list[MemberPlan], splits, device: str, p
     if fam.arch in POPULATIONS:
         # one population per (architecture config, epochs, batch size); members differ in everything else
         # (mixed batch sizes would work, masked, but waste the larger batches' compute)
-        key = lambda p: (canonical_json(p.arch_config), p.train_config.epochs, p.train_config.batch_size)
+        key = lambda p: (canonical_json(p.arch_config), last_epoch(p.train_config), p.train_config.batch_size)
         groups = itertools.groupby(sorted(pending, key=key), key=key)
         for _, members in groups:
             members = sorted(members, key=lambda p: p.index)
@@ -146,7 +146,7 @@ def _train_chunks(fam: Family, pending: list[MemberPlan], splits, device: str, p
         trained = []
         for j, p in enumerate(chunk):
             spec = build(fam.arch, p.arch_config).spec
-            base = sum(q.train_config.epochs for q in chunk[:j])
+            base = sum(last_epoch(q.train_config) for q in chunk[:j])
             trained.append(train_plain(fam.arch, p.arch_config, spec, splits, p.train_config, p.seed, device,
                                        lambda e, _t, base=base: progress(base + e)))
         yield chunk, trained

@@ -26,7 +26,7 @@ from zoo.archs import build
 from zoo.archs.basic import ACTIVATIONS
 from zoo.datasets import Splits
 from zoo.sampling import OPTIMIZERS, TrainConfig, stream
-from zoo.train import Checkpoint, Progress, epoch_orders, init_state, member_data
+from zoo.train import Checkpoint, Progress, epoch_orders, init_state, last_epoch, member_data
 
 # forward(pop, params, x, train) -> logits (G, B, K); params: name -> (G, *shape) views of flat
 Forward = Callable[["Population", Mapping[str, torch.Tensor], torch.Tensor, bool], torch.Tensor]
@@ -44,12 +44,12 @@ class Member:
 
 class Population:
     def __init__(self, arch: str, arch_config: Mapping, members: Sequence[Member], device: str = "cpu",
-                 conv_impl: str = "unfold"):
+                 conv_impl: str = "grouped"):
         if not members:
             raise ZooError("a population needs at least one member")
         self.forward_fn = POPULATIONS.get(arch)
         self.arch, self.arch_config, self.members, self.device = arch, dict(arch_config), list(members), device
-        self.conv_impl = conv_impl  # "unfold" (im2col + bmm) or "grouped" (groups=G conv2d)
+        self.conv_impl = conv_impl  # "grouped" (groups=G conv2d, channels last) or "unfold" (im2col + bmm)
         built = build(arch, arch_config)
         self.spec: WeightSpec = built.spec
         template = built.module.state_dict()
@@ -69,6 +69,7 @@ class Population:
         # other members share its population (resumed builds regroup members)
         self.gens = [stream(m.seed, "dropout") for m in members]
         self.rates = [m.train_config.dropout for m in members]
+        self.batch_counts: list[int] | None = None  # real examples per member in this step (None: all)
 
     @property
     def size(self) -> int:
@@ -90,11 +91,14 @@ class Population:
         """Per-member inverted dropout on h (G, B, ...)."""
         if not train or not bool((self.dropout > 0).any()):
             return h
+        u = torch.ones(h.shape)  # (G, B, ...) uniform draws; members without dropout keep all units
+        counts = self.batch_counts or [h.shape[1]] * self.size
+        for m, (gm, rate, n) in enumerate(zip(self.gens, self.rates, counts)):
+            if rate > 0 and n > 0:  # draw for the member's real examples only, as the plain loop does
+                torch.rand((n, *h.shape[2:]), generator=gm, out=u[m, :n])
         p = self.dropout.view(-1, *([1] * (h.dim() - 1)))
-        ones = torch.ones(h.shape[1:])
-        u = torch.stack([torch.rand(h.shape[1:], generator=gm) if rate > 0 else ones
-                         for gm, rate in zip(self.gens, self.rates)]).to(h.device)
-        return h * (u >= p) / (1 - p)
+        scale = (u.to(h.device) >= p) / (1 - p)  # 0 or 1/(1-p): one multiply forward and backward
+        return h * scale
 
     @torch.no_grad()
     def update(self, grad: torch.Tensor, active: torch.Tensor | None) -> None:
@@ -138,9 +142,7 @@ def train_population(pop: Population, splits: Splits, device: str = "cpu",
                      progress: Progress | None = None) -> list[list[Checkpoint]]:
     """Train every member of ``pop`` for its epochs; returns each member's checkpoints in epoch order."""
     tcs = [m.train_config for m in pop.members]
-    epochs = max(t.epochs for t in tcs)
-    if any(t.epochs != epochs for t in tcs):
-        raise ZooError("members of one population must share their number of epochs")
+    epochs = max(last_epoch(t) for t in tcs)  # members whose last checkpoint is earlier just idle
     g, bmax = pop.size, max(t.batch_size for t in tcs)
     datas = [member_data(splits.y_train, splits.info.n_classes, t, m.seed) for t, m in zip(tcs, pop.members)]
     orders = [epoch_orders(d, epochs, m.seed) for d, m in zip(datas, pop.members)]
@@ -154,10 +156,14 @@ def train_population(pop: Population, splits: Splits, device: str = "cpu",
                 out[m].append(Checkpoint(0, 0, pop.extract(m)))
     for epoch in range(1, epochs + 1):
         idx, valid = _epoch_batches([next(o) for o in orders], [t.batch_size for t in tcs], bmax)
+        for m, t in enumerate(tcs):
+            if epoch > last_epoch(t):
+                valid[:, m] = False  # past its last checkpoint: the member idles
         idx, valid = idx.to(device), valid.to(device)  # (T, G, B)
         uniform = bool(valid.all())
         for s in range(idx.shape[0]):
             bi, bv = idx[s], valid[s]  # (G, B)
+            pop.batch_counts = None if uniform else bv.sum(1).tolist()
             logits = pop.logits(x_all[bi], train=True)  # (G, B, K)
             ce = F.cross_entropy(logits.flatten(0, 1), y_all.gather(1, bi).flatten(), reduction="none").view(g, -1)
             if uniform:
@@ -176,6 +182,7 @@ def train_population(pop: Population, splits: Splits, device: str = "cpu",
                 out[m].append(Checkpoint(epoch, step_count[m], pop.extract(m)))
         if progress is not None:
             progress(epoch, epochs)
+    pop.batch_counts = None
     return out
 
 
@@ -208,24 +215,26 @@ def _mlp(pop: Population, p: Mapping[str, torch.Tensor], x: torch.Tensor, train:
 @POPULATIONS.register("cnn")
 def _cnn(pop: Population, p: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> torch.Tensor:
     act = _ACT[pop.arch_config.get("activation", "relu")]
-    g, b = x.shape[:2]
-    h = x  # (G, B, C, H, W)
+    h = x.permute(0, 1, 3, 4, 2)  # channels last: (G, B, H, W, C); free for one input channel
     for i in range(int(pop.arch_config.get("n_layers", 3))):
         w, bias = p[f"convs.{i}.weight"], p[f"convs.{i}.bias"]  # (G, Co, Ci, 3, 3), (G, Co)
         h = pop.drop(act(_conv(h, w, bias, pop.conv_impl)), train)
-    return _linear(h.mean(dim=(3, 4)), p["head.weight"], p["head.bias"])
+    return _linear(h.mean(dim=(2, 3)), p["head.weight"], p["head.bias"])
 
 
 def _conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
-    """3x3, stride 2, padding 1 convolution of every member: h (G, B, Ci, H, W) -> (G, B, Co, H', W')."""
-    g, b, ci, hh, ww = h.shape
+    """3x3, stride 2, padding 1 convolution of every member, channels last: (G, B, H, W, Ci) -> (G, B, H', W', Co)."""
+    g, b, hh, ww, ci = h.shape
     co = w.shape[1]
     ho, wo = (hh + 1) // 2, (ww + 1) // 2
     if impl == "grouped":
-        y = F.conv2d(h.transpose(0, 1).reshape(b, g * ci, hh, ww), w.reshape(g * co, ci, 3, 3), bias.reshape(-1),
-                     stride=2, padding=1, groups=g)  # (B, G*Co, H', W')
-        return y.view(b, g, co, ho, wo).transpose(0, 1)
-    cols = F.unfold(h.reshape(g * b, ci, hh, ww), 3, padding=1, stride=2)  # (G*B, Ci*9, L)
-    cols = cols.view(g, b, ci * 9, ho * wo).transpose(2, 3).reshape(g, b * ho * wo, ci * 9)
-    y = torch.baddbmm(bias.unsqueeze(1), cols, w.reshape(g, co, ci * 9).transpose(1, 2))  # (G, B*L, Co)
-    return y.view(g, b, ho, wo, co).permute(0, 1, 4, 2, 3)
+        # (B, H, W, G*Ci) seen as an NCHW tensor in channels-last memory format: no copies either way
+        xin = h.permute(1, 2, 3, 0, 4).reshape(b, hh, ww, g * ci).permute(0, 3, 1, 2)
+        y = F.conv2d(xin, w.reshape(g * co, ci, 3, 3), bias.reshape(-1), stride=2, padding=1, groups=g)
+        return y.permute(0, 2, 3, 1).reshape(b, ho, wo, g, co).permute(3, 0, 1, 2, 4)  # (G, B, H', W', Co)
+    # im2col by strided views (F.unfold's im2col is slow on CPU for many small images)
+    xp = F.pad(h.reshape(g * b, hh, ww, ci), (0, 0, 1, 1, 1, 1))  # zero padding 1 on H and W
+    cols = xp.unfold(1, 3, 2).unfold(2, 3, 2)  # (G*B, H', W', Ci, 3, 3): taps ordered like the weight
+    cols = cols.reshape(g, b * ho * wo, ci * 9)
+    y = torch.baddbmm(bias.unsqueeze(1), cols, w.reshape(g, co, ci * 9).transpose(1, 2))  # (G, B*H'*W', Co)
+    return y.view(g, b, ho, wo, co)

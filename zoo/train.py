@@ -52,6 +52,11 @@ def epoch_orders(data: MemberData, epochs: int, seed: int) -> Iterator[torch.Ten
         yield data.indices[torch.randperm(len(data.indices), generator=g)]
 
 
+def last_epoch(tc: TrainConfig) -> int:
+    """Epochs actually trained: up to the last checkpoint kept (nothing depends on ``tc.epochs`` beyond it)."""
+    return max(tc.checkpoints)
+
+
 def steps_per_epoch(data: MemberData, tc: TrainConfig) -> int:
     return math.ceil(len(data.indices) / tc.batch_size)  # the last batch may be short (no drop_last)
 
@@ -122,7 +127,8 @@ def train_plain(arch: str, arch_config: Mapping, spec: WeightSpec, splits: Split
         out.append(Checkpoint(0, 0, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}))
     step = 0
     with seeded_global_rng(seed, "dropout"):
-        for epoch, order in enumerate(epoch_orders(data, tc.epochs, seed), start=1):
+        # no schedule depends on the total, so training stops after the last checkpoint kept
+        for epoch, order in enumerate(epoch_orders(data, last_epoch(tc), seed), start=1):
             for batch in order.split(tc.batch_size):
                 batch = batch.to(device)
                 loss = F.cross_entropy(module(x_all[batch]), y_all[batch])
@@ -133,7 +139,7 @@ def train_plain(arch: str, arch_config: Mapping, spec: WeightSpec, splits: Split
             if epoch in tc.checkpoints:
                 out.append(Checkpoint(epoch, step, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}))
             if progress is not None:
-                progress(epoch, tc.epochs)
+                progress(epoch, last_epoch(tc))
     return out
 
 

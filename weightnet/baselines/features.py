@@ -91,12 +91,14 @@ class FeaturePredictor(ConformalMixin):
         xtr, ytr = self.xs(xtr), self.ys(ytr)
         if self.config.model == "gbt":
             from sklearn.ensemble import HistGradientBoostingRegressor
+            from threadpoolctl import threadpool_limits
 
             leaf = max(2, min(20, len(xtr) // 8))  # sklearn's default 20 cannot split a zoo of 32 models
-            self.models = [HistGradientBoostingRegressor(max_iter=self.config.gbt_iter, random_state=seed,
-                                                         min_samples_leaf=leaf, early_stopping=False
-                                                         ).fit(xtr, ytr[:, j])
-                           for j in range(ytr.shape[1])]
+            with threadpool_limits(1):  # OpenMP threads only add overhead on zoo-sized data (and on busy CPUs)
+                self.models = [HistGradientBoostingRegressor(max_iter=self.config.gbt_iter, random_state=seed,
+                                                             min_samples_leaf=leaf, early_stopping=False
+                                                             ).fit(xtr, ytr[:, j])
+                               for j in range(ytr.shape[1])]
         else:
             self.net = self._fit_mlp(xtr, ytr, self._x(val) if val else None,
                                      self.ys(target_matrix(val, self.targets)) if val else None, seed)
@@ -129,7 +131,10 @@ class FeaturePredictor(ConformalMixin):
             return {t: np.zeros(0) for t in self.targets}
         x = self._x(samples)
         if self.config.model == "gbt":
-            z = np.stack([m.predict(x) for m in self.models], axis=1)
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1):
+                z = np.stack([m.predict(x) for m in self.models], axis=1)
         else:
             with torch.no_grad():
                 z = self.net(torch.tensor(x, dtype=torch.float32, device=self.device)).cpu().double().numpy()

@@ -8,6 +8,7 @@ heterogeneous one, calculators for learned properties) are skipped and said so, 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -94,12 +95,14 @@ def run(exps: Sequence[Experiment], seeds: Sequence[int], device: str = "cpu",
 
 def _fit_and_score(exp: Experiment, name: str, label: str, seed: int, first_seed: int, train, val, tests,
                    device: str, out: Outcome) -> None:
+    t0 = time.perf_counter()
     try:
         pred = make_predictor(name, device, exp.overrides.get(name))
         pred.fit(train, val, list(exp.targets), seed)
     except Exception as e:  # one failing predictor must not sink the comparison; the report shows it
         out.notes.append(f"{exp.name}: {label} failed on seed {seed}: {type(e).__name__}: {e}")
         return
+    fit_seconds = time.perf_counter() - t0  # wall time, so it depends on the machine's load
     if exp.keep_fitted and seed == first_seed:
         out.fitted[(exp.name, label)] = (pred, tests.get("test") or next(iter(tests.values())))
     for test_name, samples in tests.items():
@@ -117,7 +120,7 @@ def _fit_and_score(exp: Experiment, name: str, label: str, seed: int, first_seed
             if not ok.any():
                 continue
             interval = (iv[prop][0][ok], iv[prop][1][ok]) if prop in iv else None
-            vals = metrics.score(y[ok], np.asarray(values)[ok], interval)
+            vals = {**metrics.score(y[ok], np.asarray(values)[ok], interval), "fit_seconds": fit_seconds}
             out.scores.append(Score(exp.name, test_name, label, prop, seed, len(train), int(ok.sum()), vals))
             if seed == first_seed:
                 out.scatter[(exp.name, test_name, label, prop)] = (y[ok], np.asarray(values)[ok])

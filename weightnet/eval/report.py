@@ -71,7 +71,8 @@ def headline_rows(rows: Sequence[dict], primary: str) -> list[dict]:
                             r["property"], -_nz(r["kendall_tau"][0])))
     return [{"zoo": r["experiment"].split(" / ")[0], "property": r["property"], "predictor": r["predictor"],
              "kendall_tau": fmt(r["kendall_tau"]), "spearman": fmt(r["spearman"]), "r2": fmt(r["r2"]),
-             "mae": fmt(r["mae"], 4), "coverage": fmt(r["coverage"], 2), "n_test": r["n_test"], "seeds": r["n_seeds"]}
+             "mae": fmt(r["mae"], 4), "coverage": fmt(r["coverage"], 2), "fit_s": fmt(r["fit_seconds"], 1), "n_test": r["n_test"],
+             "seeds": r["n_seeds"]}
             for r in sel]
 
 
@@ -85,12 +86,13 @@ def _table(rows: Sequence[dict], cols: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-HEAD_COLS = ("zoo", "property", "predictor", "kendall_tau", "spearman", "r2", "mae", "coverage", "n_test", "seeds")
+HEAD_COLS = ("zoo", "property", "predictor", "kendall_tau", "spearman", "r2", "mae", "coverage", "fit_s", "n_test",
+             "seeds")
 
 
 def headline_text(headline: Sequence[dict], targets: Sequence[dict]) -> str:
     """Plain-text table (for ``make demo``): the headline rows, then each target and its verdict."""
-    cols = HEAD_COLS[:-2]
+    cols = HEAD_COLS[:-3]
     widths = [max(len(c), *(len(str(r[c])) for r in headline)) if headline else len(c) for c in cols]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)) for r in headline]
@@ -199,7 +201,7 @@ def _result_rows(rows: Sequence[dict]) -> list[dict]:
     return [{"experiment": r["experiment"], "test set": r["test_set"], "predictor": r["predictor"],
              "property": r["property"], "tau": fmt(r["kendall_tau"]), "spearman": fmt(r["spearman"]),
              "r2": fmt(r["r2"]), "mae": fmt(r["mae"], 4), "rmse": fmt(r["rmse"], 4), "coverage": fmt(r["coverage"], 2),
-             "n_train": r["n_train"], "n_test": r["n_test"], "seeds": r["n_seeds"]} for r in rows]
+             "fit s": fmt(r["fit_seconds"], 1), "n_train": r["n_train"], "n_test": r["n_test"], "seeds": r["n_seeds"]} for r in rows]
 
 
 def write(out: pathlib.Path, run_id: str, config: dict, rows: Sequence[dict], scatter: dict, sens: dict, attn: dict,

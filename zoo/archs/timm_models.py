@@ -152,7 +152,9 @@ def vit_kwargs(config: Mapping) -> dict:
                 depth=int(config.get("depth", 2)), num_heads=int(config.get("num_heads", 2)),
                 mlp_ratio=float(config.get("mlp_ratio", 2.0)), qkv_bias=bool(config.get("qkv_bias", True)),
                 class_token=bool(config.get("class_token", True)), global_pool=config.get("global_pool", "token"),
-                drop_rate=float(config.get("dropout", 0.0)))
+                drop_rate=float(config.get("dropout", 0.0)),
+                # ingested ViTs: reg_tokens, no_embed_class, pre_norm, fc_norm, init_values as timm names them
+                **dict(config.get("timm_kwargs", {})))
 
 
 def vit_annotations(m: nn.Module) -> dict:

@@ -1,6 +1,48 @@
-"""Subcommands (filled in by the issue that owns them)."""
+"""``zoo evaluate``: WeightNet vs the baselines on the zoo at a snapshot/tag; writes reports/<run>/report.md."""
+from __future__ import annotations
+
+from typing import Optional
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from zoo.commands.common import AtOption, LakeOption
+
+console = Console()
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("evaluate")(evaluate_cmd)
+
+
+def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s", help="small (minutes) | standard (everything)"),
+                 at: Optional[str] = AtOption,
+                 out: str = typer.Option("reports", "--out", "-o", help="Folder for reports/<run>/report.md and plots"),
+                 seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (metrics: mean ± std)"),
+                 where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL predicate over the models table"),
+                 device: str = typer.Option("cpu", "--device", "-d", help="cpu | cuda"),
+                 lake: Optional[str] = LakeOption) -> None:
+    """Evaluate WeightNet and the baselines (StatNN, NFN, flat MLP, calculators) on identical splits."""
+    from core.errors import ZooError
+    from storage.lake import Lake
+    from weightnet.eval.run import SUITES, evaluate
+
+    if suite not in SUITES:
+        raise ZooError(f"unknown evaluation suite {suite!r} (known: {', '.join(SUITES)})")
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise ZooError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    if not seed_list:
+        raise ZooError("--seeds is empty")
+    with Lake.open(lake) as lk:
+        with Progress(TextColumn(f"evaluate ({suite})"), BarColumn(), MofNCompleteColumn(), TextColumn("fits"),
+                      TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("evaluate", total=None)
+            res = evaluate(lk, suite, at, out, seed_list, where=where, device=device,
+                           progress=lambda done, n: bar.update(task, completed=done, total=n))
+    console.print(res.format_headline(), markup=False, highlight=False)
+    for note in res.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    console.print(f"report: {res.report_path}  (run {res.run_id})")

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 def label(properties: Optional[str] = typer.Option(None, "--properties", "-p",
                                                    help="Comma-separated property names (default: all that apply)"),
           where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL predicate over the models table"),
-          device: str = typer.Option("cpu", "--device", "-d", help="cpu | cuda"),
+          device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA when present) | cpu | cuda"),
           batch_size: int = typer.Option(32, "--batch-size", help="Models of one architecture labeled together"),
           seed: int = typer.Option(0, "--seed", help="Seed of the attacks' random starts"),
           dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be labeled"),

@@ -1,11 +1,14 @@
-"""Datasets that need no network."""
+"""Datasets that need no network: ``digits`` (sklearn), ``mnist1d`` (generated), ``arrests`` (scikit-lego)."""
 from __future__ import annotations
 
+import math
+import os
 import pathlib
 
+import numpy as np
 import torch
 
-from zoo.datasets import DATASETS, DatasetInfo, Splits, seeded_split
+from zoo.datasets import DATASETS, DatasetInfo, Splits, cache_dir, make_splits
 
 
 @DATASETS.register("digits")
@@ -15,6 +18,67 @@ def digits(seed: int, root: pathlib.Path | None) -> Splits:
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
     y = torch.tensor(d.target, dtype=torch.int64)
-    tr, va, te = seeded_split(len(y), seed)
     info = DatasetInfo("digits", "image", (1, 8, 8), 10, (0.0, 1.0))
-    return Splits(info, x[tr], y[tr], x[va], y[va], x[te], y[te], seed=seed)
+    return make_splits(info, x, y, seed)
+
+
+def mnist1d_arrays() -> dict[str, np.ndarray]:
+    """The canonical MNIST-1D (mnist1d's default arguments, generation seed 42), generated once and
+    cached as ``<cache>/mnist1d/mnist1d-seed42.npz`` (generation takes ~10 s)."""
+    path = cache_dir() / "mnist1d" / "mnist1d-seed42.npz"
+    if not path.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.seed = 42
+        d = make_dataset(args)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, x=d["x"].astype(np.float32), y=d["y"].astype(np.int64),
+                     x_test=d["x_test"].astype(np.float32), y_test=d["y_test"].astype(np.int64))
+        os.replace(tmp, path)
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+
+
+@DATASETS.register("mnist1d")
+def mnist1d(seed: int, root: pathlib.Path | None) -> Splits:
+    a = mnist1d_arrays()
+    # (5000, 1, 40): one channel, 40 steps; the last 1000 are mnist1d's own test set
+    x = torch.from_numpy(np.concatenate([a["x"], a["x_test"]])).unsqueeze(1)
+    y = torch.from_numpy(np.concatenate([a["y"], a["y_test"]]))
+    lo, hi = math.floor(float(x.min())), math.ceil(float(x.max()))
+    info = DatasetInfo("mnist1d", "sequence", (1, 40), 10, (float(lo), float(hi)))
+    return make_splits(info, x, y, seed, n_test=len(a["y_test"]))
+
+
+ARRESTS_CATEGORICAL = ("colour", "sex", "employed", "citizen")
+ARRESTS_NUMERIC = ("year", "age", "checks")
+
+
+@DATASETS.register("arrests")
+def arrests(seed: int, root: pathlib.Path | None) -> Splits:
+    """Toronto arrests (scikit-lego): predict ``released``; sensitive features ``colour`` and ``sex``.
+
+    Inputs: the numeric columns standardized (z-scores over the whole table, so the transform does
+    not depend on the split seed) then one-hot categoricals in sorted category order.
+    """
+    from sklego.datasets import load_arrests
+
+    df = load_arrests(as_frame=True)
+    y = torch.tensor((df["released"] == "Yes").to_numpy(), dtype=torch.int64)
+    cols, groups = [], {}
+    for c in ARRESTS_NUMERIC:
+        v = df[c].to_numpy(dtype=np.float64)
+        cols.append(((v - v.mean()) / v.std())[:, None])
+    for c in ARRESTS_CATEGORICAL:
+        cats = sorted(df[c].astype(str).unique())
+        codes = np.searchsorted(cats, df[c].astype(str).to_numpy())
+        cols.append(np.eye(len(cats))[codes])
+        if c in ("colour", "sex"):
+            groups[c] = torch.from_numpy(codes.astype(np.int64))  # colour: Black=0, White=1; sex: Female=0, Male=1
+    x = torch.from_numpy(np.concatenate(cols, axis=1).astype(np.float32))  # (5226, 3 + 2 + 2 + 2 + 2)
+    lo, hi = math.floor(float(x.min())), math.ceil(float(x.max()))
+    info = DatasetInfo("arrests", "tabular", (x.shape[1],), 2, (float(lo), float(hi)), sensitive=("colour", "sex"))
+    return make_splits(info, x, y, seed, sensitive=groups)

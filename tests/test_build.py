@@ -1,0 +1,111 @@
+"""build_zoo and ``zoo build``: resumable, duplicate-free, deterministic, checkpoints linked by run."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core.errors import UnknownEntry
+from storage.lake import Lake
+from storage.writes import read_models, read_weights
+from zoo.archs import ARCHS, load_module
+from zoo.build import build_zoo
+from zoo.datasets import DATASETS, load_dataset
+from zoo.families import FAMILIES
+from zoo.sampling import BadConfig
+
+
+def assert_no_duplicates(lake: Lake) -> None:
+    n, distinct = lake.fetch("SELECT count(*), count(DISTINCT model_id) FROM lake.main.models")[0]
+    assert n == distinct
+    n, distinct = lake.fetch("SELECT count(*), count(DISTINCT (model_id, name)) FROM lake.main.tensors")[0]
+    assert n == distinct
+
+
+def test_build_resumes_without_duplicates_and_reruns_are_noops(lake):
+    first = build_zoo(lake, "digits-cnn", 2, seed=0, checkpoints=(1,))
+    assert len(first.model_ids) == 2 and first.new_ids == first.model_ids
+    second = build_zoo(lake, "digits-cnn", 4, seed=0, checkpoints=(1,))
+    assert second.model_ids[:2] == first.model_ids  # the first members are reused, not retrained
+    assert sorted(second.new_ids) == sorted(second.model_ids[2:])
+    snap = lake.current_snapshot()
+    again = build_zoo(lake, "digits-cnn", 4, seed=0, checkpoints=(1,))
+    assert again.new_ids == [] and again.model_ids == second.model_ids and lake.current_snapshot() == snap
+    assert_no_duplicates(lake)
+    assert lake.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 4
+    runs = lake.fetch("SELECT kind, status, metrics FROM lake.main.runs ORDER BY started_at")
+    assert [(k, s) for k, s, _ in runs] == [("build", "completed")] * 2
+    msgs = [s["message"] for s in lake.snapshots() if s["message"]]
+    assert any(m.startswith(f"build {first.run_id}: digits-cnn members") for m in msgs)
+
+
+def test_checkpoints_are_members_linked_by_their_training_run(lake):
+    res = build_zoo(lake, "digits-mlp", 2, seed=3, checkpoints=(0, 1, 2))
+    recs = read_models(lake)
+    assert len(recs) == 6 and {r.model_id for r in recs} == set(res.model_ids)
+    by_run: dict[str, list] = {}
+    for r in recs:
+        by_run.setdefault(r.run_id, []).append(r)
+    assert len(by_run) == 2
+    splits = load_dataset("digits", 0)
+    for run in by_run.values():
+        run.sort(key=lambda r: r.epoch)
+        assert [r.epoch for r in run] == [0, 1, 2] and run[0].step == 0 and run[1].step * 2 == run[2].step
+        assert len({r.seed for r in run}) == 1 and "checkpoints" not in run[0].train_config
+        states = read_weights(lake, [r.model_id for r in run])
+        w = [states[r.model_id]["layers.0.weight"] for r in run]
+        assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])  # training moved the weights
+        final = load_module(run[-1], states[run[-1].model_id])
+        acc = float((final(splits.x_test).argmax(-1) == splits.y_test).float().mean())
+        assert 0.0 <= acc <= 1.0
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path):
+    weights = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        with Lake.open(tmp_path / name, create=True) as lk:
+            res = build_zoo(lk, "digits-cnn", 2, seed=seed, checkpoints=(1,))
+            weights.append((res.model_ids, read_weights(lk, res.model_ids)))
+    (ids_a, wa), (ids_b, wb), (ids_c, wc) = weights
+    assert ids_a == ids_b and set(ids_a).isdisjoint(ids_c)
+    for mid in ids_a:
+        assert all(torch.equal(wa[mid][k], wb[mid][k]) for k in wa[mid])
+    assert not torch.equal(wa[ids_a[0]]["convs.0.weight"], wc[ids_c[0]]["convs.0.weight"])
+
+
+def test_bad_requests_name_the_culprit(lake):
+    with pytest.raises(UnknownEntry, match="no-such-family"):
+        build_zoo(lake, "no-such-family", 1)
+    with pytest.raises(BadConfig, match="checkpoint"):
+        build_zoo(lake, "digits-mlp", 1, checkpoints=(999,))
+    assert lake.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES.names())
+def test_every_family_builds_one_member(lake, family):
+    fam = FAMILIES.get(family)
+    if fam.dataset not in DATASETS or fam.arch not in ARCHS:
+        pytest.skip(f"{fam.dataset} or {fam.arch} not registered yet")
+    res = build_zoo(lake, family, 1, seed=0, checkpoints=(1,))
+    (rec,) = read_models(lake)
+    assert rec.family == family and rec.arch == fam.arch and rec.epoch == 1 and res.new_ids == [rec.model_id]
+    state = read_weights(lake, [rec.model_id])[rec.model_id]
+    module = load_module(rec, state)  # the stored arch_config alone rebuilds the model
+    x = load_dataset(fam.dataset, fam.dataset_seed).x_test[:4]
+    with torch.no_grad():
+        assert module(x).shape == (4, rec.arch_config["n_classes"])
+
+
+def test_cli_builds_and_reports_errors_on_one_line(tmp_path):
+    lake_dir = str(tmp_path / "cli-lake")
+    ok = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--family", "digits-mlp", "--n", "2",
+                         "--checkpoints", "1", "--lake", lake_dir, "--threads", "1"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 new models" in ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--family", "nope", "--n", "2",
+                          "--lake", lake_dir], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr
+    with Lake.open(lake_dir, read_only=True) as lk:
+        assert lk.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 2

@@ -1,0 +1,180 @@
+"""Evaluation: function-preserving widening, splits, sensitivity, ablation planning, and the report."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import ZooError
+from fixtures.eval_zoo import synthetic_samples, trained_digits_zoo
+from weightnet.data import _width, split_samples
+from weightnet.eval import ablations, interpret, run, splits
+from weightnet.eval.widen import widen
+from zoo.archs import build
+
+
+def assert_same_function(a, b, gen: torch.Generator) -> None:
+    ma = build(a.arch, a.arch_config).module.eval()
+    ma.load_state_dict(a.state)
+    mb = build(b.arch, b.arch_config).module.eval()
+    mb.load_state_dict(b.state)
+    x = torch.rand((16, *a.arch_config["input_shape"]), generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(mb(x), ma(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_widening_preserves_the_function(arch, factor, rng):
+    s = synthetic_samples(arch, 1, rng)[0]
+    w = widen(s, factor)
+    assert _width(w) == factor * _width(s)
+    assert w.spec.n_params > s.spec.n_params and w.labels == s.labels and w.model_id != s.model_id
+    assert_same_function(s, w, rng)
+
+
+def test_widening_without_splitting_the_outgoing_weights_would_change_the_function(rng):
+    s = synthetic_samples("mlp", 1, rng)[0]
+    w = widen(s, 2)
+    unsplit = dict(w.state)
+    unsplit["layers.1.weight"] = unsplit["layers.1.weight"] * 2  # undo the division by the factor
+    with pytest.raises(AssertionError):
+        assert_same_function(s, dataclasses.replace(w, state=unsplit), rng)
+
+
+def test_widening_refuses_unknown_layer_kinds_and_configs(rng):
+    s = synthetic_samples("mlp", 1, rng)[0]
+    with pytest.raises(ZooError, match="width keys"):
+        widen(dataclasses.replace(s, arch_config={"input_shape": [1, 8, 8], "n_classes": 10}), 2)
+    with pytest.raises(ZooError, match="factor"):
+        widen(s, 0)
+
+
+def test_hparam_split_tests_on_an_unseen_range(rng):
+    samples = synthetic_samples("mlp", 30, rng)
+    cfgs = {s.model_id: {"lr": float(i)} for i, s in enumerate(samples)}
+    train, val, test = splits.hparam_split(samples, cfgs, "lr", seed=0)
+    lr = lambda ss: [cfgs[s.model_id]["lr"] for s in ss]  # noqa: E731
+    assert max(lr(train) + lr(val)) < min(lr(test))
+    assert len(train) + len(val) + len(test) == len(samples)
+    with pytest.raises(ZooError, match="fewer than 4"):
+        splits.hparam_split(samples, {}, "lr", seed=0)
+
+
+def test_width_sets_train_narrow_and_test_widened_and_wider(rng):
+    samples = synthetic_samples("mlp", 20, rng, width=4) + synthetic_samples("mlp", 5, rng, width=16)
+    ws = splits.width_sets(samples, seed=0)
+    assert ws.max_width == 4
+    assert {_width(s) for s in ws.train + ws.val + ws.test} == {4}
+    assert {_width(s) for s in ws.widened[2]} == {8} and {_width(s) for s in ws.widened[4]} == {16}
+    assert len(ws.widened[4]) == len(ws.test) and len(ws.wider_trained) == 5
+    assert not {s.run_id for s in ws.train} & {s.run_id for s in ws.test}
+
+
+class FirstLayerNorm:
+    """A 'predictor' that reads only the first weight tensor: sensitivity must point at layer 0 alone."""
+
+    name = "first-layer"
+
+    def predict(self, samples):
+        return {"norm0": np.array([float(s.state[s.spec.params[0].name].norm()) for s in samples])}
+
+
+def test_sensitivity_finds_the_only_layer_that_matters(rng):
+    samples = synthetic_samples("cnn", 6, rng)
+    sens = interpret.sensitivity(FirstLayerNorm(), samples)["norm0"]
+    assert set(sens) == {"conv@0", "conv@1", "linear@2"}
+    assert sens["conv@0"] > 0 and sens["conv@1"] == 0 and sens["linear@2"] == 0
+    assert interpret.top_layers({"norm0": sens}, 1)["norm0"][0][0] == "conv@0"
+    noisy = interpret.sensitivity(FirstLayerNorm(), samples, mode="noise")["norm0"]
+    assert 0 < noisy["conv@0"] < sens["conv@0"] and noisy["linear@2"] == 0
+    assert interpret.attention(FirstLayerNorm(), samples) is None
+
+
+def test_ablations_never_run_a_variant_the_config_cannot_express():
+    runnable, notes = ablations.plan()
+    from weightnet.eval.predictors import config_fields
+
+    fields = config_fields()
+    assert all(k in fields for v in runnable for k in v.as_dict)
+    for v in ablations.ABLATIONS:
+        if v not in runnable:
+            assert any(v.label in n and "not available" in n for n in notes)
+    assert {v.group for v in runnable} >= {"permutation", "tokenization", "depth", "heads", "d_model"}
+
+
+# --- the suite end to end on a tiny trained zoo ------------------------------------------------
+TINY = run.Suite("tiny", 2, 1, ("weightnet", "statnn-gbt", "nfn", "calc"), min_models=10,
+                 weightnet=(("epochs", 3),))
+TINY_STANDARD = dataclasses.replace(
+    TINY, name="tiny-standard", predictors=("weightnet", "statnn-gbt"), held_out_family=True, widths=True,
+    hparams=True, ablation_groups=("tokenization", "embeddings"), learning_curve=(0.5, 1.0), interpret=True)
+
+
+@pytest.fixture
+def tiny_zoo(lake):
+    trained_digits_zoo(lake, n=24, archs=("mlp", "cnn"), widths=(8, 16))
+    lake.tag("v1")
+    return lake
+
+
+def test_evaluate_small_writes_report_run_row_and_headline(tiny_zoo, tmp_path, monkeypatch):
+    lake = tiny_zoo
+    monkeypatch.setitem(run.SUITES, "tiny", TINY)
+    # models added after the tag must not be seen by an evaluation --at the tag
+    trained_digits_zoo(lake, n=2, seed=7, archs=("mlp",), widths=(32,))
+    ticks = []
+    res = run.evaluate(lake, "tiny", at="v1", out_dir=tmp_path / "reports", seeds=(0, 1),
+                       progress=lambda d, n: ticks.append((d, n)))
+    assert ticks and ticks[-1][0] == ticks[-1][1]
+    report = (tmp_path / "reports" / res.run_id / "report.md").read_text()
+    assert "digits-cnn (12 models)" in report and "digits-mlp (12 models)" in report  # not the 2 later models
+    assert list((tmp_path / "reports" / res.run_id).glob("scatter_*.png"))
+    preds = {r["predictor"] for r in res.headline}
+    assert {"weightnet", "statnn-gbt", "nfn", "calc"} <= preds
+    calc = [r for r in res.headline if r["predictor"] == "calc"]
+    assert calc and all(r["property"] == "n_params" and r["kendall_tau"].startswith("1.000") for r in calc)
+    assert len(res.targets) == 4 and all(t["met"] is None for t in res.targets[1:])  # no wildcnn/held-out/width here
+    text = res.format_headline()
+    assert "kendall_tau" in text and "not measured" in text
+    row = lake.fetch("SELECT kind, status, metrics, snapshot_id FROM lake.main.runs WHERE run_id = ?", [res.run_id])
+    kind, status, metrics, snap = row[0]
+    assert (kind, status, snap) == ("evaluate", "completed", lake.resolve("v1"))
+    assert json.loads(metrics)["targets"] == res.targets
+    assert lake.read_only is False and lake.snapshot is None  # the caller's lake is restored
+
+
+def test_evaluate_standard_runs_every_experiment(tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.setitem(run.SUITES, "tiny-standard", TINY_STANDARD)
+    res = run.evaluate(tiny_zoo, "tiny-standard", out_dir=tmp_path, seeds=(0,))
+    report = (tmp_path / res.run_id / "report.md").read_text()
+    for section in ("held-out family digits-cnn", "/ widths", "widened x4", "held-out lr range", "learning curve",
+                    "tokenization: global", "Interpretability", "segment+layer-type on not available"):
+        assert section in report, section
+    assert (tmp_path / res.run_id / "learning_curve.png").exists()
+    assert (tmp_path / res.run_id / "ablations.png").exists()
+    assert list((tmp_path / res.run_id).glob("sensitivity_*.png"))
+    verdicts = {t["target"].split(":")[0]: t for t in res.targets}
+    assert verdicts["held-out architecture family"]["met"] is not None
+    assert verdicts["4x function-preserving widening"]["met"] is not None
+
+
+def test_evaluate_names_bad_input(lake, tmp_path):
+    from core.errors import LakeError, UnknownEntry
+
+    with pytest.raises(UnknownEntry, match="unknown evaluation suite 'huge'"):
+        run.evaluate(lake, "huge", out_dir=tmp_path)
+    with pytest.raises(LakeError, match="unknown snapshot or tag"):
+        run.evaluate(lake, "small", at="nope", out_dir=tmp_path)
+
+
+def test_choose_targets_prefers_common_labels(rng):
+    samples = synthetic_samples("mlp", 10, rng)
+    samples = [dataclasses.replace(s, labels={"test_accuracy": 0.5, "test_loss": 1.0, "rare": 1.0} if i < 2 else
+                                   {"test_accuracy": 0.5, "test_loss": 1.0, "n_params": 3.0})
+               for i, s in enumerate(samples)]
+    assert run.choose_targets(samples, 1) == ("test_accuracy", "test_loss", "n_params")
+    assert split_samples(samples, "random", 0)[2]
