@@ -1,6 +1,15 @@
-"""Bit-exact tensor <-> bytes codec (float32/float16/bfloat16 and integer buffers)."""
+"""Bit-exact tensor <-> bytes codec (float32/float16/bfloat16 and integer buffers).
+
+``pack`` / ``unpack`` move many tensors at once through one Arrow ``large_binary`` column whose data
+buffer is a single allocation (no per-tensor Python bytes), which is what keeps big models within
+about one copy of their size while they are written and read.
+"""
 from __future__ import annotations
 
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
 import torch
 
 from core.errors import BadWeights
@@ -35,3 +44,65 @@ def decode(dtype: str, shape: list[int] | tuple[int, ...], raw: bytes, name: str
         return torch.empty(tuple(int(s) for s in shape), dtype=dt)
     buf = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     return buf.view(dt).reshape(tuple(int(s) for s in shape))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    if dtype not in _NAMES:
+        raise BadWeights(f"unsupported tensor dtype {dtype}")
+    return _NAMES[dtype]
+
+
+def pack(tensors: Sequence[torch.Tensor]) -> pa.LargeBinaryArray:
+    """One large_binary array holding each tensor's raw bytes; one copy of the data, no more."""
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    offsets = np.zeros(len(tensors) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    data = torch.empty(int(offsets[-1]), dtype=torch.uint8)
+    for t, begin, n in zip(tensors, offsets[:-1], sizes):
+        if n:
+            data[int(begin):int(begin) + n] = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(tensors),
+                                            [None, pa.py_buffer(offsets), pa.py_buffer(data.numpy())])
+
+
+def unpack(column: pa.Array, dtypes: Iterable[str], shapes: Iterable[Sequence[int]],
+           names: Iterable[str]) -> list[torch.Tensor]:
+    """Tensors (each owning its memory) from a binary / large_binary Arrow column, bit-exact."""
+    column = column.cast(pa.large_binary()) if column.type != pa.large_binary() else column
+    _, off_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(off_buf, dtype=np.int64, count=len(column) + 1, offset=column.offset * 8)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    out = []
+    for i, (dtype, shape, name) in enumerate(zip(dtypes, shapes, names)):
+        if dtype not in DTYPES:
+            raise BadWeights(f"{name}: unknown dtype {dtype!r}")
+        dt, shape = DTYPES[dtype], tuple(int(s) for s in shape)
+        n = 1
+        for s in shape:
+            n *= s
+        want = n * torch.empty((), dtype=dt).element_size()
+        begin, end = int(offsets[i]), int(offsets[i + 1])
+        if end - begin != want:
+            raise BadWeights(f"{name}: {end - begin} bytes stored for shape {shape} of {dtype} (expected {want})")
+        t = torch.empty(shape, dtype=dt)
+        if n:
+            t.reshape(-1).view(torch.uint8).numpy()[:] = data[begin:end]
+        out.append(t)
+    return out
+
+
+# bit masks of the exponent field: all ones = Inf or NaN (numpy has no bfloat16, so test bits)
+_EXP_MASKS = {torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7F80)}
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in a floating tensor (integers: always). numpy, single-threaded: much faster than
+    torch.isfinite on a loaded machine, and it allocates one byte per element at most."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    if t.dtype in _EXP_MASKS:
+        itype, mask = _EXP_MASKS[t.dtype]
+        bits = t.view(itype).numpy()
+        return not bool(np.any((bits & mask) == mask))
+    return bool(np.isfinite(t.numpy()).all())

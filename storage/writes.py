@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
+import duckdb
 import pyarrow as pa
 import torch
 
@@ -19,7 +20,11 @@ from core.hashing import code_version
 from core.spec import WeightSpec
 from storage.lake import Lake
 from storage.schema import LABELS, MODELS, PREDICTIONS, RUNS, TENSORS, Table
-from storage.tensors import DTYPES, decode, encode
+from storage.tensors import DTYPES, all_finite, dtype_name, pack, unpack
+
+
+CHUNK_BYTES = 4 * 2**20  # tensor bytes per INSERT (= per Parquet file): bounds the memory a write needs
+READ_BATCH_ROWS = 1  # tensor rows per Arrow batch when reading
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,10 @@ def _arrow(table: Table, rows: list[tuple]) -> pa.Table:
 
 
 def _insert(lake: Lake, table: Table, data: pa.Table) -> None:
-    lake.con.register("_incoming", data)
-    try:
-        casts = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in table.columns)
-        lake.con.execute(f"INSERT INTO lake.main.{table.name} SELECT {casts} FROM _incoming")
-    finally:
-        lake.con.unregister("_incoming")
+    # A relation, not con.register(): a registered (then dropped) view keeps its Arrow data alive until
+    # the transaction commits, so a many-chunk write would hold every chunk in memory at once.
+    casts = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in table.columns)
+    lake.con.from_arrow(data).select(casts).insert_into(f"lake.main.{table.name}")
 
 
 def _merge(lake: Lake, table: Table, data: pa.Table, keep: tuple[str, ...] = ()) -> None:
@@ -112,12 +115,14 @@ def write_models(lake: Lake, batch: Sequence[tuple[ModelRecord, Mapping[str, tor
     unique = []
     for rec, state in batch:
         try:
-            rec.spec.validate(state)
+            rec.spec.validate(state, check_finite=False)
         except BadWeights as e:
             raise BadWeights(f"model {rec.model_id}: {e}") from None
         for name, t in state.items():
             if t.dtype not in DTYPES.values():
                 raise BadWeights(f"model {rec.model_id}: tensor {name!r} has unsupported dtype {t.dtype}")
+            if not all_finite(t):
+                raise BadWeights(f"model {rec.model_id}: tensor {name!r} holds NaN or Inf values")
         if rec.model_id not in seen:
             seen.add(rec.model_id)
             unique.append((rec, state))
@@ -132,29 +137,40 @@ def write_models(lake: Lake, batch: Sequence[tuple[ModelRecord, Mapping[str, tor
         new = [(r, s) for r, s in unique if r.model_id not in existing]
         if not new:
             return []
-        model_rows, tensor_rows = [], []
+        model_rows = [(rec.model_id, rec.family, rec.arch, json.dumps(rec.arch_config, sort_keys=True),
+                       rec.dataset, json.dumps(rec.train_config, sort_keys=True), rec.seed, rec.run_id,
+                       rec.epoch, rec.step, rec.source, rec.n_params, rec.spec.to_json(), now, version)
+                      for rec, _ in new]
+        _insert(lake, MODELS, _arrow(MODELS, model_rows))
+        chunk: list[tuple[str, int, str, str, torch.Tensor]] = []
+        size = 0
         for i, (rec, state) in enumerate(new):
             if progress is not None:
                 progress(i, len(new))
-            model_rows.append((rec.model_id, rec.family, rec.arch, json.dumps(rec.arch_config, sort_keys=True),
-                               rec.dataset, json.dumps(rec.train_config, sort_keys=True), rec.seed, rec.run_id,
-                               rec.epoch, rec.step, rec.source, rec.n_params, rec.spec.to_json(), now, version))
             kinds = {p.name: p.kind for p in rec.spec.params}
             for ordinal, (name, t) in enumerate(state.items()):
-                dtype, shape, raw = encode(t)
-                tensor_rows.append((rec.model_id, ordinal, name, kinds[name], shape, dtype, raw))
-        _insert(lake, MODELS, _arrow(MODELS, model_rows))
-        tens = pa.table({
-            "model_id": [r[0] for r in tensor_rows], "ordinal": pa.array([r[1] for r in tensor_rows], pa.int32()),
-            "name": [r[2] for r in tensor_rows], "kind": [r[3] for r in tensor_rows],
-            "shape": pa.array([r[4] for r in tensor_rows], pa.list_(pa.int64())),
-            "dtype": [r[5] for r in tensor_rows], "data": pa.array([r[6] for r in tensor_rows], pa.large_binary())})
-        _insert(lake, TENSORS, tens)
+                chunk.append((rec.model_id, ordinal, name, kinds[name], t))
+                size += t.numel() * t.element_size()
+                if size >= CHUNK_BYTES:
+                    _insert_tensors(lake, chunk)
+                    chunk, size = [], 0
+        if chunk:
+            _insert_tensors(lake, chunk)
         if progress is not None:
             progress(len(new), len(new))
         return [r.model_id for r, _ in new]
 
     return lake.commit(body, message, extra)
+
+
+def _insert_tensors(lake: Lake, rows: list[tuple[str, int, str, str, torch.Tensor]]) -> None:
+    """One INSERT (one Parquet file) of tensor rows; their bytes go through a single Arrow buffer."""
+    tens = pa.table({
+        "model_id": [r[0] for r in rows], "ordinal": pa.array([r[1] for r in rows], pa.int32()),
+        "name": [r[2] for r in rows], "kind": [r[3] for r in rows],
+        "shape": pa.array([list(r[4].shape) for r in rows], pa.list_(pa.int64())),
+        "dtype": [dtype_name(r[4].dtype) for r in rows], "data": pack([r[4] for r in rows])})
+    _insert(lake, TENSORS, tens)
 
 
 def _record(row: Mapping) -> ModelRecord:
@@ -178,12 +194,20 @@ def read_weights(lake: Lake, model_ids: Iterable[str]) -> dict[str, dict[str, to
     ids = list(dict.fromkeys(model_ids))
     if not ids:
         return {}
-    rows = lake.fetch(
-        "SELECT model_id, name, dtype, shape, data FROM lake.main.tensors "
-        "WHERE model_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY model_id, ordinal", [ids])
-    out: dict[str, dict[str, torch.Tensor]] = {i: {} for i in ids}
-    for mid, name, dtype, shape, data in rows:
-        out[mid][name] = decode(dtype, shape, data, name=f"{mid}/{name}")
+    query = ("SELECT model_id, ordinal, name, dtype, shape, data FROM lake.main.tensors "
+             "WHERE model_id IN (SELECT unnest(?::VARCHAR[]))")  # no ORDER BY: a sort would hold it all
+    found: dict[str, list[tuple[int, str, torch.Tensor]]] = {i: [] for i in ids}
+    try:
+        reader = lake.con.execute(query, [ids]).fetch_record_batch(READ_BATCH_ROWS)
+        for batch in reader:
+            mids, ords, names = (batch.column(k).to_pylist() for k in ("model_id", "ordinal", "name"))
+            dtypes, shapes = batch.column("dtype").to_pylist(), batch.column("shape").to_pylist()
+            tensors = unpack(batch.column("data"), dtypes, shapes, [f"{m}/{n}" for m, n in zip(mids, names)])
+            for mid, o, name, t in zip(mids, ords, names, tensors):
+                found[mid].append((o, name, t))
+    except duckdb.Error as e:
+        raise LakeError(f"SQL error: {str(e).splitlines()[0]}") from None
+    out = {i: {name: t for _, name, t in sorted(found[i], key=lambda r: r[0])} for i in ids}
     missing = [i for i in ids if not out[i]]
     if missing:
         raise LakeError(f"unknown model {missing[0]!r}")

@@ -152,3 +152,35 @@ def _zoo_cache(tmp_path_factory):
     if not os.environ.get("ZOO_CACHE"):
         os.environ["ZOO_CACHE"] = str(tmp_path_factory.getbasetemp().parent / "zoo-cache")
     yield
+
+
+class Proc:
+    """What a `zoo` run left behind: exit code, stdout, stderr."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def zoo_cli(capsys, monkeypatch):
+    """zoo(*args, lake=...) runs the real entry point (zoo.cli.main) in this process: same error
+    handling and exit codes as the installed command, without a new interpreter per case."""
+    import sys
+
+    from zoo.cli import main
+
+    def run(*args: str, lake=None) -> Proc:
+        monkeypatch.setenv("ZOO_LOCK_TIMEOUT", "20")
+        if lake is not None:
+            monkeypatch.setenv("ZOO_LAKE", str(lake))
+        monkeypatch.setattr(sys, "argv", ["zoo", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return Proc(code, out.out, out.err)
+
+    return run

@@ -25,34 +25,9 @@ def filled(lake_dir, make_models):
     return lake_dir
 
 
-class Proc:
-    """What a `zoo` run left behind: exit code, stdout, stderr."""
-
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
 @pytest.fixture
-def zoo(capsys, monkeypatch):
-    """zoo(*args, lake=...) runs the real entry point (zoo.cli.main) in this process: same error
-    handling and exit codes as the installed command, without a new interpreter per case."""
-    from zoo.cli import main
-
-    def run(*args: str, lake=None) -> Proc:
-        monkeypatch.setenv("ZOO_LOCK_TIMEOUT", "20")
-        if lake is not None:
-            monkeypatch.setenv("ZOO_LAKE", str(lake))
-        monkeypatch.setattr(sys, "argv", ["zoo", *args])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        out = capsys.readouterr()
-        return Proc(code, out.out, out.err)
-
-    return run
+def zoo(zoo_cli):
+    return zoo_cli
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *culprits: str) -> None:

@@ -183,3 +183,46 @@ def test_svhn_mat_files_load(tmp_path, cache) -> None:
     s = DATASETS.get("svhn")(0, tmp_path)
     assert_valid_splits(s, 10)
     assert torch.equal(s.y_test, torch.tensor([1, 2, 3, 4]))
+
+
+def write_openml_adult(home: pathlib.Path, rows: list[tuple]) -> None:
+    """The files sklearn's fetch_openml(data_id=1590, data_home=home) caches: gzipped API JSON responses
+    and the gzipped ARFF, under openml.org/<url path>.gz."""
+    import hashlib
+    import json
+
+    cols = [("age", "numeric"), ("workclass", "{Private,State-gov}"), ("race", "{White,Black}"),
+            ("sex", "{Male,Female}"), ("hours-per-week", "numeric"), ("class", "{<=50K,>50K}")]
+    arff = "@relation adult\n" + "".join(f"@attribute '{n}' {t}\n" for n, t in cols) + "@data\n" + \
+        "".join(",".join(str(v) for v in r) + "\n" for r in rows)
+    base = home / "openml.org"
+    api = base / "api" / "v1" / "json" / "data"
+
+    def put(path: pathlib.Path, payload: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(payload))
+
+    put(api / "1590.gz", json.dumps({"data_set_description": {
+        "id": "1590", "name": "adult", "version": "2", "format": "ARFF", "status": "active", "description": "fixture",
+        "url": "https://www.openml.org/data/v1/download/1595261/adult.arff", "default_target_attribute": "class",
+        "md5_checksum": hashlib.md5(arff.encode()).hexdigest()}}).encode())
+    put(api / "features" / "1590.gz", json.dumps({"data_features": {"feature": [
+        {"index": str(i), "name": n, "data_type": "numeric" if t == "numeric" else "nominal",
+         "nominal_value": [] if t == "numeric" else t.strip("{}").split(","), "is_target": str(n == "class").lower(),
+         "is_ignore": "false", "is_row_identifier": "false", "number_of_missing_values": "0"}
+        for i, (n, t) in enumerate(cols)]}}).encode())
+    put(api / "qualities" / "1590.gz", json.dumps({"data_qualities": {"quality": [
+        {"name": "NumberOfInstances", "value": str(len(rows))}]}}).encode())
+    put(base / "data" / "v1" / "download" / "1595261" / "adult.arff.gz", arff.encode())
+
+
+def test_adult_loads_from_an_openml_cache(tmp_path, monkeypatch, cache) -> None:
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    rows = [(20 + i, ("Private", "State-gov")[i % 2], ("White", "Black")[i % 3 == 0], ("Male", "Female")[i % 2],
+             30 + i, ("<=50K", ">50K")[i % 4 == 0]) for i in range(20)]
+    write_openml_adult(tmp_path / "openml", rows)
+    s = DATASETS.get("adult")(0, tmp_path)
+    assert_valid_splits(s, 2)
+    assert s.info.sensitive == ("race", "sex")
+    y = torch.cat([s.y_train, s.y_val, s.y_test])
+    assert int(y.sum()) == 5  # rows 0, 4, 8, 12, 16 earn >50K

@@ -10,7 +10,7 @@ import torch
 
 from core.errors import ZooError
 from fixtures.eval_zoo import synthetic_samples, trained_digits_zoo
-from weightnet.data import _width, split_samples
+from weightnet.data import _width
 from weightnet.eval import ablations, interpret, run, splits
 from weightnet.eval.widen import widen
 from zoo.archs import build
@@ -107,25 +107,29 @@ def test_ablations_never_run_a_variant_the_config_cannot_express():
 
 
 # --- the suite end to end on a tiny trained zoo ------------------------------------------------
-TINY = run.Suite("tiny", 2, 1, ("weightnet", "statnn-gbt", "nfn", "calc"), min_models=10,
-                 weightnet=(("epochs", 3),))
+FAST = (("weightnet", (("epochs", 2),)), ("nfn", (("epochs", 5),)), ("statnn-gbt", (("gbt_iter", 20),)))
+TINY = run.Suite("tiny", 2, 1, ("weightnet", "statnn-gbt", "nfn", "calc"), min_models=10, overrides=FAST)
 TINY_STANDARD = dataclasses.replace(
     TINY, name="tiny-standard", predictors=("weightnet", "statnn-gbt"), held_out_family=True, widths=True,
     hparams=True, ablation_groups=("tokenization", "embeddings"), learning_curve=(0.5, 1.0), interpret=True)
 
 
-@pytest.fixture
-def tiny_zoo(lake):
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """24 trained digits models tagged v1, then 2 more added after the tag (shared by the tests below)."""
+    from storage.lake import Lake
+
+    lake = Lake.open(tmp_path_factory.mktemp("evalzoo") / "lake", create=True)
     trained_digits_zoo(lake, n=24, archs=("mlp", "cnn"), widths=(8, 16))
     lake.tag("v1")
-    return lake
+    trained_digits_zoo(lake, n=2, seed=7, archs=("mlp",), widths=(32,))
+    yield lake
+    lake.close()
 
 
 def test_evaluate_small_writes_report_run_row_and_headline(tiny_zoo, tmp_path, monkeypatch):
     lake = tiny_zoo
     monkeypatch.setitem(run.SUITES, "tiny", TINY)
-    # models added after the tag must not be seen by an evaluation --at the tag
-    trained_digits_zoo(lake, n=2, seed=7, archs=("mlp",), widths=(32,))
     ticks = []
     res = run.evaluate(lake, "tiny", at="v1", out_dir=tmp_path / "reports", seeds=(0, 1),
                        progress=lambda d, n: ticks.append((d, n)))
@@ -149,7 +153,7 @@ def test_evaluate_small_writes_report_run_row_and_headline(tiny_zoo, tmp_path, m
 
 def test_evaluate_standard_runs_every_experiment(tiny_zoo, tmp_path, monkeypatch):
     monkeypatch.setitem(run.SUITES, "tiny-standard", TINY_STANDARD)
-    res = run.evaluate(tiny_zoo, "tiny-standard", out_dir=tmp_path, seeds=(0,))
+    res = run.evaluate(tiny_zoo, "tiny-standard", at="v1", out_dir=tmp_path, seeds=(0,))
     report = (tmp_path / res.run_id / "report.md").read_text()
     for section in ("held-out family digits-cnn", "/ widths", "widened x4", "held-out lr range", "learning curve",
                     "tokenization: global", "Interpretability", "segment+layer-type on not available"):
@@ -176,5 +180,7 @@ def test_choose_targets_prefers_common_labels(rng):
     samples = [dataclasses.replace(s, labels={"test_accuracy": 0.5, "test_loss": 1.0, "rare": 1.0} if i < 2 else
                                    {"test_accuracy": 0.5, "test_loss": 1.0, "n_params": 3.0})
                for i, s in enumerate(samples)]
-    assert run.choose_targets(samples, 1) == ("test_accuracy", "test_loss", "n_params")
-    assert split_samples(samples, "random", 0)[2]
+    assert run.choose_targets(samples, 1) == ("test_accuracy", "test_loss")  # n_params is the calculators' job
+    assert run.calculated_targets(samples) == ()  # 2 models lack n_params
+    full = [dataclasses.replace(s, labels={"n_params": float(i % 3), "flops": 5.0}) for i, s in enumerate(samples)]
+    assert run.calculated_targets(full) == ("n_params",)  # constant flops cannot be ranked

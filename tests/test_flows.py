@@ -97,3 +97,17 @@ def test_dask_and_threads_give_the_same_labels(small_zoo, tmp_path) -> None:
     assert all(abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(a[k])) for k in a)
     # nothing is left to label: a second run plans no batches and writes nothing
     assert label_zoo(properties=CHEAP, lake=dask_lake, runner="threads")["n_labels"] == 0
+
+
+@pytest.mark.slow
+def test_build_flow_publishes_summary_and_progress_artifacts(small_zoo) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter
+
+    with get_client(sync_client=True) as client:
+        summary = client.read_artifacts(artifact_filter=ArtifactFilter(key={"any_": ["zoo-build-digits-mlp"]}))
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(key={"any_": ["build-progress-digits-mlp"]}))
+    with Lake.open(small_zoo, read_only=True) as lk:
+        n = lk.fetch("SELECT count(*) FROM models")[0][0]
+    assert summary and any(f"| models (incl. checkpoints) | {n} |" in a.data for a in summary)
+    assert progress and max(float(a.data) for a in progress) == 100.0

@@ -248,16 +248,21 @@ def test_cli_ingests_offline_from_the_hub_cache(hub, tmp_path) -> None:
     """HF_HUB_OFFLINE/HF_HUB_CACHE must be set before huggingface_hub is imported: a fresh process."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub["cache"]), "HF_HOME": str(tmp_path / "hf"),
            "ZOO_LAKE": str(tmp_path / "lake")}
+    # three CLI invocations in one fresh process (imports dominate); each records its exit status
     script = (
-        "import sys; from zoo.cli import main; sys.argv = ['zoo', *sys.argv[1:]]; main()")
-    run = lambda *a: subprocess.run([sys.executable, "-c", script, *a], env=env, cwd=ROOT,  # noqa: E731
-                                    capture_output=True, text=True, timeout=300)
-    ok = run("ingest", "hf", "org/tiny-bert", "--seq-len", "8")
-    assert ok.returncode == 0, ok.stderr
-    vit = run("ingest", "timm", "hf-hub:org/tiny-vit")
-    assert vit.returncode == 0, vit.stderr
-    bad = run("ingest", "hf", "org/absent")
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "org/absent" in bad.stderr
+        "import json, sys\nfrom zoo.cli import main\ncodes = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    sys.argv = ['zoo', *argv]\n"
+        "    try:\n        main(); codes.append(0)\n"
+        "    except SystemExit as e:\n        codes.append(e.code)\n"
+        "print(json.dumps(codes))\n")
+    commands = [["ingest", "hf", "org/tiny-bert", "--seq-len", "8"], ["ingest", "timm", "hf-hub:org/tiny-vit"],
+                ["ingest", "hf", "org/absent"]]
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(commands)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [0, 0, 2], out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "org/absent" in errors[0]
     from storage.lake import Lake
 
     with Lake.open(tmp_path / "lake", read_only=True) as lk:

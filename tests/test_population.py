@@ -115,3 +115,18 @@ def test_seeds_decide_initialization(digits):
     assert float(a["layers.0.bias"].abs().max()) == 0.0  # zero biases under a sampled init
     std = float(a["layers.0.weight"].std())
     assert abs(std - (2.0 / 64) ** 0.5) < 0.02  # He: sqrt(2 / fan_in), fan_in = 64 pixels
+
+
+def test_plain_loop_trains_heterogeneous_members_reproducibly(digits):
+    """The fallback for architectures without a population forward (wildcnn: residuals, BatchNorm)."""
+    from zoo.sampling import sample_wildcnn, WildCNNSpace
+
+    cfg = sample_wildcnn(WildCNNSpace(layers=(2, 2), channels=(4, 8)), 0, digits.info.input_shape, 10)
+    cfg.update(norm="batch", residual=True)
+    spec = build("wildcnn", cfg).spec
+    tc = TrainConfig(optimizer="adam", lr=3e-3, dropout=0.2, init="he", epochs=1, checkpoints=(0, 1))
+    a = train_plain("wildcnn", cfg, spec, digits, tc, seed=4)
+    b = train_plain("wildcnn", cfg, spec, digits, tc, seed=4)
+    assert_states_close(a[-1].state, b[-1].state, atol=0)  # dropout and data order come from the seed
+    moved = [k for k in a[0].state if not torch.equal(a[0].state[k], a[-1].state[k])]
+    assert "convs.0.weight" in moved and "norms.0.running_mean" in moved

@@ -184,7 +184,7 @@ class WeightNetPredictor:
         self.model.feat_mean.copy_(allf.mean(0))
         self.model.feat_std.copy_(allf.std(0, correction=0).clamp_min(1e-6))
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
         steps_per_epoch = len(buckets([len(t) for t in tr_tok], cfg.batch_size))
         total = max(1, cfg.epochs * steps_per_epoch)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))

@@ -130,9 +130,11 @@ def _train_chunks(fam: Family, pending: list[MemberPlan], splits, device: str, p
                   progress: Callable[[int], None]):
     """Yield (plans, their checkpoints) chunk by chunk: populations of one shape, or plain-loop batches."""
     if fam.arch in POPULATIONS:
-        # one population per (architecture config, epochs, batch size); members differ in everything else
-        # (mixed batch sizes would work, masked, but waste the larger batches' compute)
-        key = lambda p: (canonical_json(p.arch_config), last_epoch(p.train_config), p.train_config.batch_size)
+        # one population per (architecture config, epochs, batch size, data fraction); members differ in
+        # everything else. Mixed sizes would train correctly (masked steps) but every member would pay for
+        # the longest epoch and the largest batch.
+        key = lambda p: (canonical_json(p.arch_config), last_epoch(p.train_config), p.train_config.batch_size,
+                         p.train_config.train_fraction)
         groups = itertools.groupby(sorted(pending, key=key), key=key)
         for _, members in groups:
             members = sorted(members, key=lambda p: p.index)

@@ -23,6 +23,7 @@ import torch
 from core.hashing import code_version, stable_hash
 from storage.lake import Lake
 from storage.writes import read_models, write_run
+from weightnet.baselines.calculators import CALCULATED
 from weightnet.data import ZooSample, load_samples, split_samples
 from weightnet.eval import ablations, experiments, interpret, report, splits
 from weightnet.eval.experiments import Experiment
@@ -49,7 +50,11 @@ class Suite:
     learning_curve: tuple[float, ...] = ()  # fractions of the training runs
     interpret: bool = False
     min_models: int = 20  # a family needs this many labelled models to be a zoo here
-    weightnet: tuple[tuple[str, object], ...] = ()  # WeightNetConfig overrides for this suite
+    # per predictor, config overrides for this suite: ((name, ((field, value), ...)), ...)
+    overrides: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+
+    def overrides_for(self) -> dict[str, dict[str, object]]:
+        return {name: dict(kv) for name, kv in self.overrides}
 
 
 SUITES = {
@@ -99,15 +104,20 @@ def _attached(lake: Lake, snapshot: int | None, read_only: bool) -> Iterator[Lak
 
 
 def choose_targets(samples: Sequence[ZooSample], n_extra: int) -> tuple[str, ...]:
-    """test_accuracy plus up to ``n_extra`` labels that >= 80% of the models carry (preferred ones first)."""
-    counts = Counter(k for s in samples for k in s.labels)
+    """test_accuracy plus up to ``n_extra`` labels that >= 80% of the models carry (preferred ones first).
+
+    Architecture quantities (n_params, flops) are left to the calculators: see ``calculated_targets``.
+    """
+    counts = Counter(k for s in samples for k in s.labels if k not in CALCULATED)
     common = [k for k, c in counts.items() if c >= 0.8 * len(samples)]
     ordered = [t for t in PREFERRED_TARGETS if t in common] + sorted(t for t in common if t not in PREFERRED_TARGETS)
-    out = [t for t in ordered if t == "test_accuracy"] + [t for t in ordered if t != "test_accuracy"][:n_extra]
-    for calc in ("n_params", "flops"):
-        if calc in common and calc not in out:
-            out.append(calc)
-    return tuple(out)
+    return tuple([t for t in ordered if t == "test_accuracy"] + [t for t in ordered if t != "test_accuracy"][:n_extra])
+
+
+def calculated_targets(samples: Sequence[ZooSample]) -> tuple[str, ...]:
+    """n_params / flops when every model carries them and they vary (a constant has no ranking to score)."""
+    return tuple(t for t in CALCULATED
+                 if samples and all(t in s.labels for s in samples) and len({s.labels[t] for s in samples}) > 1)
 
 
 def _labelled(samples: Sequence[ZooSample], targets: Sequence[str]) -> list[ZooSample]:
@@ -148,8 +158,12 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
             continue
         if i == 0:
             primary_targets = targets
-        exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), suite.predictors, targets,
-                               overrides={WEIGHTNET: dict(suite.weightnet)}, keep_fitted=(i == 0)))
+        learned = tuple(p for p in suite.predictors if p != "calc")
+        exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), learned, targets,
+                               overrides=suite.overrides_for(), keep_fitted=(i == 0)))
+        calc_targets = calculated_targets(ss)
+        if "calc" in suite.predictors and calc_targets:
+            exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), ("calc",), calc_targets))
     base = exps[0] if exps else None
     if base is None:
         return exps, primary, primary_targets
@@ -166,7 +180,7 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
                                    overrides=base.overrides))
     primary_samples = _labelled([s for s in samples if primary in ("all", s.family)], primary_targets)
     if suite.widths:
-        fn_targets = tuple(t for t in primary_targets if not t.startswith(NOT_FUNCTION))
+        fn_targets = tuple(t for t in primary_targets if not t.startswith(NOT_FUNCTION))  # widening keeps these
         try:
             splits.width_sets(primary_samples, 0, factors=(2,))  # fail early with a clear note
 
@@ -207,7 +221,8 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
             for v in variants:
                 exps.append(Experiment(f"{primary} / ablation", primary, f"ablation:{v.group}",
                                        _random(primary_samples), (WEIGHTNET,), ("test_accuracy",),
-                                       overrides={WEIGHTNET: {**dict(suite.weightnet), **v.as_dict}},
+                                       overrides={WEIGHTNET: {**suite.overrides_for().get(WEIGHTNET, {}),
+                                                              **v.as_dict}},
                                        labels={WEIGHTNET: f"{v.group}: {v.label}"}))
         else:
             notes.append("ablations not run: WeightNet is not available")

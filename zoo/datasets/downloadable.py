@@ -158,15 +158,15 @@ ADULT_ID = 1590  # "adult", version 2 on OpenML
 
 @DATASETS.register("adult")
 def adult(seed: int, root: pathlib.Path | None) -> Splits:
-    """UCI Adult via ``sklearn.datasets.fetch_openml(data_id=1590)``, cached under ``<root>/openml``.
+    """UCI Adult via ``sklearn.datasets.fetch_openml(data_id=1590)``, cached under ``<root>/openml/openml.org``.
 
     Target: income >50K. Inputs: numeric columns standardized, categoricals one-hot. Sensitive
     features ``race`` (White=1, else 0) and ``sex`` (Male=1, Female=0).
     """
     from sklearn.datasets import fetch_openml
 
-    home = data_root(root) / "openml"
-    cached = home / "openml.org" / "api" / "v1" / "json" / "data" / f"{ADULT_ID}.gz"
+    home = data_root(root)  # sklearn caches under <data_home>/openml/openml.org/<url path>.gz
+    cached = home / "openml" / "openml.org" / "api" / "v1" / "json" / "data" / f"{ADULT_ID}.gz"
     frame = {}
 
     def fetch() -> None:
@@ -178,11 +178,11 @@ def adult(seed: int, root: pathlib.Path | None) -> Splits:
         except Exception as e:  # network / cache errors alike
             raise DatasetUnavailable(f"dataset 'adult' cannot be loaded ({type(e).__name__}: {e}). Fetch OpenML "
                                      f"dataset {ADULT_ID} with sklearn.datasets.fetch_openml(data_id={ADULT_ID}, "
-                                     f"data_home='{home}') on a machine with network and copy {home}") from None
+                                     f"data_home='{home}') on a machine with network and copy {home / 'openml'}") from None
     else:
         raise DatasetUnavailable(f"dataset 'adult' is not on disk and cannot be fetched here (offline). Fetch OpenML "
                                  f"dataset {ADULT_ID} with sklearn.datasets.fetch_openml(data_id={ADULT_ID}, "
-                                 f"data_home='{home}') and copy {home} here")
+                                 f"data_home='{home}') and copy {home / 'openml'} here")
     df = frame["df"].dropna().reset_index(drop=True)
     target = df.columns[-1] if "class" not in df.columns else "class"
     y = torch.tensor(df[target].astype(str).str.contains(">50K").to_numpy(), dtype=torch.int64)

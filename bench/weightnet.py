@@ -1,0 +1,126 @@
+"""WeightNet scale benchmark (CPU): prints figures, asserts nothing.
+
+    .venv/bin/python bench/weightnet.py [--threads 2] [--n-digits 600] [--n-train 1000]
+
+1. prediction time and peak memory for a ResNet-18-size model (11.7M parameters, the zoo's timm
+   ``resnet`` with ResNet-18 layers/channels, random weights);
+2. batched predictions per second on digits CNNs (Small-CNN-Zoo shape, default config), with the
+   encoder's achieved GFLOP/s (torch.utils.flop_counter);
+3. one training epoch over 1,000 digits CNNs (random weights and labels).
+Timings are wall clock; a 1024x1024 float32 matmul measured in the same run is the baseline, so the
+ratios stay meaningful on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from weightnet.config import WeightNetConfig  # noqa: E402
+from weightnet.data import ZooSample  # noqa: E402
+from weightnet.model import WeightNetModel, WeightNetPredictor, buckets, collate  # noqa: E402
+from zoo.archs import build  # noqa: E402
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def untrained(cfg: WeightNetConfig) -> WeightNetPredictor:
+    p = WeightNetPredictor(cfg)
+    p.targets = ["test_accuracy"]
+    p.target_mean, p.target_std = torch.zeros(1), torch.ones(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        p.model = WeightNetModel(cfg, 1, 0).eval()
+    return p
+
+
+def sample(arch: str, config: dict, seed: int, label: float = 0.0) -> ZooSample:
+    torch.manual_seed(seed)
+    b = build(arch, config)
+    return ZooSample(f"{arch}{seed}", f"{arch}{seed}", arch, arch, config, b.spec, b.module.state_dict(),
+                     {"test_accuracy": label})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-digits", type=int, default=600)
+    ap.add_argument("--n-train", type=int, default=1000)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = WeightNetConfig()
+    base = matmul_gflops()
+    print(f"baseline: 1024x1024 float32 matmul {base:.1f} GFLOP/s on {args.threads} threads")
+
+    # 1. ResNet-18 size
+    r18 = sample("resnet", {"input_shape": [3, 224, 224], "n_classes": 1000, "layers": [2, 2, 2, 2],
+                            "channels": [64, 128, 256, 512]}, 0)
+    p = untrained(cfg)
+    before = rss_mib()
+    p.predict([ZooSample("warm", "warm", "x", "resnet", {}, r18.spec, r18.state)])  # warm-up (one-off allocations)
+    times = []
+    for i in range(3):
+        p.pipeline._memory.clear()
+        t = time.perf_counter()
+        p.predict([r18])
+        times.append(time.perf_counter() - t)
+    n_tok = len(p.pipeline.one(r18))
+    print(f"resnet18-size ({r18.spec.n_params / 1e6:.1f}M params, {n_tok} tokens): predict {min(times):.2f} s "
+          f"(best of 3; target < 2 s; {min(times) * base:.1f} baseline-GFLOP-seconds), peak RSS {rss_mib():.0f} MiB "
+          f"(+{rss_mib() - before:.0f} MiB over the loaded process; target < 2048)")
+
+    # 2. batched predictions on digits CNNs
+    cnn_cfg = {"input_shape": [1, 8, 8], "n_classes": 10, "channels": 16, "n_layers": 3}
+    cnns = [sample("cnn", cnn_cfg, i) for i in range(args.n_digits)]
+    p = untrained(cfg)
+    t = time.perf_counter()
+    toks = p.pipeline.many(cnns)
+    t_tok = time.perf_counter() - t
+    t = time.perf_counter()
+    p._predict_tokens(toks, batch_size=256)
+    t_fwd = time.perf_counter() - t
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        p.model(collate(toks[:256]))
+    flops = fc.get_total_flops() / 256 * len(toks)
+    n = len(cnns)
+    print(f"digits CNNs ({len(toks[0])} tokens each): {n / (t_tok + t_fwd):.0f} predictions/s end to end "
+          f"(target >= 300; tokenize {n / t_tok:.0f}/s, encoder {n / t_fwd:.0f}/s); encoder "
+          f"{flops / t_fwd / 1e9:.1f} GFLOP/s achieved = {flops / t_fwd / 1e9 / base:.2f} x baseline matmul")
+
+    # 3. one training epoch over n_train digits CNNs
+    g = torch.Generator().manual_seed(0)
+    more = cnns + [sample("cnn", cnn_cfg, args.n_digits + i) for i in range(max(0, args.n_train - len(cnns)))]
+    train = [ZooSample(s.model_id, s.run_id, s.family, s.arch, s.arch_config, s.spec, s.state,
+                       {"test_accuracy": float(torch.rand(1, generator=g))}) for s in more[:args.n_train]]
+    p = WeightNetPredictor(WeightNetConfig(epochs=1))
+    t = time.perf_counter()
+    p.pipeline.many(train)
+    t_tok = time.perf_counter() - t
+    t = time.perf_counter()
+    p.fit(train, [], ["test_accuracy"], seed=0)
+    t_fit = time.perf_counter() - t
+    steps = len(buckets([len(x) for x in p.pipeline.many(train)], p.config.batch_size))
+    print(f"training: one epoch over {len(train)} digits CNNs {t_fit:.1f} s ({steps} steps of {p.config.batch_size}; "
+          f"tokenizing them first {t_tok:.1f} s, cached per snapshot afterwards)")
+
+
+if __name__ == "__main__":
+    main()
