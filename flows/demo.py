@@ -1,6 +1,6 @@
 """`make demo`: the ``pipeline`` flow end to end, offline, on the embedded digits data.
 
-Builds a small digits-cnn zoo (default 100 members x 2 checkpoints), labels it (accuracy/loss/F1,
+Builds a small digits-cnn zoo (default 50 members x 2 checkpoints = 100 models), labels it (accuracy/loss/F1,
 FLOPs/params, weight statistics, PGD; AutoAttack is skipped unless ``--autoattack K`` labels K models),
 tags the snapshot ``demo``, trains WeightNet, writes predictions, runs the small evaluation suite and
 prints the headline table. Prefect runs with a temporary local API and keeps its state under
@@ -29,17 +29,20 @@ def _prefect_home(home: pathlib.Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    # the temporary API server migrates its database on first use: slow on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lake", default="demo-lake")
     ap.add_argument("--family", default="digits-cnn")
-    ap.add_argument("--n", type=int, default=100, help="zoo members (each stored with its checkpoints)")
+    ap.add_argument("--n", type=int, default=50, help="zoo members (each stored with its 2 checkpoints)")
     ap.add_argument("--properties", default=",".join(DEMO_PROPERTIES))
     ap.add_argument("--targets", default=",".join(DEMO_TARGETS))
     ap.add_argument("--autoattack", type=int, default=0, help="also run AutoAttack on this many models (slow)")
     ap.add_argument("--suite", default="small", help="evaluation suite ('none' to skip)")
+    ap.add_argument("--seeds", default="0,1,2", help="evaluation seeds (fewer: faster)")
     ap.add_argument("--runner", default="threads", choices=["threads", "dask"])
     ap.add_argument("--fresh", action="store_true", help="delete the lake first")
     ap.add_argument("--home", default=str(ROOT / ".prefect"), help="Prefect home (state, cached results)")
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in args.targets.split(",") if t]
     result = pipeline(family=args.family, n=args.n, lake=lake, properties=args.properties.split(","),
                       runner=args.runner, tag="demo", targets=targets,
-                      suite=None if args.suite == "none" else args.suite, out_dir=str(ROOT / "reports"))
+                      suite=None if args.suite == "none" else args.suite, out_dir=str(ROOT / "reports"),
+                      seeds=[int(x) for x in args.seeds.split(",") if x])
     if args.autoattack:
         where = f"model_id IN (SELECT model_id FROM models ORDER BY model_id LIMIT {int(args.autoattack)})"
         label_zoo(properties=["autoattack"], where=where, lake=lake, runner=args.runner)
@@ -78,13 +82,8 @@ def print_summary(result: dict, lake: str, seconds: float) -> None:
                   f"WeightNet run {tr['run_id']} ({tr['predictions']} predictions) in {seconds / 60:.1f} min")
     ev = (result.get("report") or {}).get("evaluation")
     if ev and ev.get("headline"):
-        table = Table(title="Headline (evaluation suite)")
-        cols = list(ev["headline"][0])
-        for c in cols:
-            table.add_column(str(c))
-        for row in ev["headline"]:
-            table.add_row(*(f"{row.get(c):.3f}" if isinstance(row.get(c), float) else str(row.get(c)) for c in cols))
-        console.print(table)
+        console.rule("Headline (evaluation suite)")
+        print(ev["text"])  # the evaluation's own plain-text table: readable at any terminal width
         if ev.get("report_path"):
             console.print(f"report: {ev['report_path']}")
     else:

@@ -29,8 +29,9 @@ def label_batch(lake: str, model_ids: list[str], properties: list[str] | None, d
     """Wraps labeling.run.label_models for one batch (one snapshot). Deterministic given its inputs and
     the lake instance ``stamp``, so a re-run flow answers finished batches from the cache."""
     label_models = required("labeling.run", "label_models")
+    progress = progress_artifact(f"labeling a batch of {len(model_ids)} models")
     with lake_at(lake) as lk:
-        return dataclasses.asdict(label_models(lk, model_ids, properties=properties, device=device))
+        return dataclasses.asdict(label_models(lk, model_ids, properties=properties, device=device, progress=progress))
 
 
 @flow(name="label-batches")

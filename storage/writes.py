@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -20,11 +20,11 @@ from core.hashing import code_version
 from core.spec import WeightSpec
 from storage.lake import Lake
 from storage.schema import LABELS, MODELS, PREDICTIONS, RUNS, TENSORS, Table
-from storage.tensors import DTYPES, all_finite, dtype_name, pack, unpack
+from storage.tensors import DTYPE_SIZES, DTYPES, all_finite, dtype_name, pack, unpack
 
 
 CHUNK_BYTES = 4 * 2**20  # tensor bytes per INSERT (= per Parquet file): bounds the memory a write needs
-READ_BATCH_ROWS = 1  # tensor rows per Arrow batch when reading
+READ_CHUNK_BYTES = 8 * 2**20  # tensor bytes per read query
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,48 @@ def _insert_tensors(lake: Lake, rows: list[tuple[str, int, str, str, torch.Tenso
     _insert(lake, TENSORS, tens)
 
 
+def _nbytes(dtype: str, shape: Sequence[int]) -> int:
+    n = DTYPE_SIZES.get(dtype, 8)
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _read_groups(by_model: Mapping[str, list[tuple]]) -> Iterator[list[tuple]]:
+    """Tensor metadata rows grouped so each group's bytes stay near READ_CHUNK_BYTES."""
+    group, size = [], 0
+    for rows in by_model.values():
+        for row in sorted(rows, key=lambda r: r[1]):
+            n = _nbytes(row[3], row[4])
+            if group and size + n > READ_CHUNK_BYTES:
+                yield group
+                group, size = [], 0
+            group.append(row)
+            size += n
+    if group:
+        yield group
+
+
+def _read_group(lake: Lake, group: list[tuple]) -> dict[tuple[str, int], torch.Tensor]:
+    keys = {(r[0], r[1]): r for r in group}
+    mids = sorted({r[0] for r in group})
+    lo, hi = min(r[1] for r in group), max(r[1] for r in group)
+    try:
+        table = lake.con.execute(
+            "SELECT model_id, ordinal, data FROM lake.main.tensors WHERE model_id IN (SELECT unnest(?::VARCHAR[])) "
+            "AND ordinal BETWEEN ? AND ?", [mids, lo, hi]).to_arrow_table()
+    except duckdb.Error as e:
+        raise LakeError(f"SQL error: {str(e).splitlines()[0]}") from None
+    found = list(zip(table.column("model_id").to_pylist(), table.column("ordinal").to_pylist()))
+    wanted = [i for i, k in enumerate(found) if k in keys]
+    if len(wanted) != len(keys):
+        raise LakeError(f"tensors of {mids[0]!r} changed while being read; read again")
+    data = table.column("data").combine_chunks().take(wanted)
+    rows = [keys[found[i]] for i in wanted]
+    tensors = unpack(data, [r[3] for r in rows], [r[4] for r in rows], [f"{r[0]}/{r[2]}" for r in rows])
+    return {(r[0], r[1]): t for r, t in zip(rows, tensors)}
+
+
 def _record(row: Mapping) -> ModelRecord:
     return ModelRecord(
         model_id=row["model_id"], family=row["family"], arch=row["arch"], arch_config=json.loads(row["arch_config"]),
@@ -194,20 +236,20 @@ def read_weights(lake: Lake, model_ids: Iterable[str]) -> dict[str, dict[str, to
     ids = list(dict.fromkeys(model_ids))
     if not ids:
         return {}
-    query = ("SELECT model_id, ordinal, name, dtype, shape, data FROM lake.main.tensors "
-             "WHERE model_id IN (SELECT unnest(?::VARCHAR[]))")  # no ORDER BY: a sort would hold it all
-    found: dict[str, list[tuple[int, str, torch.Tensor]]] = {i: [] for i in ids}
-    try:
-        reader = lake.con.execute(query, [ids]).fetch_record_batch(READ_BATCH_ROWS)
-        for batch in reader:
-            mids, ords, names = (batch.column(k).to_pylist() for k in ("model_id", "ordinal", "name"))
-            dtypes, shapes = batch.column("dtype").to_pylist(), batch.column("shape").to_pylist()
-            tensors = unpack(batch.column("data"), dtypes, shapes, [f"{m}/{n}" for m, n in zip(mids, names)])
-            for mid, o, name, t in zip(mids, ords, names, tensors):
-                found[mid].append((o, name, t))
-    except duckdb.Error as e:
-        raise LakeError(f"SQL error: {str(e).splitlines()[0]}") from None
-    out = {i: {name: t for _, name, t in sorted(found[i], key=lambda r: r[0])} for i in ids}
+    # Metadata first (narrow, fast), then the bytes in groups of about READ_CHUNK_BYTES: DuckDB never
+    # holds more than one group, so reading a big model needs little beyond the tensors themselves.
+    meta = lake.fetch("SELECT model_id, ordinal, name, dtype, shape FROM lake.main.tensors "
+                      "WHERE model_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+    by_model: dict[str, list[tuple]] = {i: [] for i in ids}
+    for row in meta:
+        by_model[row[0]].append(row)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for group in _read_groups(by_model):
+        got = _read_group(lake, group)
+        for mid, o, name, *_ in group:
+            out.setdefault(mid, {})[name] = got[(mid, o)]
+    out = {i: {r[2]: out[i][r[2]] for r in sorted(by_model[i], key=lambda r: r[1])} if by_model[i] else {}
+           for i in ids}
     missing = [i for i in ids if not out[i]]
     if missing:
         raise LakeError(f"unknown model {missing[0]!r}")

@@ -184,3 +184,12 @@ def zoo_cli(capsys, monkeypatch):
         return Proc(code, out.out, out.err)
 
     return run
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models train faster on one thread (no thread sync per op, no fight over shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,7 +28,16 @@ VARIANTS = [
     ("vit", {"input_shape": [3, 8, 8], "n_classes": 5, "global_pool": "avg", "patch_size": 4, "embed_dim": 8}),
     ("transformer", {"input_shape": [6], "n_classes": 2, "input": "tokens", "vocab_size": 11, "hidden_size": 8}),
 ]
-CASES = [(name, BASE.get(name, IMAGE)) for name in ARCHS.names()] + VARIANTS
+
+
+def sampled_wildcnns(seeds: range) -> list[tuple[str, dict]]:
+    """Configs exactly as the wildcnn family samples them (up to 6 layers, 64 channels, 7x7 kernels)."""
+    from zoo.sampling import WildCNNSpace, sample_wildcnn
+
+    return [("wildcnn", sample_wildcnn(WildCNNSpace(), s, (1, 8, 8), 10)) for s in seeds]
+
+
+CASES = [(name, BASE.get(name, IMAGE)) for name in ARCHS.names()] + VARIANTS + sampled_wildcnns(range(3))
 IDS = [f"{a}-{i}" for i, (a, _) in enumerate(CASES)]
 
 

@@ -3,9 +3,7 @@ culprit (a non-zero exit from the CLI) and leaves the lake exactly as it was."""
 from __future__ import annotations
 
 import json
-import os
 import struct
-import sys
 
 import pytest
 import torch

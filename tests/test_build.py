@@ -17,6 +17,8 @@ from zoo.families import FAMILIES
 from zoo.population import POPULATIONS
 from zoo.sampling import BadConfig
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def assert_no_duplicates(lake: Lake) -> None:
     n, distinct = lake.fetch("SELECT count(*), count(DISTINCT model_id) FROM lake.main.models")[0]

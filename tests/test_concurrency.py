@@ -172,4 +172,4 @@ def test_postgres_catalog_round_trip_and_time_travel(postgres_dsn, tmp_path, mon
 def test_postgres_writers_concurrently(postgres_dsn, tmp_path, monkeypatch):
     data = str(tmp_path / "pgdata-conc")
     monkeypatch.setenv("ZOO_DATA_PATH", data)
-    assert_all_land("postgres:" + postgres_dsn, writers=4, batches=3, size=5, env={"ZOO_DATA_PATH": data})
+    assert_all_land("postgres:" + postgres_dsn, writers=4, batches=2, size=5, env={"ZOO_DATA_PATH": data})

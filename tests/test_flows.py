@@ -39,6 +39,24 @@ def test_artifact_keys_and_tables() -> None:
     assert "1.235" in table and "x\\|y" in table and table.count("\n") == 3
 
 
+def test_threads_share_a_duckdb_file_lake(lake_dir) -> None:
+    """A DuckDB-file catalog attaches once per process: lake_at makes threads take turns, every write lands."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.common import lake_at
+
+    Lake.open(lake_dir, create=True).close()
+
+    def tag(i: int) -> int:
+        with lake_at(str(lake_dir)) as lk:
+            return lk.tag(f"t{i}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(tag, range(8)))
+    with Lake.open(lake_dir, read_only=True) as lk:
+        assert sorted(r[0] for r in lk.fetch("SELECT name FROM tags")) == sorted(f"t{i}" for i in range(8))
+
+
 def _labels(location: str) -> dict[tuple[str, str], float]:
     with Lake.open(location, read_only=True) as lk:
         return {(m, p): v for m, p, v in lk.fetch("SELECT model_id, property, value FROM labels")}

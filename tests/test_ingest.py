@@ -215,6 +215,11 @@ def test_hf_bert_from_the_hub_cache(lake, hub) -> None:
         ours = load_module(rec, read_weights(lake, [r.model_id])[r.model_id])(ids)
         torch.testing.assert_close(ours, hub["bert"](input_ids=ids).logits, atol=1e-5, rtol=1e-4)
     assert {p.kind for p in rec.spec.params} >= {"attn_q", "attn_k", "attn_v", "attn_o", "embedding", "pos_embedding"}
+    pinned = ingest_hf(lake, "org/tiny-bert", revision="a" * 40, cache_dir=str(hub["cache"]), local_files_only=True,
+                       seq_len=12)
+    assert pinned.model_id == r.model_id and not pinned.new  # same weights: re-ingest is a no-op
+    assert_refused_unchanged(lake, lambda: ingest_hf(lake, "org/tiny-bert", revision="v9", cache_dir=str(hub["cache"]),
+                                                     local_files_only=True), "v9")
 
 
 def test_hf_timm_vit_from_the_hub_cache(lake, hub) -> None:

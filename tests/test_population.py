@@ -17,6 +17,8 @@ from zoo.population import POPULATIONS, Member, Population, train_population
 from zoo.sampling import TrainConfig
 from zoo.train import init_state, train_plain
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 CONFIGS = {
     "mlp": {"width": 16, "depth": 2, "activation": "tanh"},
     "cnn": {"channels": 8, "n_layers": 3, "activation": "relu"},

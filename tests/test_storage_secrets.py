@@ -3,7 +3,6 @@ in LakeConfig.display/repr, CLI output or error messages. Real S3 is unreachable
 goes to a closed local port so the failure path (with the secret loaded) is exercised for real."""
 from __future__ import annotations
 
-import os
 
 import pytest
 

@@ -22,7 +22,7 @@ class TokenizerConfig:
     # weight_sort / activation_sort / align: canonicalize first, then positions are meaningful;
     # none: raw order with positions (the ablation).
     permutation: str = "invariant"
-    n_quantiles: int = 9  # empirical-CDF points per token (any fan-in maps to a fixed width)
+    n_quantiles: int = 5  # empirical-CDF points per token (any fan-in maps to a fixed width)
     unit_budget: int = 32  # max tokens per (tensor, axis); wider ones pool sorted units into buckets
     max_tokens: int = 1024  # per model; shrinks unit_budget for very large specs
     chunk: int = 64  # global tokenizer: parameters per token
