@@ -78,14 +78,14 @@ def print_summary(result: dict, lake: str, seconds: float) -> None:
     console = Console()
     b, lab, tr = result["build"], result["label"], result["train"]
     console.rule("WeightNet Zoo demo")
-    console.print(f"lake {lake}: {len(b['model_ids'])} models, {lab['n_labels']} new labels, tag 'demo', "
-                  f"WeightNet run {tr['run_id']} ({tr['predictions']} predictions) in {seconds / 60:.1f} min")
+    print(f"lake {lake}: {len(b['model_ids'])} models, {lab['n_labels']} new labels, tag 'demo', "
+          f"WeightNet run {tr['run_id']} ({tr['predictions']} predictions) in {seconds / 60:.1f} min")
     ev = (result.get("report") or {}).get("evaluation")
     if ev and ev.get("headline"):
         console.rule("Headline (evaluation suite)")
         print(ev["text"])  # the evaluation's own plain-text table: readable at any terminal width
         if ev.get("report_path"):
-            console.print(f"report: {ev['report_path']}")
+            print(f"report: {ev['report_path']}")
     else:
         table = Table(title="WeightNet metrics")
         table.add_column("metric")
@@ -96,7 +96,7 @@ def print_summary(result: dict, lake: str, seconds: float) -> None:
             v = row["value"]
             table.add_row(row["metric"], f"{v:.4f}" if isinstance(v, float) else str(v))
         console.print(table)
-    console.print(f'query it: zoo sql "SELECT property, avg(value) FROM labels GROUP BY ALL" --lake {lake}')
+    print(f'query it: zoo sql "SELECT property, avg(value) FROM labels GROUP BY ALL" --lake {lake}')
 
 
 if __name__ == "__main__":

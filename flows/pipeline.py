@@ -4,6 +4,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from core.errors import ZooError
 from flows.build import build_zoo
 from flows.common import RETRY, artifact_key, lake_at, markdown_table
 from flows.label import label_zoo
@@ -11,9 +12,23 @@ from flows.report import report
 from flows.train import train_weightnet
 
 
+DATA_STATE = ("SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM labels), "
+              "(SELECT max(measured_at) FROM labels)")
+
+
 @task(name="tag-snapshot", **RETRY)
 def tag_snapshot(lake: str, name: str) -> int:
+    """Point ``name`` at the current data. When models and labels are unchanged since the tag was set
+    (only run/prediction rows were added), the tag stays, so training and evaluation at the tag are
+    answered from the cache on a re-run."""
+    try:
+        with lake_at(lake, at=name) as old:
+            tagged, old_state = old.snapshot, old.fetch(DATA_STATE)[0]
+    except ZooError:
+        tagged, old_state = None, None
     with lake_at(lake) as lk:
+        if tagged is not None and lk.fetch(DATA_STATE)[0] == old_state:
+            return tagged
         return lk.tag(name)
 
 

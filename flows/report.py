@@ -89,6 +89,6 @@ def report(run_id: str | None = None, lake: str = "lake", suite: str | None = "s
                                      description=f"evaluation report {report_path}")
             folder = report_path.parent if report_path.suffix else report_path
             ev["plots"] = publish_plots(folder) if folder.is_dir() else []
-            print(ev["text"])
+            print(f"evaluation run {ev['run_id']}: {len(ev['headline'])} headline rows, report {ev['report_path']}")
         out["evaluation"] = ev
     return out

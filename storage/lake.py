@@ -121,14 +121,16 @@ def _first_line(exc: BaseException) -> str:
 def _s3_secret_sql(data_path: str) -> str:
     """CREATE SECRET for the object store from ``$ZOO_S3_*`` (never logged: it holds the secret)."""
     env = os.environ
-    opts = {"TYPE": "s3", "KEY_ID": env.get("ZOO_S3_KEY_ID"), "SECRET": env.get("ZOO_S3_SECRET"),
+    scheme, rest = data_path.split("://", 1)
+    kind = {"gs": "gcs", "gcs": "gcs", "r2": "r2"}.get(scheme.lower(), "s3")
+    opts = {"TYPE": kind, "KEY_ID": env.get("ZOO_S3_KEY_ID"), "SECRET": env.get("ZOO_S3_SECRET"),
             "SESSION_TOKEN": env.get("ZOO_S3_SESSION_TOKEN"), "REGION": env.get("ZOO_S3_REGION"),
             "ENDPOINT": env.get("ZOO_S3_ENDPOINT"), "URL_STYLE": env.get("ZOO_S3_URL_STYLE"),
-            "SCOPE": data_path.split("://", 1)[0] + "://" + data_path.split("://", 1)[1].split("/", 1)[0]}
+            "SCOPE": f"{scheme}://{rest.split('/', 1)[0]}"}
     parts = []
     for k, v in opts.items():
         if v:
-            parts.append(f"{k} " + ("s3" if k == "TYPE" else "'" + str(v).replace("'", "''") + "'"))
+            parts.append(f"{k} " + (kind if k == "TYPE" else "'" + str(v).replace("'", "''") + "'"))
     use_ssl = env.get("ZOO_S3_USE_SSL")
     if use_ssl is not None:
         parts.append(f"USE_SSL {'true' if use_ssl.lower() in ('1', 'true', 'yes') else 'false'}")

@@ -61,7 +61,7 @@ def test_duckdb_file_writers_take_turns(tmp_path):
 
 @pytest.mark.slow
 def test_sqlite_writers_concurrently(tmp_path):
-    assert_all_land("sqlite:" + str(tmp_path / "lake"), writers=4, batches=3, size=5)
+    assert_all_land("sqlite:" + str(tmp_path / "lake"), writers=4, batches=2, size=5)
 
 
 def test_duckdb_file_lock_wait_times_out_with_clear_error(lake_dir):

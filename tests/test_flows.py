@@ -129,3 +129,21 @@ def test_build_flow_publishes_summary_and_progress_artifacts(small_zoo) -> None:
         n = lk.fetch("SELECT count(*) FROM models")[0][0]
     assert summary and any(f"| models (incl. checkpoints) | {n} |" in a.data for a in summary)
     assert progress and max(float(a.data) for a in progress) == 100.0
+
+
+def test_pipeline_tag_moves_only_when_models_or_labels_change(lake_dir) -> None:
+    from flows.pipeline import tag_snapshot
+    from storage.writes import Label, write_labels, write_run
+
+    Lake.open(lake_dir, create=True).close()
+    loc = str(lake_dir)
+    first = tag_snapshot.fn(loc, "demo")
+    with Lake.open(loc) as lk:
+        write_run(lk, "wn-x", "weightnet", {}, "completed")  # bookkeeping only: the data is unchanged
+    assert tag_snapshot.fn(loc, "demo") == first
+    with Lake.open(loc) as lk:
+        write_labels(lk, [Label("m1", "test_accuracy", 0.5, "performance", 1)], "a new label")
+    moved = tag_snapshot.fn(loc, "demo")
+    with Lake.open(loc, read_only=True) as lk:
+        assert moved > first and lk.resolve("demo") == moved
+    assert tag_snapshot.fn(loc, "other") == moved  # a new tag points at the current data

@@ -140,7 +140,7 @@ def test_random_sql_never_changes_the_lake(sql_lake, query, monkeypatch):
     assert lake_fingerprint(lake_dir) == before
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=15)
 @given(name=st.text(max_size=20))
 def test_random_tag_names(shared, name):
     lk, before = shared["lake"], shared["before"]

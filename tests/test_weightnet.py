@@ -149,17 +149,22 @@ def test_fit_is_deterministic_and_intervals_are_conformal(rng: torch.Generator) 
         scale = 0.5 + i / 8
         samples.append(with_state(s, {k: v * scale for k, v in s.state.items()}, f"s{i}"))
         samples[-1].labels["y"] = scale
-    cfg = _small(TokenizerConfig(), epochs=6, alpha=0.2)
+    cfg = _small(TokenizerConfig(), epochs=6, alpha=0.2, thresholds=(("y", 1.0),), loss_weights=(("y>1.0", 0.5),))
     preds = []
     for _ in range(2):
         p = WeightNetPredictor(cfg)
         p.fit(samples[:10], samples[10:], ["y"], seed=3)
         preds.append(p.predict(samples)["y"])
     assert np.array_equal(preds[0], preds[1])
+    proba = p.predict_proba(samples)["y>1"]
+    assert proba.shape == (16,) and np.all((proba >= 0) & (proba <= 1))
     lo, hi = p.predict_interval(samples[10:])["y"]
     y = np.array([s.labels["y"] for s in samples[10:]])
     # split conformal with 6 calibration points at alpha=0.2: the 6th residual -> covers every val point
     assert np.all((lo <= y + 1e-6) & (y <= hi + 1e-6))
+    # trained on MLPs only, it still predicts every other registered architecture (conv, norm, attention...)
+    others = [example_sample(arch, rng, f"other-{arch}") for arch in ARCHS.names()]
+    assert np.all(np.isfinite(p.predict(others)["y"]))
 
 
 def test_cli_train_and_predict(tiny_zoo, tmp_path, monkeypatch) -> None:
@@ -189,6 +194,8 @@ def test_bad_input_gets_clear_errors(tiny_zoo, tmp_path) -> None:
     with Lake.open(tiny_zoo) as lk:
         with pytest.raises(ZooError, match="unknown WeightNet run 'nope'"):
             predict_zoo(lk, "nope")
+        with pytest.raises(ZooError, match="no target properties"):
+            train_weightnet(lk, DatasetConfig(targets=()), runs_dir=tmp_path)
         with pytest.raises(ZooError, match="label the zoo first"):
             train_weightnet(lk, DatasetConfig(targets=("pgd_linf_8_255",)), runs_dir=tmp_path)
     with pytest.raises(ZooError, match="cannot load WeightNet checkpoint"):

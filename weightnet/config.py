@@ -22,7 +22,7 @@ class TokenizerConfig:
     # weight_sort / activation_sort / align: canonicalize first, then positions are meaningful;
     # none: raw order with positions (the ablation).
     permutation: str = "invariant"
-    n_quantiles: int = 5  # empirical-CDF points per token (any fan-in maps to a fixed width)
+    n_quantiles: int = 3  # empirical-CDF points per token (any fan-in maps to a fixed width)
     unit_budget: int = 32  # max tokens per (tensor, axis); wider ones pool sorted units into buckets
     max_tokens: int = 1024  # per model; shrinks unit_budget for very large specs
     chunk: int = 64  # global tokenizer: parameters per token
@@ -41,6 +41,8 @@ class WeightNetConfig:
     heads: int = 4
     mlp_ratio: int = 2
     pooling: str = "cls"  # cls | mean | attention
+    layer_type_embedding: bool = True  # add learned embeddings of layer kind and tensor role
+    segment_embedding: bool = True  # add depth, position-in-layer and shape metadata (fan-in/out, kernel)
     loss: str = "huber"  # regression loss on standardized targets
     loss_weights: tuple[tuple[str, float], ...] = ()  # (property, weight); default 1
     thresholds: tuple[tuple[str, float], ...] = ()  # (property, t): extra classification head "value > t"

@@ -76,6 +76,7 @@ class WeightNetModel(nn.Module):
         super().__init__()
         d, fdim = cfg.d_model, feature_dim(cfg.tokenizer)
         self.pooling = cfg.pooling
+        self.layer_type, self.segment = cfg.layer_type_embedding, cfg.segment_embedding
         self.register_buffer("feat_mean", torch.zeros(fdim))
         self.register_buffer("feat_std", torch.ones(fdim))
         self.embed = nn.Linear(fdim, d)
@@ -94,8 +95,11 @@ class WeightNetModel(nn.Module):
     def encode(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T, ...) padded batch -> (B, d) pooled embedding."""
         f = (b["features"] - self.feat_mean) / self.feat_std
-        x = (self.embed(f) + self.meta(b["meta"]) + self.kind(b["kind"]) + self.role(b["role"])
-             + self.depth(b["depth"]) + self.position(b["position"]))
+        x = self.embed(f)
+        if self.layer_type:
+            x = x + self.kind(b["kind"]) + self.role(b["role"])
+        if self.segment:
+            x = x + self.meta(b["meta"]) + self.depth(b["depth"]) + self.position(b["position"])
         mask = b["mask"]
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)  # (B, 1 + T, d)
         mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
@@ -276,12 +280,14 @@ class WeightNetPredictor:
                 for j, (p, t) in enumerate(self.thresholds)}
 
     def interval_width(self, prop: str, alpha: float) -> float:
-        """Split-conformal half-width: the ceil((n+1)(1-alpha))-th smallest validation residual."""
+        """Split-conformal half-width: the ceil((n+1)(1-alpha))-th smallest validation residual. With
+        fewer than 1/alpha - 1 validation models that rank does not exist; the largest residual is used
+        (finite, but below the nominal coverage guarantee). inf without any validation residual."""
         r = self.residuals.get(prop)
         if r is None or r.numel() == 0:
             return float("inf")
-        k = math.ceil((r.numel() + 1) * (1 - alpha))
-        return float("inf") if k > r.numel() else float(r[k - 1])
+        k = min(math.ceil((r.numel() + 1) * (1 - alpha)), r.numel())
+        return float(r[k - 1])
 
     def predict_interval(self, samples: Sequence[ZooSample], alpha: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         alpha = self.config.alpha if alpha is None else alpha

@@ -32,6 +32,7 @@ class TokenPipeline:
     def __init__(self, cfg: TokenizerConfig, references: Mapping[str, Mapping[str, torch.Tensor]] | None = None):
         self.cfg = cfg
         self.references = {k: dict(v) for k, v in (references or {}).items()}
+        self.reference_ids: dict[str, str] = {}  # spec key -> model id of the reference (cache naming)
         self._memory: dict[str, Tokens] = {}
         self._forwards: dict[str, object] = {}  # (arch, config) -> activation forward: modules built once
 
@@ -43,10 +44,12 @@ class TokenPipeline:
             key = spec_key(s.spec)
             if key not in self.references:
                 self.references[key] = weight_sort(s.state, s.spec)
+                self.reference_ids[key] = s.model_id
 
     @property
     def id(self) -> str:
-        refs = sorted(self.references) if self.cfg.permutation == "align" else []
+        """Names the disk cache: tokenizer config, plus which models serve as alignment references."""
+        refs = sorted(self.reference_ids.items()) if self.cfg.permutation == "align" else []
         return stable_hash({"tokenizer": self.cfg, "references": refs})
 
     def one(self, sample: ZooSample) -> Tokens:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
@@ -105,11 +105,11 @@ def _pool(feats: torch.Tensor, budget: int, ordered: bool) -> tuple[torch.Tensor
         key = feats[:, 3].double() * 1e6 + feats[:, 0].double()
         feats = feats[torch.argsort(key, stable=True)]
     bucket = torch.arange(n) * budget // n
-    out = torch.zeros(budget, feats.shape[1]).index_add_(0, bucket, feats)
-    return out / torch.bincount(bucket, minlength=budget).clamp_min(1)[:, None].float(), torch.arange(budget)
+    assign = (bucket[None, :] == torch.arange(budget)[:, None]).float()  # (budget, n); index_add_ is slow here
+    return (assign @ feats) / assign.sum(1, keepdim=True).clamp_min(1), torch.arange(budget)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Stream:
     param: ParamSpec
     axis: int
@@ -257,5 +257,3 @@ def global_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: Toke
         rows.append((f, p, ROLE_FLAT, idx + 1, 0, _meta(p, spec, n_chunks, cfg.chunk)))
     return _assemble(rows)
 
-
-Tokenizer = Callable[[Mapping[str, torch.Tensor], WeightSpec, TokenizerConfig], Tokens]

@@ -66,6 +66,8 @@ def train_weightnet(lake: Lake, dataset: DatasetConfig, config: WeightNetConfig 
     """Resolve the snapshot, load samples there, split, train, evaluate on the test split, save the
     checkpoint under ``runs_dir/weightnet/<run_id>/`` and upsert a ``runs`` row (needs a writable lake)."""
     config = config or WeightNetConfig()
+    if not dataset.targets:
+        raise ZooError("no target properties given (e.g. --targets test_accuracy,gen_gap_accuracy)")
     snapshot = resolve_snapshot(lake, dataset.at)
     run_id = "wn-" + stable_hash({"dataset": dataset, "config": config, "snapshot": snapshot,
                                   "lake": lake.config.display}, 12)

@@ -1,9 +1,10 @@
 """Shared pieces of the baselines: target scaling, split-conformal intervals, a small torch fit loop."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -85,6 +86,21 @@ def mlp(d_in: int, d_out: int, hidden: int = 64, depth: int = 2, dropout: float 
     return nn.Sequential(*layers)
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread, then restore the previous count.
+
+    Baseline networks are tiny (a few thousand parameters, batches of 16-32): thread hand-offs cost more
+    than they save, and on busy shared CPUs two spinning threads made the NFN fit 10x slower (measured).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_torch(model: nn.Module, batches: Callable[[str, torch.Generator], Iterable[tuple[object, torch.Tensor]]],
               forward: Callable[[nn.Module, object], torch.Tensor], seed: int, epochs: int = 200, lr: float = 1e-3,
               weight_decay: float = 1e-4, patience: int = 30) -> nn.Module:
@@ -93,6 +109,12 @@ def fit_torch(model: nn.Module, batches: Callable[[str, torch.Generator], Iterab
     ``batches(split, generator)`` yields (inputs, y) for split "train" (shuffled) or "val"; the best
     validation state is restored at the end (the last state when there is no validation set).
     """
+    with one_thread():
+        return _fit_torch(model, batches, forward, seed, epochs, lr, weight_decay, patience)
+
+
+def _fit_torch(model: nn.Module, batches, forward, seed: int, epochs: int, lr: float, weight_decay: float,
+               patience: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, waited = math.inf, None, 0

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from weightnet.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, target_matrix
+from weightnet.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, one_thread, target_matrix
 from weightnet.data import ZooSample
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -136,7 +136,7 @@ class FeaturePredictor(ConformalMixin):
             with threadpool_limits(1):
                 z = np.stack([m.predict(x) for m in self.models], axis=1)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), one_thread():
                 z = self.net(torch.tensor(x, dtype=torch.float32, device=self.device)).cpu().double().numpy()
         y = self.ys.inverse(z)
         return {t: y[:, j] for j, t in enumerate(self.targets)}

@@ -27,7 +27,7 @@ from torch import nn
 from core.errors import ZooError
 from core.spec import WeightSpec
 from weightnet.baselines import BASELINES
-from weightnet.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, target_matrix
+from weightnet.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, one_thread, target_matrix
 from weightnet.data import ZooSample
 
 
@@ -199,7 +199,7 @@ class NFNPredictor(ConformalMixin):
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         self._check(samples)
         z = np.zeros((len(samples), len(self.targets)))
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             for grp in self._groups(samples):
                 z[grp] = self.net(self._inputs([samples[i].state for i in grp])).cpu().double().numpy()
         y = self.ys.inverse(z)

@@ -22,6 +22,7 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s", help="small
                  seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (metrics: mean ± std)"),
                  where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL predicate over the models table"),
                  device: str = typer.Option("cpu", "--device", "-d", help="cpu | cuda"),
+                 threads: int = typer.Option(1, "--threads", help="torch threads while fitting (small models: 1 is fastest)"),
                  lake: Optional[str] = LakeOption) -> None:
     """Evaluate WeightNet and the baselines (StatNN, NFN, flat MLP, calculators) on identical splits."""
     from core.errors import ZooError
@@ -40,7 +41,7 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s", help="small
         with Progress(TextColumn(f"evaluate ({suite})"), BarColumn(), MofNCompleteColumn(), TextColumn("fits"),
                       TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("evaluate", total=None)
-            res = evaluate(lk, suite, at, out, seed_list, where=where, device=device,
+            res = evaluate(lk, suite, at, out, seed_list, where=where, device=device, threads=threads,
                            progress=lambda done, n: bar.update(task, completed=done, total=n))
     console.print(res.format_headline(), markup=False, highlight=False)
     for note in res.notes:

@@ -29,7 +29,8 @@ def train(targets: str = typer.Option("test_accuracy", "--targets", "-t", help="
           config: Optional[str] = typer.Option(None, "--config", help="WeightNetConfig as a JSON file"),
           split: str = typer.Option("random", "--split", help="random | family:NAME | arch:NAME | width:MAX"),
           epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the config's epochs"),
-          seed: int = typer.Option(0, "--seed"), device: str = typer.Option("cpu", "--device"),
+          seed: Optional[int] = typer.Option(None, "--seed", help="Split and training seed (default: the config's)"),
+          device: str = typer.Option("cpu", "--device"),
           runs_dir: Optional[str] = typer.Option(None, "--runs-dir", envvar="ZOO_RUNS", help="Checkpoints go here"),
           lake: Optional[str] = LakeOption) -> None:
     """Train WeightNet on the labeled models of a snapshot; prints test metrics and the run id."""
@@ -41,9 +42,10 @@ def train(targets: str = typer.Option("test_accuracy", "--targets", "-t", help="
     from weightnet.train import train_weightnet
 
     cfg = WeightNetConfig.from_file(config) if config else WeightNetConfig()
-    cfg = dataclasses.replace(cfg, seed=seed, **({"epochs": epochs} if epochs else {}))
+    cfg = dataclasses.replace(cfg, **({"seed": seed} if seed is not None else {}),
+                              **({"epochs": epochs} if epochs else {}))
     names = tuple(t.strip() for t in targets.split(",") if t.strip())
-    dataset = DatasetConfig(at=at, where=where, targets=names, split=split, seed=seed)
+    dataset = DatasetConfig(at=at, where=where, targets=names, split=split, seed=cfg.seed)
     with Lake.open(lake) as lk, _bar() as bar:
         task = bar.add_task("training WeightNet (epochs)", total=cfg.epochs)
         result = train_weightnet(lk, dataset, cfg, device,
