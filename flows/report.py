@@ -14,7 +14,7 @@ from prefect.cache_policies import INPUTS
 
 from core.errors import ZooError
 from flows.common import RETRY, artifact_key, lake_at, lake_stamp, markdown_table, optional, progress_artifact
-from flows.train import _metric_rows
+from flows.train import _metric_rows, resolve_snapshot
 
 PLOT_SUFFIXES = (".png", ".svg", ".jpg", ".html")
 
@@ -76,7 +76,9 @@ def report(run_id: str | None = None, lake: str = "lake", suite: str | None = "s
                               description=f"{run['kind']} run {run_id} ({run['status']})")
         out["run"] = run
     if suite:
-        ev = run_evaluation(lake, suite, at, out_dir, list(seeds or (0, 1, 2)), device, lake_stamp(lake))
+        # pinned to a snapshot id, so the cached evaluation never outlives a moved tag
+        snapshot = resolve_snapshot(lake, at)
+        ev = run_evaluation(lake, suite, snapshot, out_dir, list(seeds or (0, 1, 2)), device, lake_stamp(lake))
         if ev is None:
             print("weightnet.eval.evaluate is not available in this checkout: evaluation skipped")
         else:

@@ -33,6 +33,7 @@ class FileLimits:
     """Refuse files beyond these before reading their data (override for very large models)."""
 
     max_header_bytes: int = 100 * 2**20  # safetensors itself caps the header at 100 MB
+    max_file_bytes: int = 32 * 2**30  # the file on disk, checked before opening it
     max_tensor_bytes: int = 8 * 2**30  # one tensor
     max_total_bytes: int = 32 * 2**30  # the whole file
     max_tensors: int = 100_000
@@ -48,6 +49,8 @@ def read_header(path: str | os.PathLike, limits: FileLimits = DEFAULT_LIMITS) ->
         size = path.stat().st_size
     except OSError as e:
         raise BadWeights(f"{path}: cannot read weight file ({e.strerror or e})") from None
+    if size > limits.max_file_bytes:
+        raise BadWeights(f"{path}: {size} bytes exceeds the limit of {limits.max_file_bytes}")
     if size < 8:
         raise BadWeights(f"{path}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)")
     with open(path, "rb") as fh:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pathlib
-import struct
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -24,25 +22,13 @@ import torch
 
 from core.errors import BadWeights, ZooError
 from core.hashing import stable_hash
+from storage.files import DEFAULT_LIMITS, FileLimits, state_from_safetensors
 from storage.lake import Lake
 from storage.writes import ModelRecord, write_models
 from zoo.archs import build, load_module
 
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-}
-
-
-@dataclass(frozen=True)
-class IngestLimits:
-    """Refuse files beyond these before reading tensors (a malicious header can declare anything)."""
-
-    max_file_bytes: int = 4 << 30
-    max_header_bytes: int = 64 << 20
-    max_tensors: int = 100_000
-    max_tensor_elements: int = 1 << 31
-    max_total_elements: int = 1 << 32
+# Ingest limits are the store's file limits: one place decides what a hostile file may declare.
+IngestLimits = FileLimits
 
 
 @dataclass(frozen=True)
@@ -56,67 +42,12 @@ class IngestResult:
 
 
 # --- reading files -----------------------------------------------------------------------------
-def check_safetensors_header(path: pathlib.Path, limits: IngestLimits = IngestLimits()) -> dict:
-    """The validated header {name: {dtype, shape, data_offsets}}; raises ``BadWeights`` naming the problem."""
-    size = path.stat().st_size
-    if size > limits.max_file_bytes:
-        raise BadWeights(f"{path}: {size} bytes exceeds the limit of {limits.max_file_bytes}")
-    if size < 8:
-        raise BadWeights(f"{path}: too short to be a safetensors file ({size} bytes)")
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        if n > limits.max_header_bytes or 8 + n > size:
-            raise BadWeights(f"{path}: safetensors header declares {n} bytes (file has {size}, limit "
-                             f"{limits.max_header_bytes})")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BadWeights(f"{path}: safetensors header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise BadWeights(f"{path}: safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    if len(header) > limits.max_tensors:
-        raise BadWeights(f"{path}: {len(header)} tensors exceeds the limit of {limits.max_tensors}")
-    data_len, total, spans = size - 8 - n, 0, []
-    for name, h in header.items():
-        if not isinstance(h, dict) or h.get("dtype") not in SAFETENSORS_DTYPES:
-            raise BadWeights(f"{path}: tensor {name!r} has unsupported dtype {h.get('dtype') if isinstance(h, dict) else h!r}")
-        shape, offs = h.get("shape"), h.get("data_offsets")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise BadWeights(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
-                and 0 <= offs[0] <= offs[1] <= data_len):
-            raise BadWeights(f"{path}: tensor {name!r} has data offsets {offs!r} outside the {data_len}-byte data")
-        numel = math.prod(shape)
-        if numel > limits.max_tensor_elements:
-            raise BadWeights(f"{path}: tensor {name!r} declares {numel} elements (limit {limits.max_tensor_elements})")
-        itemsize = torch.empty((), dtype=SAFETENSORS_DTYPES[h["dtype"]]).element_size()
-        if numel * itemsize != offs[1] - offs[0]:
-            raise BadWeights(f"{path}: tensor {name!r} declares shape {shape} ({numel * itemsize} bytes) but "
-                             f"spans {offs[1] - offs[0]} bytes")
-        total += numel
-        spans.append((offs[0], offs[1], name))
-    if total > limits.max_total_elements:
-        raise BadWeights(f"{path}: {total} elements in all exceeds the limit of {limits.max_total_elements}")
-    spans.sort()
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
-        if start < end:
-            raise BadWeights(f"{path}: tensors {a!r} and {b!r} overlap")
-    return header
+def read_safetensors(path: pathlib.Path, limits: IngestLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
+    """Header validated against the file size and ``limits`` before any tensor is allocated."""
+    return state_from_safetensors(path, limits)
 
 
-def read_safetensors(path: pathlib.Path, limits: IngestLimits = IngestLimits()) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    header = check_safetensors_header(path, limits)
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # noqa: BLE001  (SafetensorError, OSError, ...): untrusted bytes
-        raise BadWeights(f"{path}: not a readable safetensors file ({e})") from None
-    return {k: state[k] for k in header}  # header order = the file's tensor order
-
-
-def read_torch_checkpoint(path: pathlib.Path, limits: IngestLimits = IngestLimits()) -> dict[str, torch.Tensor]:
+def read_torch_checkpoint(path: pathlib.Path, limits: IngestLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
     """A torch checkpoint loaded with ``weights_only=True`` (no code runs); a pickle that asks for
     anything beyond tensors and containers is refused."""
     size = path.stat().st_size
@@ -134,13 +65,13 @@ def read_torch_checkpoint(path: pathlib.Path, limits: IngestLimits = IngestLimit
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise BadWeights(f"{path}: entry {bad[0]!r} is not a tensor")
-    total = sum(v.numel() for v in obj.values())
-    if len(obj) > limits.max_tensors or total > limits.max_total_elements:
-        raise BadWeights(f"{path}: {len(obj)} tensors / {total} elements exceed the limits")
+    total = sum(v.numel() * v.element_size() for v in obj.values())
+    if len(obj) > limits.max_tensors or total > limits.max_total_bytes:
+        raise BadWeights(f"{path}: {len(obj)} tensors / {total} bytes exceed the limits")
     return dict(obj)
 
 
-def read_weights_file(path: str | os.PathLike, limits: IngestLimits = IngestLimits()) -> dict[str, torch.Tensor]:
+def read_weights_file(path: str | os.PathLike, limits: IngestLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
     """safetensors (by suffix or header) or a torch checkpoint (zip or legacy); never a plain unpickle."""
     p = pathlib.Path(path)
     if not p.is_file():
