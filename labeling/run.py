@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from core.errors import LakeError, ZooError
+from core.errors import DatasetUnavailable, LakeError, ZooError
 from core.hashing import stable_hash
 from labeling.population import load_module
 from labeling.registry import ModelBatch, Property, resolve
@@ -75,12 +76,18 @@ def plan(lake: Lake, properties: Sequence[str] | str | None = None, where: str |
     props = resolve(properties)
     records = read_models(lake, where)
     have = _current_versions(lake, [p.name for p in props])
-    infos: dict[tuple[str, int], DatasetInfo] = {}
+    infos: dict[tuple[str, int], DatasetInfo | None] = {}
     groups: dict[tuple, list[str]] = defaultdict(list)
     for rec in records:
         dkey = (rec.dataset, data_seed(rec))
         if dkey not in infos:
-            infos[dkey] = dataset_for(rec).info
+            try:
+                infos[dkey] = dataset_for(rec).info
+            except DatasetUnavailable as e:  # label what can be labeled; say what cannot
+                warnings.warn(f"skipping models on dataset {rec.dataset!r}: {e}", stacklevel=2)
+                infos[dkey] = None
+        if infos[dkey] is None:
+            continue
         need = tuple(p.name for p in props
                      if p.applies(infos[dkey]) and have.get((rec.model_id, p.name), -1) < p.version)
         if need:
