@@ -167,3 +167,20 @@ def test_cli_labels_and_sql_shows_the_labels(zoo_lake, lake_dir):
     bad = subprocess.run([sys.executable, "-m", "zoo.cli", "label", "--properties", "nope", "--lake", str(lake_dir)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown property 'nope'" in bad.stderr
+
+
+def test_models_on_an_unavailable_dataset_are_skipped_with_a_warning(lake, tiny_digits_models, monkeypatch):
+    import dataclasses
+
+    from core.errors import DatasetUnavailable
+    from zoo.datasets import DATASETS
+
+    def gone(seed, root):
+        raise DatasetUnavailable("dataset 'gone' is not on disk and cannot be fetched here")
+
+    monkeypatch.setitem(DATASETS._entries, "gone", gone)
+    rec, state = tiny_digits_models[3]
+    other = dataclasses.replace(rec, model_id="on-gone-dataset", dataset="gone")
+    write_models(lake, [(rec, state), (other, state)], "two models")
+    with pytest.warns(UserWarning, match="skipping models on dataset 'gone'"):
+        assert plan_labeling(lake, "efficiency") == [[rec.model_id]]

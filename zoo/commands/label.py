@@ -23,6 +23,8 @@ def label(properties: Optional[str] = typer.Option(None, "--properties", "-p",
           device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA when present) | cpu | cuda"),
           batch_size: int = typer.Option(32, "--batch-size", help="Models of one architecture labeled together"),
           seed: int = typer.Option(0, "--seed", help="Seed of the attacks' random starts"),
+          threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default; 1 is best "
+                                                            "for tiny models on a busy machine)"),
           dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be labeled"),
           lake: Optional[str] = LakeOption) -> None:
     """Label the zoo incrementally: only models lacking a property at its current version; one snapshot per batch."""
@@ -31,6 +33,10 @@ def label(properties: Optional[str] = typer.Option(None, "--properties", "-p",
     from storage.lake import Lake
 
     props = resolve(properties)  # unknown names fail before the lake is opened
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)  # the CLI process's own setting, chosen by its user
     with Lake.open(lake) as lk:
         batches = plan(lk, [p.name for p in props], where, batch_size)
         total = sum(len(ids) for ids, _ in batches)
