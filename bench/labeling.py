@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import labeling  # noqa: E402,F401
 from core.hashing import stable_hash  # noqa: E402
 from labeling.corruptions import corrupted_test_set  # noqa: E402
-from labeling.registry import PROPERTIES, ModelBatch  # noqa: E402
+from labeling.registry import PROPERTIES  # noqa: E402
 from labeling.run import compute_labels, resolve_device  # noqa: E402
 from storage.writes import ModelRecord  # noqa: E402
 from zoo.archs import build  # noqa: E402

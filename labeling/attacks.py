@@ -165,7 +165,7 @@ def autoattack(batch: ModelBatch, splits: Splits, params: AutoAttackParams, devi
     x, y = splits.split(params.split)
     idx = torch.tensor(params.indices or _autoattack_indices(splits, params).indices, dtype=torch.long)
     x, y = x[idx], y[idx]
-    seed = draw_seed(generator)  # the same for every model: a model's label does not depend on its batch
+    seed = draw_seed(generator)  # one seed for every model of the batch
     name = autoattack_name(params)
     vr = attack_range(splits, x)
     out = []

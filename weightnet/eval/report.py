@@ -37,7 +37,10 @@ def check_targets(rows: Sequence[dict]) -> list[dict]:
              key=lambda v: -math.inf if math.isnan(v) else v)
     nf = _m(lookup(rows, exp, "nfn", "test_accuracy"), "kendall_tau")
     if math.isnan(wn) or math.isnan(st) or math.isnan(nf):
-        out.append(_target("digits-cnn", f"not measured (WeightNet {wn:.3f}, best StatNN {st:.3f}, NFN {nf:.3f})", None))
+        have = ", ".join(f"{n} {v:.3f}" for n, v in (("WeightNet", wn), ("best StatNN", st), ("NFN", nf))
+                         if not math.isnan(v))
+        out.append(_target("digits-cnn", "not measured" + (f" (only {have})" if have else " (no digits-cnn zoo)"),
+                           None))
     else:
         out.append(_target("digits-cnn", f"WeightNet {wn:.3f}, best StatNN {st:.3f} (diff {wn - st:+.3f}), NFN {nf:.3f}",
                            wn - st >= 0.02 and wn > nf))

@@ -43,7 +43,7 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s", help="small
             task = bar.add_task("evaluate", total=None)
             res = evaluate(lk, suite, at, out, seed_list, where=where, device=device, threads=threads,
                            progress=lambda done, n: bar.update(task, completed=done, total=n))
-    console.print(res.format_headline(), markup=False, highlight=False)
+    console.print(res.format_headline(), markup=False, highlight=False, soft_wrap=True)
     for note in res.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: {res.report_path}  (run {res.run_id})")
