@@ -1,0 +1,71 @@
+"""WeightNet vs StatNN vs NFN on one zoo, side by side on identical splits: Kendall tau per target.
+
+    .venv/bin/python bench/weightnet_quality.py --lake /tmp/q-lake [--seeds 0,1,2] [--only weightnet,statnn-gbt]
+        [--variant NAME=JSON ...]   # extra WeightNet variants: JSON overrides of WeightNetConfig
+
+Build the zoo first (zoo build --family digits-cnn --n 60; zoo label -p performance). Prints mean +- std
+over the split seeds and each fit's wall time (measured on whatever load the machine has; compare the
+predictors within one run, not across runs).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
+
+from storage.lake import Lake  # noqa: E402
+from weightnet.baselines import BASELINES  # noqa: E402
+from weightnet.config import WeightNetConfig  # noqa: E402
+from weightnet.data import load_samples, split_samples  # noqa: E402
+from weightnet.model import WeightNetPredictor  # noqa: E402
+
+
+def weightnet_variant(overrides: dict):
+    cfg = WeightNetConfig.from_dict({**WeightNetConfig().to_dict(), **overrides})
+    return lambda: WeightNetPredictor(cfg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lake", required=True)
+    ap.add_argument("--target", default="test_accuracy")
+    ap.add_argument("--where", default=None)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--only", default="weightnet,statnn-gbt,statnn-mlp,nfn")
+    ap.add_argument("--variant", action="append", default=[], help="NAME=JSON WeightNetConfig overrides")
+    args = ap.parse_args()
+    lake = Lake.open(args.lake, read_only=True)
+    samples = load_samples(lake, args.where, [args.target])
+    makers = {}
+    for name in args.only.split(","):
+        makers[name] = weightnet_variant({}) if name == "weightnet" else (lambda n=name: BASELINES.get(n)())
+    for v in args.variant:
+        name, js = v.split("=", 1)
+        makers[name] = weightnet_variant(json.loads(js))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"{len(samples)} models; target {args.target}; seeds {seeds}")
+    for name, make in makers.items():
+        taus, secs = [], []
+        for seed in seeds:
+            train, val, test = split_samples(samples, "random", seed)
+            pred = make()
+            t0 = time.perf_counter()
+            pred.fit(train, val, [args.target], seed=seed)
+            secs.append(time.perf_counter() - t0)
+            p = pred.predict(test)[args.target]
+            y = np.array([s.labels[args.target] for s in test])
+            taus.append(float(kendalltau(p, y).statistic))
+        print(f"{name:28s} tau {np.mean(taus):.3f} +- {np.std(taus):.3f}  per seed {['%.3f' % t for t in taus]}"
+              f"  fit {np.mean(secs):.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
