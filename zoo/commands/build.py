@@ -10,7 +10,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from storage.lake import Lake
 from zoo.commands.common import LakeOption
-from zoo.sampling import BadConfig
 
 console = Console(stderr=True)
 
@@ -26,6 +25,8 @@ def parse_checkpoints(text: Optional[str]) -> tuple[int, ...] | None:
     try:
         return tuple(int(c) for c in text.split(",") if c.strip())
     except ValueError:
+        from zoo.sampling import BadConfig  # torch-heavy: imported only when needed
+
         raise BadConfig(f"--checkpoints must be comma-separated epochs such as 5,10,20 (got {text!r})") from None
 
 

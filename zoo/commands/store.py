@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from core.errors import LakeError
-from storage.files import state_to_safetensors
 from storage.lake import Lake
 from zoo.commands.common import AtOption, LakeOption
 
@@ -144,6 +143,7 @@ def export(directory: pathlib.Path = typer.Argument(..., help="Output folder: on
     """Export models as model.safetensors + config.json (arch, configs, spec, labels)."""
     from rich.progress import track
 
+    from storage import files
     from storage.writes import read_models, read_weights
 
     with Lake.open(lake, read_only=True, at=at) as lk:
@@ -153,7 +153,7 @@ def export(directory: pathlib.Path = typer.Argument(..., help="Output folder: on
             state = read_weights(lk, [rec.model_id])[rec.model_id]
             d = directory / rec.model_id
             d.mkdir(exist_ok=True)
-            state_to_safetensors(state, d / "model.safetensors", {"model_id": rec.model_id})
+            files.state_to_safetensors(state, d / "model.safetensors", {"model_id": rec.model_id})
             labels = {p: v for p, v in lk.fetch("SELECT property, value FROM labels WHERE model_id = ?", [rec.model_id])}
             cfg = {"model_id": rec.model_id, "family": rec.family, "arch": rec.arch, "arch_config": rec.arch_config,
                    "dataset": rec.dataset, "train_config": rec.train_config, "seed": rec.seed, "run_id": rec.run_id,
