@@ -43,7 +43,13 @@ class WeightNetConfig:
     pooling: str = "cls"  # cls | mean | attention
     layer_type_embedding: bool = True  # add learned embeddings of layer kind and tensor role
     segment_embedding: bool = True  # add depth, position-in-layer and shape metadata (fan-in/out, kernel)
+    # StatNN-style per-layer weight statistics (tokenizers.layer_summary), z-scored with training-set
+    # statistics, embedded by a small MLP and concatenated to the pooled encoding before the heads:
+    # invariant by construction, and what makes StatNN strong on small zoos
+    summary: bool = True
+    dropout: float = 0.0  # on the heads' input (pooled encoding + summary embedding)
     loss: str = "huber"  # regression loss on standardized targets
+    rank_loss: float = 0.0  # weight of a pairwise logistic ranking loss within each batch (helps Kendall tau)
     loss_weights: tuple[tuple[str, float], ...] = ()  # (property, weight); default 1
     thresholds: tuple[tuple[str, float], ...] = ()  # (property, t): extra classification head "value > t"
     lr: float = 2e-3

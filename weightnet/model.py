@@ -27,9 +27,11 @@ Progress = Callable[[int, int], None]
 
 
 # --- batching --------------------------------------------------------------------------------------
-def collate(tokens: Sequence[Tokens]) -> dict[str, torch.Tensor]:
-    """Pad to the longest: every field gets a leading batch axis; mask marks real tokens."""
+def collate(tokens: Sequence[Tokens], summary_width: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad to the longest: every field gets a leading batch axis; mask marks real tokens. Summaries are
+    zero-padded or truncated to ``summary_width`` (default: the longest)."""
     T = max(len(t) for t in tokens)
+    S = max(t.summary.numel() for t in tokens) if summary_width is None else summary_width
     out = {}
     for name in ("features", "kind", "role", "depth", "meta", "position", "group", "mask"):
         rows = []
@@ -38,6 +40,7 @@ def collate(tokens: Sequence[Tokens]) -> dict[str, torch.Tensor]:
             pad = [0, 0] * (x.dim() - 1) + [0, T - x.shape[0]]
             rows.append(F.pad(x, pad) if x.dtype != torch.bool else F.pad(x, pad, value=False))
         out[name] = torch.stack(rows)
+    out["summary"] = torch.stack([F.pad(t.summary.float()[:S], [0, S - min(S, t.summary.numel())]) for t in tokens])
     return out
 
 
@@ -72,9 +75,15 @@ class Block(nn.Module):
 
 
 class WeightNetModel(nn.Module):
-    def __init__(self, cfg: WeightNetConfig, n_regression: int, n_classification: int):
+    def __init__(self, cfg: WeightNetConfig, n_regression: int, n_classification: int, n_summary: int = 0):
         super().__init__()
         d, fdim = cfg.d_model, feature_dim(cfg.tokenizer)
+        self.n_summary = n_summary if cfg.summary else 0
+        self.register_buffer("sum_mean", torch.zeros(self.n_summary))
+        self.register_buffer("sum_std", torch.ones(self.n_summary))
+        self.summary = nn.Sequential(nn.Linear(self.n_summary, d), nn.GELU(), nn.Linear(d, d)) if self.n_summary else None
+        self.drop = nn.Dropout(cfg.dropout)
+        d_head = 2 * d if self.n_summary else d
         self.pooling = cfg.pooling
         self.layer_type, self.segment = cfg.layer_type_embedding, cfg.segment_embedding
         self.register_buffer("feat_mean", torch.zeros(fdim))
@@ -89,8 +98,8 @@ class WeightNetModel(nn.Module):
         self.attn_query = nn.Linear(d, 1)
         self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
-        self.regress = nn.Linear(d, n_regression)
-        self.classify = nn.Linear(d, 2 * n_classification) if n_classification else None
+        self.regress = nn.Linear(d_head, n_regression)
+        self.classify = nn.Linear(d_head, 2 * n_classification) if n_classification else None
 
     def encode(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T, ...) padded batch -> (B, d) pooled embedding."""
@@ -114,8 +123,16 @@ class WeightNetModel(nn.Module):
         logits = self.attn_query(tok).masked_fill(m == 0, float("-inf"))
         return (torch.softmax(logits, 1) * tok).sum(1)
 
-    def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def head_input(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, d) pooled encoding, concatenated with the (B, d) summary embedding when configured."""
         z = self.encode(b)
+        if self.summary is not None:
+            s = (b["summary"] - self.sum_mean) / self.sum_std
+            z = torch.cat([z, self.summary(s)], 1)
+        return self.drop(z)
+
+    def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.head_input(b)
         cls = self.classify(z) if self.classify is not None else z[:, :0]
         return self.regress(z), cls
 
@@ -147,7 +164,8 @@ class WeightNetPredictor:
                             dtype=torch.float32).reshape(len(samples), len(self.targets))
 
     def _batch(self, toks: Sequence[Tokens]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in collate(toks).items()}
+        width = self.model.n_summary if self.model is not None else 0
+        return {k: v.to(self.device) for k, v in collate(toks, width).items()}
 
     def _loss(self, reg: torch.Tensor, cls: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         z = (y - self.target_mean.to(y.device)) / self.target_std.to(y.device)
@@ -157,6 +175,13 @@ class WeightNetPredictor:
         fn = F.huber_loss if self.config.loss == "huber" else F.mse_loss
         per = fn(reg, torch.nan_to_num(z), reduction="none")
         loss = (per * w * ok).sum() / ok.sum().clamp_min(1)
+        if self.config.rank_loss > 0 and reg.shape[0] > 1:
+            # pairwise logistic loss on every ordered pair (i, j) with z_i > z_j, per target: (B, B, T)
+            dz = z[:, None] - z[None, :]
+            dp = reg[:, None] - reg[None, :]
+            pair = (dz > 0) & ok[:, None] & ok[None, :]
+            rl = F.softplus(-dp) * pair * w[:1]
+            loss = loss + self.config.rank_loss * rl.sum() / pair.sum().clamp_min(1)
         for j, (prop, thr) in enumerate(self.thresholds):
             col = self.targets.index(prop)
             okc = ok[:, col]
@@ -183,7 +208,13 @@ class WeightNetPredictor:
         self.target_std = torch.where(torch.isfinite(std) & (std > 1e-8), std, torch.ones_like(std))
         with torch.random.fork_rng(devices=[]):  # module init draws from the global RNG: seed it, then restore
             torch.manual_seed(seed)
-            self.model = WeightNetModel(cfg, len(self.targets), len(self.thresholds)).to(self.device)
+            n_summary = max(t.summary.numel() for t in tr_tok)
+            self.model = WeightNetModel(cfg, len(self.targets), len(self.thresholds), n_summary).to(self.device)
+        if self.model.n_summary:
+            sums = collate(tr_tok, self.model.n_summary)["summary"]
+            self.model.sum_mean.copy_(sums.mean(0))
+            std = sums.std(0, correction=0)
+            self.model.sum_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))  # constant columns: scale 1
         allf = torch.cat([t.features for t in tr_tok])
         self.model.feat_mean.copy_(allf.mean(0))
         self.model.feat_std.copy_(allf.std(0, correction=0).clamp_min(1e-6))
@@ -263,12 +294,12 @@ class WeightNetPredictor:
 
     @torch.no_grad()
     def embed(self, samples: Sequence[ZooSample]) -> np.ndarray:
-        """(N, d_model) pooled encodings, the representation every head reads."""
+        """(N, d_head) pooled encodings (+ summary embeddings), the representation every head reads."""
         if self.model is None:
             raise ZooError("WeightNet is not trained (call fit or load a checkpoint)")
         self.model.eval()
         toks = self.pipeline.many(samples)
-        return torch.cat([self.model.encode(self._batch([t])).cpu() for t in toks]).numpy()
+        return torch.cat([self.model.head_input(self._batch([t])).cpu() for t in toks]).numpy()
 
     @torch.no_grad()
     def predict_proba(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
@@ -316,7 +347,8 @@ class WeightNetPredictor:
         p.target_mean, p.target_std = ck["target_mean"], ck["target_std"]
         p.residuals = dict(ck["residuals"])
         p.history = list(ck.get("history", []))
-        p.model = WeightNetModel(cfg, len(p.targets), len(p.thresholds)).to(device)
+        n_summary = int(ck["state_dict"].get("sum_mean", torch.zeros(0)).numel())
+        p.model = WeightNetModel(cfg, len(p.targets), len(p.thresholds), n_summary).to(device)
         p.model.load_state_dict(ck["state_dict"])
         p.model.eval()
         return p

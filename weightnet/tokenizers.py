@@ -16,8 +16,9 @@ unit's own group only reorders tokens, which the set-style encoder ignores.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 import torch
@@ -47,6 +48,9 @@ class Tokens:
     position: torch.Tensor  # (T,) long: 0 inside a permutable set, else 1 + index (clamped)
     group: torch.Tensor  # (T,) long: 1 + index of the spec group whose units the tokens are, 0 = fixed axis
     mask: torch.Tensor  # (T,) bool: True for real tokens (False only after padding)
+    # (S,) float32: StatNN-style per-layer statistics of the whole model (see ``layer_summary``); its
+    # length depends on the layer count, so the model pads or truncates it to the training width
+    summary: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -65,7 +69,45 @@ def feature_dim(cfg: TokenizerConfig) -> int:
 
 
 def tokenize(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
-    return TOKENIZERS.get(cfg.name)(state, spec, cfg)
+    tok = TOKENIZERS.get(cfg.name)(state, spec, cfg)
+    return dataclasses.replace(tok, summary=layer_summary(state, spec))
+
+
+# --- whole-model summary (StatNN features) ---------------------------------------------------------
+SUMMARY_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+N_SUMMARY = 2 + len(SUMMARY_QUANTILES)  # per (layer, weight|bias): mean, variance, quantiles
+
+
+def _quantiles(x: torch.Tensor) -> list[float]:
+    """Exact linear-interpolation quantiles via one sort (torch.quantile refuses > 16M entries)."""
+    v = torch.sort(x.float()).values
+    pos = torch.tensor(SUMMARY_QUANTILES, dtype=torch.float64) * (v.numel() - 1)
+    lo, hi = pos.floor().long(), pos.ceil().long()
+    w = (pos - lo.double()).float()
+    return (v[lo] * (1 - w) + v[hi] * w).tolist()
+
+
+def layer_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch.Tensor:
+    """(n_layers * 2 * N_SUMMARY,): per layer in spec order, mean, variance and 0/25/50/75/100%
+    quantiles of all its weights, then of all its biases (zeros without bias), as in StatNN (Unterthiner
+    et al. 2020). Statistics of a multiset of entries: invariant to every neuron permutation."""
+    layers: dict[int, dict[str, list[torch.Tensor]]] = {}
+    for p in spec.params:
+        t = state[p.name]
+        if p.role == "buffer" or not t.is_floating_point() or t.numel() == 0:
+            continue
+        layers.setdefault(p.layer, {"weight": [], "bias": []}).setdefault(p.role, []).append(t.reshape(-1))
+    out: list[float] = []
+    for layer in sorted(layers):
+        for role in ("weight", "bias"):
+            ts = layers[layer].get(role) or []
+            if not ts:
+                out += [0.0] * N_SUMMARY
+                continue
+            x = torch.cat(ts).float()
+            mean = x.double().mean()
+            out += [float(mean), float((x.double() - mean).pow(2).mean())] + _quantiles(x)
+    return torch.tensor(out, dtype=torch.float32)
 
 
 # --- per-unit features ----------------------------------------------------------------------------
