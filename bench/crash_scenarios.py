@@ -179,9 +179,12 @@ def kill_and_rerun(kind: str, cmd: list[str], rng: random.Random, kills: int, ma
     """``kills`` attempts at seeded random points (each one resumes what the previous left), then a
     final uninterrupted rerun that must complete."""
     out = JobOutcome(kind)
-    for _ in range(kills):
+    for i in range(kills):
         out.attempts += 1
-        out.killed += kill_at(cmd, rng.randint(0, max_lines), rng.uniform(0.0, max_delay))
+        # the first kill lands right after the first progress line (work started, some of it committed);
+        # the others at random lines plus a random delay, often inside a training step or a commit
+        lines, delay = (1, 0.0) if i == 0 else (rng.randint(1, max_lines), rng.uniform(0.0, max_delay))
+        out.killed += kill_at(cmd, lines, delay)
     final = run_to_end(cmd)
     out.completed, out.stdout = True, final.stdout
     return out
@@ -200,11 +203,12 @@ def run_id_of(stdout: str) -> str:
 
 
 # --- comparing lakes ---------------------------------------------------------------------------------------
-# Columns compared per table: everything but wall-clock times (created_at, measured_at, ...). Runs are
+# Columns compared per table: everything but wall-clock times (created_at, measured_at, ...) and
+# code_version (it says ".dirty" once the working tree is edited between two runs). Runs are
 # compared separately (a killed run leaves its own row); predictions carry the (run-specific) run id.
 COMPARED = {
     "models": "model_id, family, arch, arch_config, dataset, train_config, seed, run_id, epoch, step, source, "
-              "n_params, spec, code_version",
+              "n_params, spec",
     "tensors": "model_id, name, ordinal, kind, shape, dtype, data",
     "labels": "model_id, property, value, labeler, labeler_version, params",
     "predictions": "model_id, property, value, lower, upper",
@@ -270,6 +274,7 @@ class Scenario:
     job: JobOutcome
     diff: LakeDiff
     seconds: float
+    runs: list[tuple[str, str, str]] = field(default_factory=list)  # (run_id, kind, status) in the crashed lake
     note: str = ""
 
 
@@ -300,7 +305,9 @@ def scenario(kind: str, reference: pathlib.Path, crashed: pathlib.Path, params: 
         for lake, out in ((reference, ref.stdout), (crashed, job.stdout)):
             run_to_end(job_command("predict", lake, {"run_id": run_id_of(out), "runs_dir": params["runs_dir"]}))
     diff = compare_lakes(reference, crashed, tables, every_snapshot)
-    return Scenario(job, diff, seconds, f"reference {ref_seconds:.1f} s, kill/rerun {seconds:.1f} s")
+    with Lake.open(crashed, read_only=True) as lk:
+        runs = [tuple(r) for r in lk.fetch("SELECT run_id, kind, status FROM lake.main.runs ORDER BY started_at")]
+    return Scenario(job, diff, seconds, runs, f"reference {ref_seconds:.1f} s, kill/rerun {seconds:.1f} s")
 
 
 def run_crash_scenarios(work: str | os.PathLike | None = None, config: CrashConfig = CrashConfig(),

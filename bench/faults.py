@@ -97,6 +97,18 @@ def duckdb_writers(work: pathlib.Path, scale: float) -> Outcome:
     return concurrent_writers(str(work / "duckdb-lake"), 4, batches, 100, {"ZOO_LOCK_TIMEOUT": "600"})
 
 
+@SCENARIOS.register("build-label-train-kill-rerun")
+def kill_rerun(work: pathlib.Path, scale: float) -> Outcome:
+    """bench/crash_scenarios.py: SIGKILL a build, a labeling run and a WeightNet training, rerun, compare."""
+    from bench.crash_scenarios import CrashConfig, run_crash_scenarios
+
+    res = run_crash_scenarios(work / "crash", CrashConfig(n=max(4, int(24 * scale)), kills=max(2, int(8 * scale))))
+    lost = sum(s.diff.rows_lost + sum(s.diff.extra.values()) + len(s.diff.unreadable) for s in res.values())
+    return Outcome(sum(s.job.attempts for s in res.values()), sum(s.job.killed for s in res.values() if s.job.completed),
+                   lost, sum(s.diff.n_duplicates for s in res.values()),
+                   "; ".join(f"{k}: {s.job.killed} kills, {s.diff.snapshots} snapshots read" for k, s in res.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", default=None, help=f"scenarios to run (known: {', '.join(SCENARIOS.names())})")
