@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.exceptions import TyperException
 
 from core.errors import ZooError
 from zoo.commands import COMMAND_MODULES
@@ -27,13 +28,10 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except TyperException as e:  # usage errors (bad option values, unknown commands): click's own message
+        if hasattr(e, "show"):
             e.show()
-            sys.exit(e.exit_code)
-        raise
+        sys.exit(getattr(e, "exit_code", 2))
 
 
 if __name__ == "__main__":
