@@ -7,7 +7,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS
 
-from flows.common import RETRY, artifact_key, lake_at, lake_stamp, markdown_table, progress_artifact, required
+from flows.common import RETRY, artifact_key, lake_at, lake_stamp, markdown_table, progress_artifact
 
 
 @task(name="build-models", cache_policy=INPUTS, persist_result=True, **RETRY)
@@ -15,7 +15,8 @@ def build_models(lake: str, family: str, n: int, seed: int, checkpoints: tuple[i
                  stamp: str) -> dict:
     """Wraps zoo.build.build_zoo. ``stamp`` names the lake instance, so the INPUTS cache (same family,
     n, seed on the same lake) never answers for a lake that was deleted and recreated."""
-    build_zoo = required("zoo.build", "build_zoo")
+    from zoo.build import build_zoo  # torch-heavy: imported where the work runs
+
     progress = progress_artifact(f"training {n} {family} models", key=artifact_key("build-progress", family))
     with lake_at(lake) as lk:
         result = build_zoo(lk, family, n, seed=seed, checkpoints=checkpoints, device=device, progress=progress)

@@ -6,7 +6,6 @@ every task opens the lake itself and closes it before returning, so tasks can ru
 """
 from __future__ import annotations
 
-import importlib
 import re
 import threading
 import time
@@ -151,21 +150,6 @@ def progress_artifact(description: str, key: str | None = None, every_s: float =
         update_progress_artifact(artifact_id, progress=100.0 * done / max(total, 1))
 
     return progress
-
-
-def optional(module: str, name: str) -> Any | None:
-    """``module.name`` when another part of the project provides it, else None (the flow says so)."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
-def required(module: str, name: str) -> Any:
-    found = optional(module, name)
-    if found is None:
-        raise ZooError(f"{module}.{name} is not available in this checkout")
-    return found
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:

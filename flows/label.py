@@ -14,12 +14,13 @@ from prefect.cache_policies import INPUTS
 from prefect.futures import as_completed
 
 from flows.common import (RETRY, RunnerConfig, artifact_key, lake_at, lake_stamp, markdown_table, progress_artifact,
-                          required, task_runner)
+                          task_runner)
 
 
 @task(name="plan-labeling", **RETRY)
 def plan(lake: str, properties: list[str] | None, where: str | None, batch_size: int) -> list[list[str]]:
-    plan_labeling = required("labeling.run", "plan_labeling")
+    from labeling.run import plan_labeling
+
     with lake_at(lake) as lk:
         return plan_labeling(lk, properties=properties, where=where, batch_size=batch_size)
 
@@ -28,7 +29,8 @@ def plan(lake: str, properties: list[str] | None, where: str | None, batch_size:
 def label_batch(lake: str, model_ids: list[str], properties: list[str] | None, device: str, stamp: str) -> dict:
     """Wraps labeling.run.label_models for one batch (one snapshot). Deterministic given its inputs and
     the lake instance ``stamp``, so a re-run flow answers finished batches from the cache."""
-    label_models = required("labeling.run", "label_models")
+    from labeling.run import label_models
+
     progress = progress_artifact(f"labeling a batch of {len(model_ids)} models")
     with lake_at(lake) as lk:
         return dataclasses.asdict(label_models(lk, model_ids, properties=properties, device=device, progress=progress))

@@ -13,7 +13,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import INPUTS
 
 from core.errors import ZooError
-from flows.common import RETRY, artifact_key, lake_at, lake_stamp, markdown_table, optional, progress_artifact
+from flows.common import RETRY, artifact_key, lake_at, lake_stamp, progress_artifact
 from flows.train import _metric_rows, resolve_snapshot
 
 PLOT_SUFFIXES = (".png", ".svg", ".jpg", ".html")
@@ -31,28 +31,19 @@ def read_run(lake: str, run_id: str) -> dict:
             "metrics": json.loads(metrics or "{}"), "snapshot_id": snapshot, "code_version": version}
 
 
-def _evaluate_fn():
-    for module in ("weightnet.eval", "weightnet.eval.run", "weightnet.eval.evaluate", "weightnet.eval.suite"):
-        fn = optional(module, "evaluate")
-        if callable(fn):
-            return fn
-    return None
-
-
 @task(name="evaluate", cache_policy=INPUTS, persist_result=True, **RETRY)
 def run_evaluation(lake: str, suite: str, at: str | int | None, out_dir: str, seeds: list[int], device: str,
-                   stamp: str) -> dict | None:
-    """Wraps weightnet.eval.evaluate (None when this checkout has no evaluation package)."""
-    evaluate = _evaluate_fn()
-    if evaluate is None:
-        return None
+                   stamp: str) -> dict:
+    """Wraps weightnet.eval.run.evaluate."""
+    from weightnet.eval.run import evaluate
+
     progress = progress_artifact(f"evaluation suite {suite}", key=artifact_key("eval-progress", suite))
     with lake_at(lake) as lk:
         res = evaluate(lk, suite=suite, at=at, out_dir=out_dir, seeds=tuple(seeds), progress=progress, device=device)
     headline = [dict(r) if not isinstance(r, dict) else r for r in (res.headline or [])]
     return {"run_id": res.run_id, "report_path": str(res.report_path), "headline": headline,
             "notes": list(getattr(res, "notes", []) or []),
-            "text": res.format_headline() if hasattr(res, "format_headline") else markdown_table(headline)}
+            "text": res.format_headline()}
 
 
 def publish_plots(folder: pathlib.Path, limit: int = 20) -> list[str]:
@@ -79,18 +70,15 @@ def report(run_id: str | None = None, lake: str = "lake", suite: str | None = "s
         # pinned to a snapshot id, so the cached evaluation never outlives a moved tag
         snapshot = resolve_snapshot(lake, at)
         ev = run_evaluation(lake, suite, snapshot, out_dir, list(seeds or (0, 1, 2)), device, lake_stamp(lake))
-        if ev is None:
-            print("weightnet.eval.evaluate is not available in this checkout: evaluation skipped")
-        else:
-            if ev["headline"]:
-                create_table_artifact(ev["headline"], key=artifact_key("headline", suite),
-                                      description=f"evaluation {suite} (run {ev['run_id']})")
-            report_path = pathlib.Path(ev["report_path"])
-            text = report_path.read_text() if report_path.is_file() and report_path.suffix == ".md" else ev["text"]
-            create_markdown_artifact(text[:200_000], key=artifact_key("report", suite),
-                                     description=f"evaluation report {report_path}")
-            folder = report_path.parent if report_path.suffix else report_path
-            ev["plots"] = publish_plots(folder) if folder.is_dir() else []
-            print(f"evaluation run {ev['run_id']}: {len(ev['headline'])} headline rows, report {ev['report_path']}")
+        if ev["headline"]:
+            create_table_artifact(ev["headline"], key=artifact_key("headline", suite),
+                                  description=f"evaluation {suite} (run {ev['run_id']})")
+        report_path = pathlib.Path(ev["report_path"])
+        text = report_path.read_text() if report_path.is_file() and report_path.suffix == ".md" else ev["text"]
+        create_markdown_artifact(text[:200_000], key=artifact_key("report", suite),
+                                 description=f"evaluation report {report_path}")
+        folder = report_path.parent if report_path.suffix else report_path
+        ev["plots"] = publish_plots(folder) if folder.is_dir() else []
+        print(f"evaluation run {ev['run_id']}: {len(ev['headline'])} headline rows, report {ev['report_path']}")
         out["evaluation"] = ev
     return out

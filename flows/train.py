@@ -5,7 +5,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS
 
-from flows.common import (RETRY, artifact_key, lake_at, lake_stamp, markdown_table, progress_artifact, required,
+from flows.common import (RETRY, artifact_key, lake_at, lake_stamp, markdown_table, progress_artifact,
                           resolve_device)
 
 
@@ -21,9 +21,9 @@ def train(lake: str, snapshot: int, where: str | None, targets: list[str], confi
           runs_dir: str | None, stamp: str) -> dict:
     """Wraps weightnet.train.train_weightnet. Same snapshot + filter + targets + config on the same lake
     instance trains the same model, so the result is cached."""
-    train_weightnet = required("weightnet.train", "train_weightnet")
     from weightnet.config import WeightNetConfig
     from weightnet.data import DatasetConfig
+    from weightnet.train import train_weightnet
 
     cfg = WeightNetConfig.from_dict(config) if config else None
     dataset = DatasetConfig(at=snapshot, where=where, targets=tuple(targets))
@@ -36,7 +36,8 @@ def train(lake: str, snapshot: int, where: str | None, targets: list[str], confi
 
 @task(name="predict", **RETRY)
 def predict(lake: str, run_id: str, where: str | None, device: str, runs_dir: str | None) -> int:
-    predict_zoo = required("weightnet.predict", "predict_zoo")
+    from weightnet.predict import predict_zoo
+
     with lake_at(lake) as lk:
         return predict_zoo(lk, run_id, where=where, device=device, runs_dir=runs_dir)
 
