@@ -10,7 +10,6 @@ predictors within one run, not across runs).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -45,7 +44,7 @@ def main() -> None:
     lake = Lake.open(args.lake, read_only=True)
     samples = load_samples(lake, args.where, [args.target])
     makers = {}
-    for name in args.only.split(","):
+    for name in filter(None, args.only.split(",")):
         makers[name] = weightnet_variant({}) if name == "weightnet" else (lambda n=name: BASELINES.get(n)())
     for v in args.variant:
         name, js = v.split("=", 1)

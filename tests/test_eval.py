@@ -11,7 +11,7 @@ import torch
 from core.errors import ZooError
 from fixtures.eval_zoo import synthetic_samples, trained_digits_zoo
 from weightnet.data import _width
-from weightnet.eval import ablations, interpret, run, splits
+from weightnet.eval import ablations, interpret, report, run, splits
 from weightnet.eval.widen import widen
 from zoo.archs import build
 
@@ -186,3 +186,41 @@ def test_choose_targets_prefers_common_labels(rng):
     assert run.calculated_targets(samples) == ()  # 2 models lack n_params
     full = [dataclasses.replace(s, labels={"n_params": float(i % 3), "flops": 5.0}) for i, s in enumerate(samples)]
     assert run.calculated_targets(full) == ("n_params",)  # constant flops cannot be ranked
+
+
+def _as_family(samples, family: str, acc_offset: float) -> list:
+    return [dataclasses.replace(s, family=family, run_id=f"{family}-{s.run_id}", model_id=f"{family}-{s.model_id}",
+                                labels={"test_accuracy": acc_offset + 0.01 * i})
+            for i, s in enumerate(samples)]
+
+
+def test_cross_suite_plans_wildcnn_random_and_every_family_held_out(rng):
+    samples = (_as_family(synthetic_samples("cnn", 20, rng), "wildcnn", 0.5)
+               + _as_family(synthetic_samples("cnn", 20, rng), "digits-cnn", 0.3)
+               + _as_family(synthetic_samples("mlp", 20, rng), "digits-mlp", 0.1))
+    notes: list[str] = []
+    exps, primary, targets = run.plan(samples, run.SUITES["cross"], {}, notes)
+    assert (primary, targets) == ("wildcnn", ("test_accuracy",))
+    assert sorted(e.name for e in exps) == ["held-out family digits-cnn", "held-out family digits-mlp",
+                                            "held-out family wildcnn", "wildcnn / random"]
+    assert not notes
+    for e in exps:
+        assert {"weightnet", "nfn"} <= set(e.predictors) and set(e.predictors) & set(report.STATNN)
+        train, val, tests = e.split_fn(0)
+        if e.split.startswith("family:"):
+            fam = e.split.split(":")[1]
+            assert {s.family for s in tests["test"]} == {fam}
+            assert fam not in {s.family for s in train + val}
+        else:
+            assert {s.family for s in train + val + tests["test"]} == {"wildcnn"}
+            assert not {s.run_id for s in train} & {s.run_id for s in tests["test"]}
+
+
+def test_cross_suite_says_when_the_wildcnn_zoo_is_missing(rng):
+    samples = (_as_family(synthetic_samples("cnn", 20, rng), "digits-cnn", 0.3)
+               + _as_family(synthetic_samples("mlp", 20, rng), "digits-mlp", 0.1))
+    notes: list[str] = []
+    exps, _, _ = run.plan(samples, run.SUITES["cross"], {}, notes)
+    assert any("wildcnn" in n for n in notes)
+    assert "wildcnn / random" not in {e.name for e in exps}
+    assert {e.name for e in exps} >= {"held-out family digits-cnn", "held-out family digits-mlp"}

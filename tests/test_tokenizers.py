@@ -1,6 +1,7 @@
 """Tokenizers: any registered architecture tokenizes; neuron/layer tokens are a set under neuron permutations."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,7 +9,7 @@ from core.errors import BadWeights
 from core.spec import ParamSpec, PermGroup, WeightSpec, break_coupling, permute, random_perms
 from fixtures.weightnet_models import example_sample
 from weightnet.config import TokenizerConfig
-from weightnet.tokenizers import TOKENIZERS, Tokens, feature_dim, tokenize, unit_features
+from weightnet.tokenizers import N_SUMMARY, TOKENIZERS, Tokens, feature_dim, layer_summary, tokenize, unit_features
 from zoo.archs import ARCHS
 
 
@@ -85,3 +86,24 @@ def test_spec_without_float_tensors_is_refused() -> None:
     spec = WeightSpec((ParamSpec("n", (), "buffer", "buffer", 0, ()),))
     with pytest.raises(BadWeights, match="no floating-point tensor"):
         tokenize({"n": torch.tensor(3)}, spec, TokenizerConfig())
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+def test_layer_summary_is_invariant_and_sees_scale(arch: str, rng: torch.Generator) -> None:
+    s = example_sample(arch, rng)
+    a = layer_summary(s.state, s.spec)
+    assert a.dim() == 1 and a.numel() % (2 * N_SUMMARY) == 0 and torch.isfinite(a).all()
+    for other in (permute(s.state, s.spec, random_perms(s.spec, rng)), break_coupling(s.state, s.spec, rng)):
+        assert torch.allclose(layer_summary(other, s.spec), a, atol=1e-6, rtol=1e-5)  # multisets per layer
+    scaled = {k: v * 2 if v.is_floating_point() else v for k, v in s.state.items()}
+    assert not torch.allclose(layer_summary(scaled, s.spec), a)
+    assert torch.equal(tokenize(s.state, s.spec, TokenizerConfig()).summary, a)
+
+
+def test_layer_summary_matches_numpy_quantiles(rng: torch.Generator) -> None:
+    spec = WeightSpec((ParamSpec("w", (7, 5), "linear", "weight", 0, (None, None)),))
+    w = torch.randn(7, 5, generator=rng)
+    got = layer_summary({"w": w}, spec)
+    x = w.double().reshape(-1).numpy()
+    want = [x.mean(), x.var(), *np.quantile(x, [0, 0.25, 0.5, 0.75, 1.0])] + [0.0] * N_SUMMARY  # no bias: zeros
+    assert np.allclose(got.numpy(), want, atol=1e-5)

@@ -148,7 +148,8 @@ class WeightNetPredictor:
         self.device = device
         self.pipeline = pipeline or TokenPipeline(self.config.tokenizer)
         self.targets: list[str] = []
-        self.model: WeightNetModel | None = None
+        self.model: WeightNetModel | None = None  # the first ensemble member (embeddings, probabilities)
+        self.members: list[WeightNetModel] = []  # predictions average every member
         self.target_mean = torch.zeros(0)
         self.target_std = torch.ones(0)
         self.residuals: dict[str, torch.Tensor] = {}  # sorted |val error| per property (conformal)
@@ -163,8 +164,9 @@ class WeightNetPredictor:
         return torch.tensor([[s.labels.get(t, float("nan")) for t in self.targets] for s in samples],
                             dtype=torch.float32).reshape(len(samples), len(self.targets))
 
-    def _batch(self, toks: Sequence[Tokens]) -> dict[str, torch.Tensor]:
-        width = self.model.n_summary if self.model is not None else 0
+    def _batch(self, toks: Sequence[Tokens], model: "WeightNetModel | None" = None) -> dict[str, torch.Tensor]:
+        model = model or self.model
+        width = model.n_summary if model is not None else 0
         return {k: v.to(self.device) for k, v in collate(toks, width).items()}
 
     def _loss(self, reg: torch.Tensor, cls: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -206,49 +208,10 @@ class WeightNetPredictor:
         std = torch.tensor([float(np.nanstd(y_tr[:, j].numpy())) if y_tr.shape[0] > 1 else 1.0
                             for j in range(len(self.targets))])
         self.target_std = torch.where(torch.isfinite(std) & (std > 1e-8), std, torch.ones_like(std))
-        with torch.random.fork_rng(devices=[]):  # module init draws from the global RNG: seed it, then restore
-            torch.manual_seed(seed)
-            n_summary = max(t.summary.numel() for t in tr_tok)
-            self.model = WeightNetModel(cfg, len(self.targets), len(self.thresholds), n_summary).to(self.device)
-        if self.model.n_summary:
-            sums = collate(tr_tok, self.model.n_summary)["summary"]
-            self.model.sum_mean.copy_(sums.mean(0))
-            std = sums.std(0, correction=0)
-            self.model.sum_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))  # constant columns: scale 1
-        allf = torch.cat([t.features for t in tr_tok])
-        self.model.feat_mean.copy_(allf.mean(0))
-        self.model.feat_std.copy_(allf.std(0, correction=0).clamp_min(1e-6))
-        gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-        steps_per_epoch = len(buckets([len(t) for t in tr_tok], cfg.batch_size))
-        total = max(1, cfg.epochs * steps_per_epoch)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        best, best_state, stale = float("inf"), copy.deepcopy(self.model.state_dict()), 0
-        lengths = [len(t) for t in tr_tok]
-        for epoch in range(cfg.epochs):
-            self.model.train()
-            tr_loss = 0.0
-            for idx in buckets(lengths, cfg.batch_size, gen):
-                reg, cls = self.model(self._batch([tr_tok[i] for i in idx]))
-                loss = self._loss(reg, cls, y_tr[idx].to(self.device))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                tr_loss += float(loss.detach()) * len(idx)
-            tr_loss /= len(train)
-            va_loss = self.evaluate_loss(va_tok, y_va) if val else tr_loss
-            self.history.append({"epoch": epoch, "train_loss": tr_loss, "val_loss": va_loss})
-            if progress is not None:
-                progress(epoch + 1, cfg.epochs)
-            if va_loss < best - 1e-6:
-                best, best_state, stale = va_loss, copy.deepcopy(self.model.state_dict()), 0
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
-        self.model.load_state_dict(best_state)
-        self.model.eval()
+        self.history = []
+        self.members = [self._fit_member(seed + 1000 * k, k, tr_tok, va_tok, y_tr, y_va, progress)
+                        for k in range(cfg.ensemble)]
+        self.model = self.members[0]
         self.residuals = {}
         if val:
             pred = self._predict_tokens(va_tok)
@@ -256,13 +219,65 @@ class WeightNetPredictor:
                 r = (pred[:, j] - y_va[:, j]).abs()
                 self.residuals[t] = torch.sort(r[~torch.isnan(r)]).values
 
+    def _fit_member(self, seed: int, k: int, tr_tok: Sequence[Tokens], va_tok: Sequence[Tokens], y_tr: torch.Tensor,
+                    y_va: torch.Tensor, progress: Progress | None) -> "WeightNetModel":
+        """One ensemble member from its own seed (init, batch order, dropout); early-stopped on val loss."""
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):  # module init draws from the global RNG: seed it, then restore
+            torch.manual_seed(seed)
+            n_summary = max(t.summary.numel() for t in tr_tok)
+            model = WeightNetModel(cfg, len(self.targets), len(self.thresholds), n_summary).to(self.device)
+        if model.n_summary:
+            sums = collate(tr_tok, model.n_summary)["summary"]
+            model.sum_mean.copy_(sums.mean(0))
+            std = sums.std(0, correction=0)
+            model.sum_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))  # constant columns: scale 1
+        allf = torch.cat([t.features for t in tr_tok])
+        model.feat_mean.copy_(allf.mean(0))
+        model.feat_std.copy_(allf.std(0, correction=0).clamp_min(1e-6))
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        steps_per_epoch = len(buckets([len(t) for t in tr_tok], cfg.batch_size))
+        total = max(1, cfg.epochs * steps_per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        best, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
+        lengths = [len(t) for t in tr_tok]
+        with torch.random.fork_rng(devices=[]):  # dropout masks from the member's seed
+            torch.manual_seed(seed)
+            for epoch in range(cfg.epochs):
+                model.train()
+                tr_loss = 0.0
+                for idx in buckets(lengths, cfg.batch_size, gen):
+                    reg, cls = model(self._batch([tr_tok[i] for i in idx], model))
+                    loss = self._loss(reg, cls, y_tr[idx].to(self.device))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    tr_loss += float(loss.detach()) * len(idx)
+                tr_loss /= len(tr_tok)
+                va_loss = self.evaluate_loss(va_tok, y_va, model) if va_tok else tr_loss
+                self.history.append({"member": k, "epoch": epoch, "train_loss": tr_loss, "val_loss": va_loss})
+                if progress is not None:
+                    progress(k * cfg.epochs + epoch + 1, cfg.ensemble * cfg.epochs)
+                if va_loss < best - 1e-6:
+                    best, best_state, stale = va_loss, copy.deepcopy(model.state_dict()), 0
+                else:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        break
+        model.load_state_dict(best_state)
+        return model.eval()
+
     @torch.no_grad()
-    def evaluate_loss(self, toks: Sequence[Tokens], y: torch.Tensor) -> float:
-        assert self.model is not None
-        self.model.eval()
+    def evaluate_loss(self, toks: Sequence[Tokens], y: torch.Tensor, model: "WeightNetModel | None" = None) -> float:
+        """Loss of one member (default: the ensemble's mean outputs) on tokens with labels y."""
+        members = [model] if model is not None else (self.members or [self.model])
         total = 0.0
         for idx in buckets([len(t) for t in toks], self.config.batch_size):
-            reg, cls = self.model(self._batch([toks[i] for i in idx]))
+            outs = [m.eval()(self._batch([toks[i] for i in idx], m)) for m in members]
+            reg = torch.stack([o[0] for o in outs]).mean(0)
+            cls = torch.stack([o[1] for o in outs]).mean(0)
             total += float(self._loss(reg, cls, y[idx].to(self.device))) * len(idx)
         return total / max(1, len(toks))
 
@@ -279,11 +294,11 @@ class WeightNetPredictor:
         """(N, n_targets) de-standardized predictions."""
         if self.model is None:
             raise ZooError("WeightNet is not trained (call fit or load a checkpoint)")
-        self.model.eval()
+        members = self.members or [self.model]
         out = torch.empty(len(toks), len(self.targets))
         for idx in buckets([len(t) for t in toks], batch_size or max(64, self.config.batch_size)):
-            reg, _ = self.model(self._batch([toks[i] for i in idx]))
-            out[idx] = reg.float().cpu() * self.target_std + self.target_mean
+            reg = torch.stack([m.eval()(self._batch([toks[i] for i in idx], m))[0].float().cpu() for m in members]).mean(0)
+            out[idx] = reg * self.target_std + self.target_mean
         return out
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
@@ -303,12 +318,15 @@ class WeightNetPredictor:
 
     @torch.no_grad()
     def predict_proba(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
-        """P(property > threshold) for each configured threshold, keyed 'property>threshold'."""
+        """P(property > threshold) for each configured threshold, keyed 'property>threshold' (member mean)."""
         assert self.model is not None
         toks = self.pipeline.many(samples)
-        _, cls = self.model(self._batch(toks))
-        return {f"{p}>{t:g}": torch.softmax(cls[:, 2 * j:2 * j + 2], 1)[:, 1].cpu().numpy()
-                for j, (p, t) in enumerate(self.thresholds)}
+        probs = []  # per member (N, n_thresholds)
+        for m in self.members or [self.model]:
+            cls = m.eval()(self._batch(toks, m))[1].reshape(len(toks), -1, 2)
+            probs.append(torch.softmax(cls, 2)[:, :, 1])
+        mean = torch.stack(probs).mean(0).cpu().numpy()
+        return {f"{p}>{t:g}": mean[:, j] for j, (p, t) in enumerate(self.thresholds)}
 
     def interval_width(self, prop: str, alpha: float) -> float:
         """Split-conformal half-width: the ceil((n+1)(1-alpha))-th smallest validation residual. With
@@ -328,7 +346,8 @@ class WeightNetPredictor:
     # -- checkpoints --
     def state(self) -> dict:
         assert self.model is not None
-        return {"state_dict": self.model.state_dict(), "config": self.config.to_dict(), "targets": list(self.targets),
+        return {"state_dict": self.model.state_dict(), "members": [m.state_dict() for m in self.members[1:]],
+                "config": self.config.to_dict(), "targets": list(self.targets),
                 "target_mean": self.target_mean, "target_std": self.target_std, "residuals": dict(self.residuals),
                 "references": self.pipeline.references, "code_version": code_version(), "history": self.history}
 
@@ -350,5 +369,9 @@ class WeightNetPredictor:
         n_summary = int(ck["state_dict"].get("sum_mean", torch.zeros(0)).numel())
         p.model = WeightNetModel(cfg, len(p.targets), len(p.thresholds), n_summary).to(device)
         p.model.load_state_dict(ck["state_dict"])
-        p.model.eval()
+        p.members = [p.model.eval()]
+        for sd in ck.get("members", []):
+            m = WeightNetModel(cfg, len(p.targets), len(p.thresholds), n_summary).to(device)
+            m.load_state_dict(sd)
+            p.members.append(m.eval())
         return p

@@ -50,7 +50,8 @@ class TokenPipeline:
     def id(self) -> str:
         """Names the disk cache: tokenizer config, plus which models serve as alignment references."""
         refs = sorted(self.reference_ids.items()) if self.cfg.permutation == "align" else []
-        return stable_hash({"tokenizer": self.cfg, "references": refs})
+        # format 2: Tokens carry the whole-model summary; older cache files are not read
+        return stable_hash({"tokenizer": self.cfg, "references": refs, "format": 2})
 
     def one(self, sample: ZooSample) -> Tokens:
         if sample.model_id in self._memory:

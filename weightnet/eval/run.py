@@ -7,6 +7,8 @@ Suites (``SUITES``):
 - ``standard``: every family; the pooled zoo; held-out families; held-out widths (2x/4x
   function-preserving widenings and wider-trained models); held-out learning-rate range; the seed's
   ablations; a learning curve; sensitivity (and attention, when WeightNet exposes it).
+- ``cross``: only the cross-architecture issue-7 targets: the wildcnn zoo on a random split and every
+  family held out in turn (trained on the others), test_accuracy only, WeightNet vs StatNN vs NFN.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ class Suite:
     learning_curve: tuple[float, ...] = ()  # fractions of the training runs
     interpret: bool = False
     min_models: int = 20  # a family needs this many labelled models to be a zoo here
+    zoos: tuple[str, ...] = ()  # when set, only these families get a random split (in this order)
+    max_held_out: int = 3  # families held out in turn (preferred first)
     # per predictor, config overrides for this suite: ((name, ((field, value), ...)), ...)
     overrides: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
 
@@ -64,6 +68,8 @@ SUITES = {
                       pooled=True, held_out_family=True, widths=True, hparams=True,
                       ablation_groups=("permutation", "tokenization", "depth", "heads", "d_model", "embeddings"),
                       learning_curve=(0.25, 0.5, 1.0), interpret=True),
+    "cross": Suite("cross", 1, 0, (WEIGHTNET, "statnn-gbt", "statnn-mlp", "nfn"), held_out_family=True,
+                   zoos=("wildcnn",), max_held_out=len(PREFERRED_ZOOS)),
 }
 
 
@@ -149,6 +155,8 @@ def _zoos(samples: Sequence[ZooSample], suite: Suite) -> list[tuple[str, list[Zo
     big = {f: ss for f, ss in fams.items() if len(ss) >= suite.min_models}
     order = [f for f in PREFERRED_ZOOS if f in big] + sorted((f for f in big if f not in PREFERRED_ZOOS),
                                                              key=lambda f: -len(big[f]))
+    if suite.zoos:
+        order = [f for f in suite.zoos if f in big]
     zoos = [(f, big[f]) for f in order[:suite.max_zoos]]
     if not zoos or (suite.pooled and len(fams) > 1):
         zoos.append(("all", list(samples)))
@@ -159,6 +167,10 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
          notes: list[str]) -> tuple[list[Experiment], str, tuple[str, ...]]:
     """The experiments of a suite, the primary zoo's name and its targets."""
     zoos = _zoos(samples, suite)
+    missing = [f for f in suite.zoos if f not in {z for z, _ in zoos}]
+    if missing:
+        notes.append(f"suite {suite.name}: no zoo of {', '.join(missing)} with >= {suite.min_models} models; "
+                     "its random split was not run")
     exps: list[Experiment] = []
     primary, primary_targets = zoos[0][0], ()
     for i, (zoo, ss) in enumerate(zoos):
@@ -181,7 +193,8 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
     fams = sorted({s.family for s in samples})
     learned = tuple(p for p in suite.predictors if p != "calc")
     if suite.held_out_family and len(fams) > 1:
-        for fam in [f for f in PREFERRED_ZOOS if f in fams][:3] or fams[:3]:
+        held = [f for f in PREFERRED_ZOOS if f in fams] + [f for f in fams if f not in PREFERRED_ZOOS]
+        for fam in held[:suite.max_held_out]:
             ss = _labelled(samples, ("test_accuracy",))
 
             def fn(seed: int, fam=fam, ss=ss):
