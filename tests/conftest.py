@@ -193,3 +193,15 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def filled(lake_dir, make_models):
+    """A closed lake holding two models and a tag ``v1`` (so the CLI can open it)."""
+    from storage.lake import Lake
+    from storage.writes import write_models
+
+    with Lake.open(lake_dir, create=True) as lk:
+        write_models(lk, make_models(2), "two models")
+        lk.tag("v1")
+    return lake_dir

@@ -3,7 +3,6 @@ exit (0 or a one-line error with exit code 2, or click's usage error), never a t
 refused command leaves the lake exactly as it was."""
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,17 +12,6 @@ from zoo.families import FAMILIES
 WORDS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=24)
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-@pytest.fixture
-def stocked_lake(lake_dir, make_models):
-    from storage.lake import Lake
-    from storage.writes import write_models
-
-    with Lake.open(lake_dir, create=True) as lk:
-        write_models(lk, make_models(3), "three models")
-        lk.tag("t0")
-    return lake_dir
 
 
 def assert_clean_refusal(proc, before, after) -> None:
@@ -65,20 +53,20 @@ def bad_argv(draw) -> list[str]:
 
 @SETTINGS
 @given(argv=bad_argv())
-def test_bad_arguments_end_in_one_line_and_leave_the_lake_alone(stocked_lake, zoo_cli, fingerprint, argv) -> None:
-    before = fingerprint(stocked_lake)
-    proc = zoo_cli(*argv, lake=stocked_lake)
-    assert_clean_refusal(proc, before, fingerprint(stocked_lake))
+def test_bad_arguments_end_in_one_line_and_leave_the_lake_alone(filled, zoo_cli, fingerprint, argv) -> None:
+    before = fingerprint(filled)
+    proc = zoo_cli(*argv, lake=filled)
+    assert_clean_refusal(proc, before, fingerprint(filled))
 
 
 @SETTINGS
 @given(argv=st.lists(WORDS, max_size=5))
-def test_random_argv_never_crashes(stocked_lake, zoo_cli, fingerprint, argv) -> None:
+def test_random_argv_never_crashes(filled, zoo_cli, fingerprint, argv) -> None:
     if argv and argv[0] in {"build", "label", "ingest", "weightnet", "evaluate", "init", "export", "tag"}:
         argv = ["x" + argv[0], *argv[1:]]  # random words must not start real work or writes
-    before = fingerprint(stocked_lake)
-    proc = zoo_cli(*argv, lake=stocked_lake)
+    before = fingerprint(filled)
+    proc = zoo_cli(*argv, lake=filled)
     text = proc.stdout + proc.stderr
     assert "Traceback" not in text, text
     assert proc.returncode in (0, 2), (proc.returncode, text)
-    assert fingerprint(stocked_lake) == before
+    assert fingerprint(filled) == before

@@ -15,15 +15,6 @@ from storage.writes import write_models
 
 
 @pytest.fixture
-def filled(lake_dir, make_models):
-    """A closed lake holding two models and a tag (so the CLI can open it)."""
-    with Lake.open(lake_dir, create=True) as lk:
-        write_models(lk, make_models(2), "two models")
-        lk.tag("v1")
-    return lake_dir
-
-
-@pytest.fixture
 def zoo(zoo_cli):
     return zoo_cli
 

@@ -28,8 +28,7 @@ def start_writers(location: str, writers: int, batches: int, size: int, env: dic
 
 
 def assert_all_land(location: str, writers: int, batches: int, size: int, env: dict | None = None) -> None:
-    with Lake.open(location, create=True):
-        pass
+    Lake.open(location, create=True).close()  # create the lake before the writers race for it
     procs = start_writers(location, writers, batches, size, env)
     reads, seen = 0, set()
     deadline = time.monotonic() + 300
@@ -67,8 +66,7 @@ def test_sqlite_writers_concurrently(tmp_path):
 def test_duckdb_file_lock_wait_times_out_with_clear_error(lake_dir):
     from core.errors import LakeError
 
-    with Lake.open(lake_dir, create=True):
-        pass
+    Lake.open(lake_dir, create=True).close()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from storage.lake import Lake\n"
         f"lk = Lake.open({str(lake_dir)!r}); print('open', flush=True); time.sleep(60)")],
