@@ -224,6 +224,31 @@ class Lake:
         self.con.execute(f"ATTACH '{uri}' AS lake ({', '.join(opts)})")
         self.con.execute("USE lake")
 
+    def _reattach(self, snapshot: int | None, read_only: bool) -> None:
+        self.con.execute("USE memory")
+        self.con.execute("DETACH lake")
+        self._attach(snapshot, read_only)
+        self.snapshot, self.read_only = snapshot, read_only
+
+    @contextmanager
+    def viewing(self, snapshot: int | None, read_only: bool = True) -> Iterator["Lake"]:
+        """This handle re-attached at ``snapshot`` (None = latest) for the block, then restored.
+
+        One DuckDB connection cannot attach the same catalog twice (and a second handle on a DuckDB-file
+        catalog conflicts inside one process), so reading a past snapshot and then writing go through
+        this. A read at the snapshot the handle already shows needs no re-attach.
+        """
+        before = (self.snapshot, self.read_only)
+        shown = self.snapshot if self.snapshot is not None else self.current_snapshot()
+        if before == (snapshot, read_only) or (read_only and snapshot is not None and shown == snapshot):
+            yield self
+            return
+        self._reattach(snapshot, read_only)
+        try:
+            yield self
+        finally:
+            self._reattach(*before)
+
     def _resolve_with_fresh_attach(self, at: str | int) -> int:
         self._attach(None, read_only=True)
         try:

@@ -123,6 +123,24 @@ def test_time_travel_at_snapshot_and_tag(lake_dir, make_models):
         assert [s["tags"] for s in now.snapshots() if s["snapshot_id"] == s1] == [["v1"]]
 
 
+def test_viewing_a_past_snapshot_then_writing_through_the_same_handle(lake_dir, make_models):
+    with Lake.open(lake_dir, create=True) as lk:
+        write_models(lk, make_models(2, seed=1), "first")
+        s1 = lk.current_snapshot()
+        write_models(lk, make_models(3, seed=2), "second")
+        with lk.viewing(s1) as old:
+            assert old is lk and lk.snapshot == s1 and lk.read_only
+            assert len(read_models(old)) == 2
+            with pytest.raises(LakeError, match="read-only"):
+                write_labels(old, [Label("m1-00000", "x", 1.0, "acc", 1)], "into the past")
+        assert (lk.snapshot, lk.read_only) == (None, False)  # restored: latest, writable
+        assert len(read_models(lk)) == 5
+        with lk.viewing(lk.current_snapshot()) as same:  # already showing it: no re-attach
+            assert same.snapshot is None
+        write_labels(lk, [Label("m1-00000", "test_accuracy", 0.5, "acc", 1)], "labels")
+        assert count(lk, "labels") == 1
+
+
 def test_retag_moves_the_name(lake, make_models):
     write_models(lake, make_models(1, seed=1), "a")
     first = lake.tag("latest")

@@ -5,9 +5,8 @@ and the baselines) trains and predicts on lists of samples, so they compare on i
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -107,27 +106,3 @@ def split_samples(samples: Sequence[ZooSample], rule: str = "random", seed: int 
     val = [s for s in samples if s.run_id in val_runs]
     test = [s for s in samples if s.run_id in test_runs]
     return train, val, test
-
-
-@contextmanager
-def reading_at(lake: Lake, snapshot: int) -> Iterator[Lake]:
-    """The same lake handle, re-attached read-only at ``snapshot`` for the block, then restored.
-
-    (A second handle on a DuckDB-file catalog conflicts inside one process, so time travel re-attaches.)
-    """
-    current = lake.snapshot if lake.snapshot is not None else lake.current_snapshot()
-    if current == snapshot:
-        yield lake
-        return
-    old = (lake.snapshot, lake.read_only)
-    lake.con.execute("USE memory")
-    lake.con.execute("DETACH lake")
-    lake._attach(snapshot, read_only=True)
-    lake.snapshot, lake.read_only = snapshot, True
-    try:
-        yield lake
-    finally:
-        lake.con.execute("USE memory")
-        lake.con.execute("DETACH lake")
-        lake._attach(old[0], old[1])
-        lake.snapshot, lake.read_only = old

@@ -15,7 +15,7 @@ from core.hashing import stable_hash
 from storage.lake import Lake
 from storage.writes import write_run
 from weightnet.config import WeightNetConfig
-from weightnet.data import DatasetConfig, ZooSample, load_samples, reading_at, split_samples
+from weightnet.data import DatasetConfig, ZooSample, load_samples, split_samples
 from weightnet.model import WeightNetPredictor
 
 Progress = Callable[[int, int], None]
@@ -77,7 +77,7 @@ def train_weightnet(lake: Lake, dataset: DatasetConfig, config: WeightNetConfig 
     if can_write:
         write_run(lake, run_id, "weightnet", run_config, "running", snapshot_id=snapshot, started_at=started)
     try:
-        with reading_at(lake, snapshot) as snap:
+        with lake.viewing(snapshot) as snap:
             samples = load_samples(snap, dataset.where, dataset.targets)
         if len(samples) < 3:
             raise ZooError(f"only {len(samples)} models at snapshot {snapshot} have all of {', '.join(dataset.targets)}"

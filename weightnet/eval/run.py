@@ -86,30 +86,6 @@ class EvalResult:
 
 
 @contextmanager
-def _attached(lake: Lake, snapshot: int | None, read_only: bool) -> Iterator[Lake]:
-    """Re-attach ``lake`` at ``snapshot`` (None = latest) for the block, then restore how it was.
-
-    One DuckDB connection cannot attach the same DuckLake catalog twice, so reading a past snapshot
-    and then writing the run row both go through the caller's connection.
-    """
-    before = (lake.snapshot, lake.read_only)
-    if before == (snapshot, read_only) or (snapshot is not None and before == (snapshot, True) and read_only):
-        yield lake
-        return
-    lake.con.execute("USE memory")
-    lake.con.execute("DETACH lake")
-    try:
-        lake._attach(snapshot, read_only)
-        lake.snapshot, lake.read_only = snapshot, read_only
-        yield lake
-    finally:
-        lake.con.execute("USE memory")
-        lake.con.execute("DETACH lake")
-        lake._attach(*before)
-        lake.snapshot, lake.read_only = before
-
-
-@contextmanager
 def _threads(n: int | None) -> Iterator[None]:
     before = torch.get_num_threads()
     if n is not None:
@@ -269,7 +245,7 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
         raise UnknownEntry(f"unknown evaluation suite {suite!r} (known: {', '.join(SUITES)})")
     cfg = SUITES[suite]
     snapshot = lake.resolve(at) if at is not None else (lake.snapshot or lake.current_snapshot())
-    with _attached(lake, snapshot, True):
+    with lake.viewing(snapshot, True):
         props = [r[0] for r in lake.fetch("SELECT DISTINCT property FROM lake.main.labels ORDER BY 1")]
         samples = load_samples(lake, where, targets=props, require_all=False)
         train_configs = {r.model_id: r.train_config for r in read_models(lake, where)}
@@ -277,7 +253,7 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
               "seeds": list(seeds), "device": device, "threads": threads}
     run_id = "eval-" + stable_hash({**config, "code_version": code_version()}, 12)
     started = dt.datetime.now(dt.timezone.utc)
-    with _attached(lake, None, False):
+    with lake.viewing(None, False):
         write_run(lake, run_id, "evaluate", config, "running", snapshot_id=snapshot, started_at=started)
     notes: list[str] = []
     ok, why = weightnet_available()
@@ -307,13 +283,13 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
         out = pathlib.Path(out_dir) / run_id
         path = report.write(out, run_id, config, rows, outcome.scatter, sens, attn, targets, headline, notes, samples)
     except BaseException:
-        with _attached(lake, None, False):
+        with lake.viewing(None, False):
             write_run(lake, run_id, "evaluate", config, "failed", snapshot_id=snapshot, started_at=started,
                       finished_at=dt.datetime.now(dt.timezone.utc))
         raise
     metrics = {"headline": [{k: v for k, v in r.items()} for r in headline], "targets": targets,
                "report": str(path)}
-    with _attached(lake, None, False):
+    with lake.viewing(None, False):
         write_run(lake, run_id, "evaluate", config, "completed", metrics, snapshot_id=snapshot, started_at=started,
                   finished_at=dt.datetime.now(dt.timezone.utc))
     return EvalResult(run_id, str(path), headline, targets, notes)

@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate_cmd)
 
 
-def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s", help="small (minutes) | standard (everything)"),
+def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
+                                           help="small (minutes) | standard (everything) | cross (cross-architecture targets)"),
                  at: Optional[str] = AtOption,
                  out: str = typer.Option("reports", "--out", "-o", help="Folder for reports/<run>/report.md and plots"),
                  seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (metrics: mean ± std)"),
