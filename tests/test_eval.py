@@ -137,6 +137,8 @@ def test_evaluate_small_writes_report_run_row_and_headline(tiny_zoo, tmp_path, m
     report = (tmp_path / "reports" / res.run_id / "report.md").read_text()
     assert "digits-cnn (12 models)" in report and "digits-mlp (12 models)" in report  # not the 2 later models
     assert list((tmp_path / "reports" / res.run_id).glob("scatter_*.png"))
+    # the label's own retest agreement, re-measured from the weights and checked against the stored labels
+    assert "## Label reliability (test accuracy)" in report and "| digits-cnn | 12 |" in report
     preds = {r["predictor"] for r in res.headline}
     assert {"weightnet", "statnn-gbt", "nfn", "calc"} <= preds
     calc = [r for r in res.headline if r["predictor"] == "calc"]
@@ -158,8 +160,7 @@ def test_evaluate_standard_runs_every_experiment(tiny_zoo, tmp_path, monkeypatch
     for section in ("held-out family digits-cnn", "/ widths", "widened x4", "held-out lr range", "learning curve",
                     "tokenization: global", "Interpretability"):
         assert section in report, section
-    # embeddings on/off either ran or is reported as not expressible by WeightNetConfig
-    assert "embeddings: segment+layer-type on" in report or "segment+layer-type on not available" in report
+    assert "embeddings: segment+layer-type off" in report and "not available" not in report
     assert (tmp_path / res.run_id / "learning_curve.png").exists()
     assert (tmp_path / res.run_id / "ablations.png").exists()
     assert list((tmp_path / res.run_id).glob("sensitivity_*.png"))

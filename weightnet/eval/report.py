@@ -28,8 +28,15 @@ def _target(key: str, measured: str, met: bool | None) -> dict:
     return {"target": TARGET_TEXT[key], "measured": measured, "met": met}
 
 
-def check_targets(rows: Sequence[dict]) -> list[dict]:
-    """Each issue-7 target with its measured numbers; met=None when it was not measured in this run."""
+def _retest(reliability: dict | None, family: str) -> str:
+    r = (reliability or {}).get(family)
+    return "" if r is None else f" [label retest tau {r['bootstrap_tau']:.2f}/{r['split_half_tau']:.2f}]"
+
+
+def check_targets(rows: Sequence[dict], reliability: dict | None = None) -> list[dict]:
+    """Each issue-7 target with its measured numbers; met=None when it was not measured in this run.
+    With ``reliability`` (family -> retest taus, see ``reliability``), the label's own retest taus
+    (bootstrap/split-half) follow each family's measured tau."""
     out = []
     exp = "digits-cnn / random"
     wn = _m(lookup(rows, exp, "weightnet", "test_accuracy"), "kendall_tau")
@@ -45,14 +52,15 @@ def check_targets(rows: Sequence[dict]) -> list[dict]:
         out.append(_target("digits-cnn", f"WeightNet {wn:.3f}, best StatNN {st:.3f} (diff {wn - st:+.3f}), NFN {nf:.3f}",
                            wn - st >= 0.02 and wn > nf))
     wc = _m(lookup(rows, "wildcnn / random", "weightnet", "test_accuracy"), "kendall_tau")
-    out.append(_target("wildcnn", "not measured" if math.isnan(wc) else f"WeightNet {wc:.3f}",
+    out.append(_target("wildcnn", "not measured" if math.isnan(wc) else f"WeightNet {wc:.3f}" + _retest(reliability, "wildcnn"),
                        None if math.isnan(wc) else wc >= 0.90))
     held = [(r["experiment"], r["kendall_tau"][0]) for r in rows if r["experiment"].startswith("held-out family")
             and r["predictor"] == "weightnet" and r["property"] == "test_accuracy" and r["test_set"] == "test"]
     held = [(e, v) for e, v in held if not math.isnan(v)]
     if held:
         worst = min(v for _, v in held)
-        out.append(_target("held-out", "; ".join(f"{e.split()[-1]} {v:.3f}" for e, v in held) + f" (worst {worst:.3f})",
+        out.append(_target("held-out", "; ".join(f"{e.split()[-1]} {v:.3f}{_retest(reliability, e.split()[-1])}"
+                                                 for e, v in held) + f" (worst {worst:.3f})",
                            worst >= 0.80))
     else:
         out.append(_target("held-out", "not measured", None))
@@ -208,7 +216,8 @@ def _result_rows(rows: Sequence[dict]) -> list[dict]:
 
 
 def write(out: pathlib.Path, run_id: str, config: dict, rows: Sequence[dict], scatter: dict, sens: dict, attn: dict,
-          targets: Sequence[dict], headline: Sequence[dict], notes: Sequence[str], samples: Sequence) -> pathlib.Path:
+          targets: Sequence[dict], headline: Sequence[dict], notes: Sequence[str], samples: Sequence,
+          reliability: dict | None = None) -> pathlib.Path:
     out.mkdir(parents=True, exist_ok=True)
     fams: dict[str, int] = {}
     for s in samples:
@@ -222,6 +231,14 @@ def write(out: pathlib.Path, run_id: str, config: dict, rows: Sequence[dict], sc
           "## Targets (issue 7 §7)", "",
           _table([{"target": t["target"], "measured": t["measured"], "verdict": _verdict(t["met"])} for t in targets],
                  ("target", "measured", "verdict")), ""]
+    if reliability:
+        md += ["## Label reliability (test accuracy)", "",
+               "Kendall tau of each model's test accuracy with itself re-measured: on a bootstrap resample of the "
+               "test examples (optimistic) and between two disjoint halves (pessimistic). No predictor can be "
+               "expected to rank models much better than the label ranks itself.", "",
+               _table([{"family": f, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}}
+                       for f, r in sorted(reliability.items())],
+                      ("family", "n_models", "n_test", "bootstrap_tau", "split_half_tau")), ""]
     result_rows = _result_rows(sorted(rows, key=lambda r: (r["experiment"], r["test_set"], r["property"], r["predictor"])))
     md += ["## All results", "", _table(result_rows, tuple(result_rows[0]) if result_rows else ("experiment",)), ""]
     plots = plot_scatter(out, scatter)

@@ -30,6 +30,7 @@ from weightnet.data import ZooSample, load_samples, split_samples
 from weightnet.eval import ablations, experiments, interpret, report, splits
 from weightnet.eval.experiments import Experiment
 from weightnet.eval.predictors import WEIGHTNET, weightnet_available
+from weightnet.eval.reliability import label_reliability
 
 PREFERRED_TARGETS = ("test_accuracy", "gen_gap_accuracy", "pgd_linf_2_255", "corruption_mean_accuracy", "test_loss",
                      "test_f1", "pgd_linf_8_255")
@@ -278,10 +279,17 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
                         notes.append(f"sensitivity of {label} failed: {type(e).__name__}: {e}")
             if WEIGHTNET in sens and WEIGHTNET not in attn:
                 notes.append("WeightNet exposes no attention_by_layer(): attention heatmap omitted, sensitivity only")
-        targets = report.check_targets(rows)
+        try:
+            reliability, rel_notes = label_reliability(samples)
+            notes += rel_notes
+        except Exception as e:  # a diagnostic: the report goes out without it
+            reliability = {}
+            notes.append(f"label reliability failed: {type(e).__name__}: {e}")
+        targets = report.check_targets(rows, reliability)
         headline = report.headline_rows(rows, primary)
         out = pathlib.Path(out_dir) / run_id
-        path = report.write(out, run_id, config, rows, outcome.scatter, sens, attn, targets, headline, notes, samples)
+        path = report.write(out, run_id, config, rows, outcome.scatter, sens, attn, targets, headline, notes, samples,
+                            reliability)
     except BaseException:
         with lake.viewing(None, False):
             write_run(lake, run_id, "evaluate", config, "failed", snapshot_id=snapshot, started_at=started,

@@ -1,0 +1,83 @@
+"""How well can test accuracy be ranked at all? The label's agreement with itself, re-measured.
+
+A label measured on N test examples is noisy: two models at chance level differ by a few examples, and
+no predictor can rank them better than the label ranks itself when measured again. For every zoo family
+this module re-runs each model on its family's test split (the split the label was measured on; the
+recomputed accuracy must equal the stored label, else the family is skipped with a note) and reports:
+
+- ``bootstrap_tau``: Kendall tau of test accuracy with itself recomputed on a bootstrap resample of the
+  test examples (mean over resamples). Resamples share ~63% of their examples with the full set, so this
+  is optimistic: a predictor's tau above it would be surprising.
+- ``split_half_tau``: tau between the accuracies on two disjoint random halves of the test set (mean over
+  splits): each half has N/2 examples, so this is pessimistic for the full set.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+from weightnet.data import ZooSample
+
+
+def correctness(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> np.ndarray:
+    """(M, N) bool: model m classifies test example n correctly."""
+    from zoo.archs import build
+
+    rows = []
+    for s in samples:
+        module = build(s.arch, s.arch_config).module
+        module.load_state_dict(s.state)
+        module.eval()
+        with torch.no_grad():
+            pred = torch.cat([module(x[i:i + batch]).argmax(-1) for i in range(0, len(y), batch)])
+        rows.append((pred == y).numpy())
+    return np.array(rows, dtype=bool).reshape(len(samples), len(y))
+
+
+def retest_taus(correct: np.ndarray, n_resamples: int = 20, seed: int = 0) -> dict[str, float]:
+    """correct: (M, N) bool -> {'bootstrap_tau', 'split_half_tau'} (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    m, n = correct.shape
+    acc = correct.mean(1)
+    boot, half = [], []
+    for _ in range(n_resamples):
+        boot.append(kendalltau(acc, correct[:, rng.integers(0, n, n)].mean(1)).statistic)
+        p = rng.permutation(n)
+        half.append(kendalltau(correct[:, p[:n // 2]].mean(1), correct[:, p[n // 2:]].mean(1)).statistic)
+    return {"bootstrap_tau": float(np.nanmean(boot)), "split_half_tau": float(np.nanmean(half))}
+
+
+def label_reliability(samples: Sequence[ZooSample], prop: str = "test_accuracy", min_models: int = 10,
+                      n_resamples: int = 20, seed: int = 0) -> tuple[dict[str, dict], list[str]]:
+    """(family -> {'n_models', 'n_test', 'bootstrap_tau', 'split_half_tau'}, notes) for ``prop``
+    (only test accuracy is re-measurable here)."""
+    from zoo.datasets import load_dataset
+    from zoo.families import FAMILIES
+
+    if prop != "test_accuracy":
+        raise ValueError(f"label reliability is defined for test_accuracy, not {prop!r}")
+    out: dict[str, dict] = {}
+    notes: list[str] = []
+    by_family: dict[str, list[ZooSample]] = {}
+    for s in samples:
+        if prop in s.labels:
+            by_family.setdefault(s.family, []).append(s)
+    for fam, ss in sorted(by_family.items()):
+        if len(ss) < min_models:
+            continue
+        if fam not in FAMILIES.names():
+            notes.append(f"label reliability of {fam}: skipped (not a registered family, its test split is unknown)")
+            continue
+        family = FAMILIES.get(fam)
+        x, y = load_dataset(family.dataset, family.dataset_seed).split("test")
+        correct = correctness(ss, x, y)
+        stored = np.array([s.labels[prop] for s in ss])
+        if np.abs(correct.mean(1) - stored).max() > 1e-6:
+            notes.append(f"label reliability of {fam}: skipped (recomputed test accuracy differs from the stored "
+                         "labels: they were measured on another split or by other code)")
+            continue
+        out[fam] = {"n_models": len(ss), "n_test": int(len(y)), **retest_taus(correct, n_resamples, seed)}
+    return out, notes
