@@ -1,18 +1,23 @@
 """Labeling speed: seconds per model for the full property suite, one model at a time vs batched.
 
-    .venv/bin/python bench/labeling.py [--models 16] [--aa-models 2] [--device auto] [--threads 1]
+    .venv/bin/python bench/labeling.py [--models 16] [--aa-models 16] [--aa-loop-models 2] [--aa-only]
+                                       [--device auto] [--threads 1]
 
 Trains ``--models`` Small-CNN-Zoo-shaped digits CNNs (the ``cnn`` defaults: 3 conv layers, 16 channels),
 then times ``labeling.run.compute_labels`` (no lake I/O) for every property except AutoAttack:
-(a) one model per call (the baseline), (b) all models in one batch; then AutoAttack at its defaults
-(100 examples, 5000 Square queries) on ``--aa-models`` models. The corrupted test set is built (and
-cached) before timing; its one-off cost is printed separately. Figures on a shared machine are noisy:
-read the batched/one-by-one ratio, which is measured in the same run.
+(a) one model per call (the baseline), (b) all models in one batch (skipped with ``--aa-only``). Then
+AutoAttack at its defaults (100 examples, 5000 Square queries): batched (``--aa-models`` models in one
+run, rows routed by a tag channel, ``labeling.routing``) vs the model-by-model loop
+(``AutoAttackParams(batch_models=False)``, the first ``--aa-loop-models`` models), with the mean absolute
+difference of their robust accuracies on the models both labeled (other random draws, same quantity).
+The corrupted test set is built (and cached) before timing; its one-off cost is printed separately.
+Figures on a shared machine are noisy: read the ratios, which are measured in the same run.
 Targets (issue 4, 2 cores): all properties but AutoAttack < 2 s/model; AutoAttack < 10 s/model.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -27,6 +32,7 @@ import labeling  # noqa: E402,F401
 from core.hashing import stable_hash  # noqa: E402
 from labeling.corruptions import corrupted_test_set  # noqa: E402
 from labeling.registry import PROPERTIES  # noqa: E402
+from labeling.registry import replace as replace_property  # noqa: E402
 from labeling.run import compute_labels, resolve_device  # noqa: E402
 from storage.writes import ModelRecord  # noqa: E402
 from zoo.archs import build  # noqa: E402
@@ -65,7 +71,9 @@ def timed(records, states, props, device) -> tuple[float, dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=16)
-    ap.add_argument("--aa-models", type=int, default=2)
+    ap.add_argument("--aa-models", type=int, default=16, help="models labeled by one batched AutoAttack call")
+    ap.add_argument("--aa-loop-models", type=int, default=2, help="models labeled by the model-by-model loop")
+    ap.add_argument("--aa-only", action="store_true", help="skip the other properties")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1,
@@ -85,13 +93,21 @@ def main() -> None:
     records = [r for r, _ in models]
     states = {r.model_id: s for r, s in models}
 
+    if not args.aa_only:
+        other_properties(records, states, device)
+    if args.aa_models:
+        autoattack_bench(records, states, args.aa_models, args.aa_loop_models, device)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+def other_properties(records, states, device) -> None:
     splits = load_dataset("digits", 0)
     t = time.perf_counter()
     corrupted_test_set("digits", 0, splits.x_test)  # the corruption property's default: all 360 test images
     print(f"corrupted test set (15 x 5 x {len(splits.y_test)} images) ready in {time.perf_counter() - t:.1f} s "
           f"(made once per dataset and seed, then cached)")
-
-    props = [PROPERTIES.get(n) for n in PROPERTIES.names() if n != "autoattack" and PROPERTIES.get(n).applies(splits.info)]
+    props = [PROPERTIES.get(n) for n in PROPERTIES.names()
+             if n != "autoattack" and PROPERTIES.get(n).applies(splits.info)]
     print("properties:", ", ".join(p.name for p in props))
     one_total, one_prop = 0.0, defaultdict(float)
     for r in records:
@@ -109,13 +125,29 @@ def main() -> None:
     print(f"{'ALL but AA':14s} {a:20.3f} {b:16.3f} {b / a:7.2f}   target < 2 s/model: "
           f"{'met' if b < 2 else 'MISSED'} (batched)")
 
-    if args.aa_models:
-        aa = PROPERTIES.get("autoattack")
+
+def autoattack_bench(records, states, n_batched: int, n_loop: int, device) -> None:
+    aa = PROPERTIES.get("autoattack")
+    loop = replace_property(aa, params=dataclasses.replace(aa.params, batch_models=False))
+    runs = {}
+    for label, prop, recs in (("batched", aa, records[:n_batched]), ("one-by-one", loop, records[:n_loop])):
+        if not recs:
+            continue
         t = time.perf_counter()
-        compute_labels(records[:args.aa_models], states, [aa], device)
-        s = (time.perf_counter() - t) / args.aa_models
-        print(f"{'autoattack':14s} {s:20.3f} {'(per model)':>16s}          target < 10 s/model: "
-              f"{'met' if s < 10 else 'MISSED'} ({aa.params.n_examples} examples, {aa.params.n_queries} Square queries)")
+        labels = compute_labels(recs, states, [prop], device)
+        runs[label] = ((time.perf_counter() - t) / len(recs), {(x.model_id, x.property): x.value for x in labels})
+        print(f"autoattack {label:10s} {runs[label][0]:8.2f} s/model over {len(recs)} models "
+              f"({aa.params.n_examples} examples, {aa.params.n_queries} Square queries)")
+    if "batched" in runs:
+        s = runs["batched"][0]
+        print(f"autoattack target < 10 s/model: {'met' if s < 10 else 'MISSED'} (batched, {s:.2f} s/model)")
+    if len(runs) == 2:
+        (sb, vb), (sl, vl) = runs["batched"], runs["one-by-one"]
+        shared = [k for k in vl if k in vb and not k[1].endswith("_clean")]
+        diffs = [abs(vb[k] - vl[k]) for k in shared]
+        print(f"autoattack batched / one-by-one time ratio {sb / sl:.3f} ({sl / sb:.1f}x faster); robust accuracy "
+              f"mean |batched - one-by-one| {sum(diffs) / max(1, len(diffs)):.4f} over {len(diffs)} models "
+              f"(values: {[(round(vb[k], 2), round(vl[k], 2)) for k in shared]})")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
 """Adversarial robustness with torchattacks.
 
-PGD attacks all models of a batch in one run; AutoAttack runs model by model (see ``autoattack``).
+PGD and (Linf) AutoAttack attack all models of a batch in one run. PGD uses ``labeling.population``'s
+``Population``, whose rows belong to models by position. AutoAttack cannot: its stages (and APGD, FAB,
+Square inside) pass on only the rows still robust, so a row's position no longer says its model. Its
+rows carry their model index in an extra tag channel instead (``labeling.routing.Routed``), chunked to
+``models_per_run`` models and ``rows_per_run`` rows; a tag code that cannot work (eps too large) or a tag
+that fails to decode falls back, with a warning, to one run per model, as does ``batch_models=False``.
+L2 AutoAttack always runs model by model: the tag channel would take a share of the L2 budget.
+
 Robust accuracy counts an example as robust only if the model classifies it correctly both clean and
-under attack, so it never exceeds clean accuracy. PGD runs ``restarts`` times per eps (an example must
-survive every restart), and the eps list is processed in increasing order with the robust sets
-intersected: an adversarial example found within a small ball also lies within every larger ball, so
-robust accuracy does not increase with eps.
+under attack, so it never exceeds clean accuracy. Each row is an independent example of one model with
+its own eps-ball, so the batched run measures the per-model quantity of separate runs; only the random
+draws differ. PGD runs ``restarts`` times per eps (an example must survive every restart), and the eps
+list is processed in increasing order with the robust sets intersected: an adversarial example found
+within a small ball also lies within every larger ball, so robust accuracy does not increase with eps.
 
 Inputs are attacked in [0, 1] coordinates (see ``labeling.population``); eps is given for [0, 1] images
 and multiplied by ``DatasetInfo.eps_scale / (hi - lo)`` of the dataset's value range for other inputs.
@@ -16,13 +24,17 @@ restored afterwards and the same models in the same batch get the same numbers.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
+from core.errors import ZooError
 from labeling.population import Population, tile
 from labeling.registry import ModelBatch, register_property
+from labeling.routing import Routed, RoutingError, tag_code
 from zoo.datasets import Splits
 
 
@@ -69,8 +81,8 @@ def subset(n_total: int, n: int | None, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def correct(pop: Population, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(M*N,) bool: row classified correctly. u in unit coordinates, y tiled."""
+def correct(pop: nn.Module, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(M*N,) bool: row classified correctly. u in unit coordinates, y tiled (a Population or Routed)."""
     return pop(u).argmax(-1) == y
 
 
@@ -142,6 +154,9 @@ class AutoAttackParams:
     n_examples: int = 100  # fixed subset of the test split
     subset_seed: int = 0
     split: str = "test"
+    batch_models: bool = True  # Linf: many models per AutoAttack run, rows routed by a tag channel
+    models_per_run: int = 64  # models attacked together (also at most rows_per_run // n_examples)
+    rows_per_run: int = 8192
     indices: tuple[int, ...] = ()  # the subset actually attacked, fixed per dataset before the run
 
 
@@ -156,34 +171,85 @@ def _autoattack_indices(splits: Splits, params: AutoAttackParams) -> AutoAttackP
     return replace(params, indices=tuple(int(i) for i in idx))
 
 
-@register_property("autoattack", version=1, params=AutoAttackParams(), kinds=("image",),
+def _one_by_one(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, example_shape: tuple[int, ...],
+                vr: tuple[float, float], make: Callable[[nn.Module], object], seed: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(robust, clean), each (M, N) bool: one AutoAttack run per model."""
+    robust, clean = [], []
+    for module in modules:
+        pop = Population([module], example_shape, vr)
+        robust.append(_robust(pop, x, y, lambda: make(pop), [seed], chunk_rows=len(y), device=device)[0])
+        u = pop.to_unit(x.to(device)).reshape((len(y),) + attack_shape(example_shape))
+        clean.append(correct(pop, u, y.to(device)).cpu())
+    return torch.stack(robust), torch.stack(clean)
+
+
+def _routed(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, example_shape: tuple[int, ...],
+            vr: tuple[float, float], make: Callable[[nn.Module], object], eps: float, seed: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(robust, clean), each (M, N) bool: ONE AutoAttack run on M*N rows, each tagged with its model.
+
+    Every row is an independent example of one model with its own Linf ball, so the per-model robust
+    accuracy is the quantity the one-by-one runs measure; only the random draws differ (they are made for
+    the whole run, e.g. Square's window positions are shared by all rows of a step, as they are by all
+    examples of one model in a one-model run).
+    """
+    m, n = len(modules), len(y)
+    shape = attack_shape(example_shape)
+    pop = Population(modules, example_shape, vr)
+    routed = Routed(pop, tag_code(m, eps, math.prod(shape[1:])))
+    yy = tile(y.to(device), m)
+    u = tile(pop.to_unit(x.to(device)), m).reshape((m * n,) + shape)
+    clean = correct(pop, u, yy)
+    tagged = routed.tag(u, torch.arange(m, device=device).repeat_interleave(n))
+    atk = make(routed)
+    adv = seeded_call(seed, device, lambda: atk(tagged, yy))
+    robust = clean & correct(routed, adv, yy)
+    return robust.reshape(m, n).cpu(), clean.reshape(m, n).cpu()
+
+
+# version 2: models attacked together (other random draws than version 1's one run per model; same quantity)
+@register_property("autoattack", version=2, params=AutoAttackParams(), kinds=("image",),
                    resolve_params=_autoattack_indices)
 def autoattack(batch: ModelBatch, splits: Splits, params: AutoAttackParams, device: torch.device,
                generator: torch.Generator) -> list[dict[str, float]]:
     import torchattacks
 
+    if params.norm not in ("Linf", "L2"):
+        raise ZooError(f"AutoAttack norm must be 'Linf' or 'L2', got {params.norm!r}")
     x, y = splits.split(params.split)
     idx = torch.tensor(params.indices or _autoattack_indices(splits, params).indices, dtype=torch.long)
     x, y = x[idx], y[idx]
     seed = draw_seed(generator)  # one seed for every model of the batch
-    name = autoattack_name(params)
     vr = attack_range(splits, x)
-    out = []
-    # One model at a time: AutoAttack's stages pass on only the examples still robust, so the rows of a
-    # Population would lose track of which model they belong to.
-    for module in batch.modules:
-        pop = Population([module], splits.info.input_shape, vr)
+    eps = unit_eps(params.eps, splits, vr)
+    shape = tuple(splits.info.input_shape)
 
-        def make():
-            atk = torchattacks.AutoAttack(pop, norm=params.norm, eps=unit_eps(params.eps, splits, vr),
-                                          version=params.version, n_classes=splits.info.n_classes, seed=seed)
-            for sub in atk._autoattack.attacks:
-                if isinstance(sub, torchattacks.Square):
-                    sub.n_queries = params.n_queries
-            return atk
+    def make(model: nn.Module):
+        atk = torchattacks.AutoAttack(model, norm=params.norm, eps=eps, version=params.version,
+                                      n_classes=splits.info.n_classes, seed=seed)
+        for sub in atk._autoattack.attacks:
+            if isinstance(sub, torchattacks.Square):
+                sub.n_queries = params.n_queries
+        return atk
 
-        robust = _robust(pop, x, y, make, [seed], chunk_rows=len(y), device=device)[0]
-        with torch.no_grad():
-            clean = pop(pop.to_unit(x.to(device)).reshape((len(y),) + attack_shape(tuple(x.shape[1:])))).argmax(-1).cpu() == y
-        out.append({name: float(robust.double().mean()), f"{name}_clean": float(clean.double().mean())})
-    return out
+    modules = list(batch.modules)
+    # L2 stays one by one: the tag channel would share the L2 budget (see labeling.routing).
+    per_run = max(1, min(params.models_per_run, params.rows_per_run // max(1, len(y))))
+    robust, clean = [], []
+    for i in range(0, len(modules), per_run):
+        chunk = modules[i:i + per_run]
+        if params.batch_models and params.norm == "Linf" and len(chunk) > 1:
+            try:
+                r, c = _routed(chunk, x, y, shape, vr, make, eps, seed, device)
+            except RoutingError as e:
+                warnings.warn(f"AutoAttack: rows cannot be routed ({e}); attacking models {i}..{i + len(chunk) - 1} "
+                              f"one by one", stacklevel=2)
+                r, c = _one_by_one(chunk, x, y, shape, vr, make, seed, device)
+        else:
+            r, c = _one_by_one(chunk, x, y, shape, vr, make, seed, device)
+        robust.append(r)
+        clean.append(c)
+    robust, clean = torch.cat(robust), torch.cat(clean)
+    name = autoattack_name(params)
+    return [{name: float(r.double().mean()), f"{name}_clean": float(c.double().mean())} for r, c in zip(robust, clean)]

@@ -3,7 +3,9 @@
 ``Population`` wraps M models as ONE module whose input is M stacked copies of a batch: rows
 ``[m*N, (m+1)*N)`` go through model m. Forward passes then cost one call instead of M, and an attack
 library (torchattacks) attacks all M models in one run: every row is an independent example, so the
-per-row perturbation budgets and success checks are exactly those of M separate runs.
+per-row perturbation budgets and success checks are exactly those of M separate runs. This needs an
+attack that keeps all rows in place (PGD); attacks that pass on subsets of rows (AutoAttack) go through
+``labeling.routing.Routed``, which wraps a Population and reads each row's model from a tag channel.
 
 When the M models share one architecture and config, their parameters are stacked
 (``torch.func.stack_module_state``) and run with ``vmap`` over ``functional_call``; otherwise (or if
