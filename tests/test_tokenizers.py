@@ -8,6 +8,7 @@ import torch
 from core.errors import BadWeights
 from core.spec import ParamSpec, PermGroup, WeightSpec, break_coupling, permute, random_perms
 from fixtures.weightnet_models import example_sample
+from weightnet import tokenizers
 from weightnet.config import TokenizerConfig
 from weightnet.tokenizers import N_SUMMARY, TOKENIZERS, Tokens, feature_dim, layer_summary, tokenize, unit_features
 from zoo.archs import ARCHS
@@ -74,6 +75,16 @@ def test_unit_features_accept_any_fan_in_and_ignore_entry_order(rng: torch.Gener
                           torch.tensor([-0.5, 3.5, 3.5, (12.5) ** 0.5, -4.0, 3.0, 4.0]))
 
 
+def test_unit_features_cdf_is_the_same_at_once_and_level_by_level(rng: torch.Generator, monkeypatch) -> None:
+    x = torch.randn(6, 50, generator=rng)
+    at_once = unit_features(x, 5)
+    monkeypatch.setattr(tokenizers, "CDF_AT_ONCE", 0)  # what tensors above the size threshold take
+    assert torch.equal(unit_features(x, 5), at_once)
+    mean, std = x.mean(1, keepdim=True), x.std(1, correction=0, keepdim=True)
+    want = torch.stack([(x <= mean + t * std).float().mean(1) for t in (-1.5, -0.75, 0.0, 0.75, 1.5)], 1)
+    assert torch.allclose(at_once[:, 7:], want)
+
+
 def test_wide_layers_respect_the_token_budget(rng: torch.Generator) -> None:
     spec = WeightSpec((ParamSpec("w", (1000, 20), "linear", "weight", 0, ("h", None)),
                        ParamSpec("v", (3, 1000), "linear", "weight", 1, (None, "h"))), (PermGroup("h", 1000),))
@@ -100,10 +111,29 @@ def test_layer_summary_is_invariant_and_sees_scale(arch: str, rng: torch.Generat
     assert torch.equal(tokenize(s.state, s.spec, TokenizerConfig()).summary, a)
 
 
-def test_layer_summary_matches_numpy_quantiles(rng: torch.Generator) -> None:
-    spec = WeightSpec((ParamSpec("w", (7, 5), "linear", "weight", 0, (None, None)),))
-    w = torch.randn(7, 5, generator=rng)
-    got = layer_summary({"w": w}, spec)
-    x = w.double().reshape(-1).numpy()
-    want = [x.mean(), x.var(), *np.quantile(x, [0, 0.25, 0.5, 0.75, 1.0])] + [0.0] * N_SUMMARY  # no bias: zeros
-    assert np.allclose(got.numpy(), want, atol=1e-5)
+def assert_stats_match_numpy(got: torch.Tensor, x: np.ndarray) -> None:
+    """got: (N_SUMMARY,) from layer_summary; x: every entry of that layer (float64)."""
+    want = [x.mean(), x.var(), *np.quantile(x, [0, 0.25, 0.5, 0.75, 1.0])]
+    assert np.allclose(got.numpy(), want, rtol=1e-6, atol=1e-7 * np.abs(x).max()), (got, want)
+
+
+@pytest.mark.parametrize("n", [1, 2, 35, 1000, 300_001])
+@pytest.mark.parametrize("ties", [False, True])
+def test_layer_summary_matches_numpy_quantiles(n: int, ties: bool, rng: torch.Generator) -> None:
+    # layer 0: a weight split over two tensors (one fp16) and a bias; layer 1: a weight only
+    w = torch.randn(n, generator=rng) * 3 + 1
+    if ties:  # many equal values: interpolation between equal neighbours
+        w = torch.round(w)
+    w1, w2 = w[: n // 2].reshape(-1, 1), w[n // 2:].half()
+    b = torch.rand(7, generator=rng)
+    v = torch.randn(4, 5, generator=rng).exp()  # skewed
+    spec = WeightSpec((ParamSpec("w1", tuple(w1.shape), "linear", "weight", 0, (None, None)),
+                       ParamSpec("w2", tuple(w2.shape), "linear", "weight", 0, (None,)),
+                       ParamSpec("b", (7,), "linear", "bias", 0, (None,)),
+                       ParamSpec("v", (4, 5), "linear", "weight", 1, (None, None))))
+    got = layer_summary({"w1": w1, "w2": w2, "b": b, "v": v}, spec).reshape(4, N_SUMMARY)
+    entries = torch.cat([w1.reshape(-1), w2.float()]).double().numpy()
+    assert_stats_match_numpy(got[0], entries)
+    assert_stats_match_numpy(got[1], b.double().numpy())
+    assert_stats_match_numpy(got[2], v.double().reshape(-1).numpy())
+    assert torch.equal(got[3], torch.zeros(N_SUMMARY))  # layer 1 has no bias

@@ -12,8 +12,9 @@ from core.spec import break_coupling, permute, random_perms
 from fixtures.weightnet_models import example_sample, hidden_groups, with_state
 from storage.lake import Lake
 from storage.writes import Label, ModelRecord, write_labels, write_models
+from weightnet import model as model_module
 from weightnet.config import TokenizerConfig, WeightNetConfig
-from weightnet.data import DatasetConfig, load_samples
+from weightnet.data import DatasetConfig, ZooSample, load_samples
 from weightnet.model import WeightNetPredictor
 from weightnet.predict import predict_zoo
 from weightnet.train import train_weightnet
@@ -147,13 +148,22 @@ def test_training_beats_the_mean_and_predictions_land_in_sql(tiny_zoo, tmp_path,
         assert lk.fetch("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id])[0][0] == 50
 
 
-def test_fit_is_deterministic_and_intervals_are_conformal(rng: torch.Generator) -> None:
+def _scaled_mlps(rng: torch.Generator, n: int, prefix: str, bias: float | None = None) -> list[ZooSample]:
+    """n MLPs, model i with every weight scaled by y = 0.5 + i / 8 (its label). With ``bias``, every bias
+    entry is instead ``bias`` + 1e-5 noise: summary statistics with near-zero spread over the zoo."""
     samples = []
-    for i in range(16):
-        s = example_sample("mlp", rng, f"s{i}")
+    for i in range(n):
+        s = example_sample("mlp", rng, f"{prefix}{i}")
         scale = 0.5 + i / 8
-        samples.append(with_state(s, {k: v * scale for k, v in s.state.items()}, f"s{i}"))
+        state = {k: bias + 1e-5 * torch.randn(v.shape, generator=rng) if bias is not None and k.endswith("bias")
+                 else v * scale for k, v in s.state.items()}
+        samples.append(with_state(s, state, f"{prefix}{i}"))
         samples[-1].labels["y"] = scale
+    return samples
+
+
+def test_fit_is_deterministic_and_intervals_are_conformal(rng: torch.Generator) -> None:
+    samples = _scaled_mlps(rng, 16, "s")
     cfg = _small(TokenizerConfig(), epochs=6, alpha=0.2, thresholds=(("y", 1.0),), loss_weights=(("y>1.0", 0.5),))
     preds = []
     for _ in range(2):
@@ -208,12 +218,7 @@ def test_bad_input_gets_clear_errors(tiny_zoo, tmp_path) -> None:
 
 
 def test_ensemble_and_summary_survive_a_checkpoint(rng: torch.Generator, tmp_path) -> None:
-    samples = []
-    for i in range(12):
-        s = example_sample("mlp", rng, f"e{i}")
-        scale = 0.5 + i / 8
-        samples.append(with_state(s, {k: v * scale for k, v in s.state.items()}, f"e{i}"))
-        samples[-1].labels["y"] = scale
+    samples = _scaled_mlps(rng, 12, "e")
     cfg = _small(TokenizerConfig(), epochs=4, ensemble=2, rank_loss=1.0, dropout=0.1, thresholds=(("y", 1.0),))
     p = WeightNetPredictor(cfg)
     p.fit(samples[:8], samples[8:], ["y"], seed=1)
@@ -229,3 +234,34 @@ def test_ensemble_and_summary_survive_a_checkpoint(rng: torch.Generator, tmp_pat
     assert np.array_equal(p.predict_proba(samples)["y>1"], q.predict_proba(samples)["y>1"])
     with pytest.raises(ZooError, match="ensemble"):
         WeightNetConfig(ensemble=0)
+
+
+def test_unseen_architectures_get_sane_predictions(rng: torch.Generator, monkeypatch) -> None:
+    # trained on MLPs whose biases barely vary (summary std ~1e-6): other architectures' summaries sit
+    # ~1e4 training stds away; standardized inputs are clipped, so predictions stay near the label range
+    train = _scaled_mlps(rng, 12, "c", bias=0.1)
+    p = WeightNetPredictor(_small(TokenizerConfig(), epochs=4, ensemble=2))
+    p.fit(train[:8], train[8:], ["y"], seed=0)
+    others = [example_sample(arch, rng, f"other-{arch}") for arch in ARCHS.names() if arch != "mlp"]
+    mean, std = float(p.target_mean[0]), float(p.target_std[0])
+    pred = p.predict(others)["y"]
+    assert np.all(np.isfinite(pred)) and np.all(np.abs(pred - mean) < 10 * std), (pred, mean, std)
+    monkeypatch.setattr(model_module, "Z_CLIP", float("inf"))  # the same predictor without clipping blows up
+    assert np.abs(p.predict(others)["y"] - mean).max() > 10 * std
+
+
+@pytest.mark.parametrize("field", ["features", "summary"])
+def test_standardized_inputs_are_clipped(field: str, rng: torch.Generator) -> None:
+    train = _scaled_mlps(rng, 4, "z")
+    p = WeightNetPredictor(_small(TokenizerConfig(), epochs=1, ensemble=1))
+    p.fit(train, [], ["y"], seed=0)
+    m = p.model
+    mean, std = (m.feat_mean, m.feat_std) if field == "features" else (m.sum_mean, m.sum_std)
+    b = p._batch(p.pipeline.many(train[:1]))
+    far, edge = dict(b), dict(b)
+    far[field] = torch.zeros_like(b[field]) + mean - 1e6 * std  # beyond the clip: same as exactly at it
+    edge[field] = torch.zeros_like(b[field]) + mean - model_module.Z_CLIP * std
+    inside = dict(b, **{field: edge[field] + 0.5 * std})
+    with torch.no_grad():
+        assert torch.allclose(m.head_input(far), m.head_input(edge), atol=1e-6)
+        assert not torch.allclose(m.head_input(inside), m.head_input(edge), atol=1e-6)

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Mapping
 
+import numpy as np
 import torch
 
 from core.errors import BadWeights
@@ -33,6 +34,7 @@ N_STATS = 7  # mean, std, mean|x|, rms, min, max, max|x|
 N_META = 6  # relative depth, log kernel, log fan-in, log fan-out, log units in stream, log entries per unit
 MAX_POS = 512  # position ids are clamped to [0, MAX_POS]; 0 = inside a permutable set
 MAX_DEPTH = 64
+CDF_AT_ONCE = 1 << 22  # unit_features: largest (entries x n_quantiles) compared in one op
 # axis roles: which side of the tensor the token reads
 ROLE_OUT, ROLE_IN, ROLE_ROW, ROLE_FLAT = 0, 1, 2, 3
 N_ROLES = 3 * 4  # (weight | bias | buffer) x axis role
@@ -76,15 +78,24 @@ def tokenize(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: Tokenizer
 # --- whole-model summary (StatNN features) ---------------------------------------------------------
 SUMMARY_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 N_SUMMARY = 2 + len(SUMMARY_QUANTILES)  # per (layer, weight|bias): mean, variance, quantiles
+_SUMMARY_Q = np.array(SUMMARY_QUANTILES, dtype=np.float64)
 
 
-def _quantiles(x: torch.Tensor) -> list[float]:
-    """Exact linear-interpolation quantiles via one sort (torch.quantile refuses > 16M entries)."""
-    v = torch.sort(x.float()).values
-    pos = torch.tensor(SUMMARY_QUANTILES, dtype=torch.float64) * (v.numel() - 1)
-    lo, hi = pos.floor().long(), pos.ceil().long()
-    w = (pos - lo.double()).float()
-    return (v[lo] * (1 - w) + v[hi] * w).tolist()
+def _layer_stats(ts: list[torch.Tensor]) -> list[float]:
+    """Mean and variance (float64), then exact linear-interpolation quantiles (numpy's default method)
+    of every entry of ``ts``. One numpy sort: exact, and on CPU it is far faster than the alternatives
+    (2.4M entries, one thread, measured: np.sort 15 ms, torch.kthvalue 40 ms per quantile, torch.sort
+    370 ms; torch.quantile refuses > 16M entries), so no subsampling is needed."""
+    x = np.concatenate([t.detach().reshape(-1).float().cpu().numpy() for t in ts])
+    d = x.astype(np.float64)
+    mean = d.mean()
+    d -= mean
+    var = np.square(d, out=d).mean()
+    v = np.sort(x)
+    pos = _SUMMARY_Q * (x.size - 1)  # float64, as np.quantile
+    lo, hi = np.floor(pos).astype(np.int64), np.ceil(pos).astype(np.int64)
+    w = (pos - lo).astype(np.float32)
+    return [float(mean), float(var)] + (v[lo] * (1 - w) + v[hi] * w).tolist()
 
 
 def layer_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch.Tensor:
@@ -96,17 +107,12 @@ def layer_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch.
         t = state[p.name]
         if p.role == "buffer" or not t.is_floating_point() or t.numel() == 0:
             continue
-        layers.setdefault(p.layer, {"weight": [], "bias": []}).setdefault(p.role, []).append(t.reshape(-1))
+        layers.setdefault(p.layer, {"weight": [], "bias": []}).setdefault(p.role, []).append(t)
     out: list[float] = []
     for layer in sorted(layers):
         for role in ("weight", "bias"):
             ts = layers[layer].get(role) or []
-            if not ts:
-                out += [0.0] * N_SUMMARY
-                continue
-            x = torch.cat(ts).float()
-            mean = x.double().mean()
-            out += [float(mean), float((x.double() - mean).pow(2).mean())] + _quantiles(x)
+            out += _layer_stats(ts) if ts else [0.0] * N_SUMMARY
     return torch.tensor(out, dtype=torch.float32)
 
 
@@ -125,9 +131,14 @@ def unit_features(x: torch.Tensor, n_quantiles: int) -> torch.Tensor:
     std = (rms.double() ** 2 - mean.double() ** 2).clamp_min(0).sqrt().float()
     lo, hi = x.amin(1), x.amax(1)  # (aminmax is pathologically slow on CPU here)
     stats = [mean, std, l1, rms, lo, hi, torch.maximum(-lo, hi)]
-    levels = torch.linspace(-1.5, 1.5, n_quantiles).tolist() if n_quantiles > 1 else [0.0] * n_quantiles
-    cdf = [(x <= (mean + t * std)[:, None]).sum(1, dtype=torch.int32).float() / m for t in levels]
-    return torch.stack(stats + cdf, 1)
+    levels = torch.linspace(-1.5, 1.5, n_quantiles) if n_quantiles > 1 else torch.zeros(n_quantiles)
+    cuts = mean[:, None] + levels * std[:, None]  # (n, n_quantiles)
+    if x.numel() * n_quantiles <= CDF_AT_ONCE:  # one comparison for every level: few ops matter on small models
+        below = (x[:, None, :] <= cuts[:, :, None]).sum(2, dtype=torch.int32)
+    else:  # one level at a time: the bool temporary stays the size of x
+        below = torch.stack([(x <= cuts[:, j, None]).sum(1, dtype=torch.int32) for j in range(n_quantiles)], 1)
+    cdf = below.float() / m
+    return torch.cat([torch.stack(stats, 1), cdf], 1)
 
 
 def _unit_slices(t: torch.Tensor, ax: int, block: int) -> torch.Tensor:
@@ -231,20 +242,16 @@ def _meta(p: ParamSpec, spec: WeightSpec, n_units: int, per_unit: int) -> list[f
 
 
 def _assemble(rows: list[tuple[torch.Tensor, ParamSpec, int, torch.Tensor, int, list[float]]]) -> Tokens:
-    """rows: (features (k, F), param, axis role, positions (k,), group id, meta)."""
-    feats, kind, role, depth, meta, pos, group = [], [], [], [], [], [], []
-    for f, p, ax_role, positions, gid, m in rows:
-        k = f.shape[0]
-        feats.append(f)
-        kind.append(torch.full((k,), LAYER_KINDS.index(p.kind)))
-        role.append(torch.full((k,), ("weight", "bias", "buffer").index(p.role) * 4 + ax_role))
-        depth.append(torch.full((k,), min(p.layer, MAX_DEPTH - 1)))
-        meta.append(torch.tensor(m, dtype=torch.float32).expand(k, -1))
-        pos.append(positions.clamp(0, MAX_POS))
-        group.append(torch.full((k,), gid))
-    f = torch.cat(feats)
-    return Tokens(f, torch.cat(kind), torch.cat(role), torch.cat(depth), torch.cat(meta), torch.cat(pos),
-                  torch.cat(group), torch.ones(f.shape[0], dtype=torch.bool))
+    """rows: (features (k, F), param, axis role, positions (k,), group id, meta). Per-row values are
+    repeated k times in one op per field (a small CNN spends as long in per-row ops as in its features)."""
+    counts = torch.tensor([f.shape[0] for f, *_ in rows])
+    per_row = torch.tensor([[LAYER_KINDS.index(p.kind), ("weight", "bias", "buffer").index(p.role) * 4 + ax_role,
+                             min(p.layer, MAX_DEPTH - 1), gid] for _, p, ax_role, _, gid, _ in rows])
+    kind, role, depth, group = (c.contiguous() for c in per_row.repeat_interleave(counts, 0).unbind(1))
+    meta = torch.tensor([m for *_, m in rows], dtype=torch.float32).repeat_interleave(counts, 0)
+    f = torch.cat([r[0] for r in rows])
+    pos = torch.cat([r[3] for r in rows]).clamp(0, MAX_POS)
+    return Tokens(f, kind, role, depth, meta, pos, group, torch.ones(f.shape[0], dtype=torch.bool))
 
 
 def _group_ids(spec: WeightSpec) -> dict[str, int]:
