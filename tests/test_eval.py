@@ -164,6 +164,7 @@ def test_evaluate_standard_runs_every_experiment(tiny_zoo, tmp_path, monkeypatch
     assert (tmp_path / res.run_id / "learning_curve.png").exists()
     assert (tmp_path / res.run_id / "ablations.png").exists()
     assert list((tmp_path / res.run_id).glob("sensitivity_*.png"))
+    assert (tmp_path / res.run_id / "attention_weightnet.png").exists()
     verdicts = {t["target"].split(":")[0]: t for t in res.targets}
     assert verdicts["held-out architecture family"]["met"] is not None
     assert verdicts["4x function-preserving widening"]["met"] is not None

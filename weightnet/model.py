@@ -337,6 +337,12 @@ class WeightNetPredictor:
         mean = torch.stack(probs).mean(0).cpu().numpy()
         return {f"{p}>{t:g}": mean[:, j] for j, (p, t) in enumerate(self.thresholds)}
 
+    def attention_by_layer(self, samples: Sequence[ZooSample]) -> dict[str, float]:
+        """``kind@depth`` -> share of the encoder's attention on that layer (see ``weightnet.attention``)."""
+        from weightnet.attention import attention_by_layer
+
+        return attention_by_layer(self, samples)
+
     def interval_width(self, prop: str, alpha: float) -> float:
         """Split-conformal half-width: the ceil((n+1)(1-alpha))-th smallest validation residual. With
         fewer than 1/alpha - 1 validation models that rank does not exist; the largest residual is used

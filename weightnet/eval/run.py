@@ -6,7 +6,7 @@ Suites (``SUITES``):
   labelled), test_accuracy and two more labels, 3 seeds.
 - ``standard``: every family; the pooled zoo; held-out families; held-out widths (2x/4x
   function-preserving widenings and wider-trained models); held-out learning-rate range; the seed's
-  ablations; a learning curve; sensitivity (and attention, when WeightNet exposes it).
+  ablations; a learning curve; sensitivity and WeightNet's attention by layer kind and depth.
 - ``cross``: only the cross-architecture issue-7 targets: the wildcnn zoo on a random split and every
   family held out in turn (trained on the others), test_accuracy only, WeightNet vs StatNN vs NFN.
 """
@@ -277,8 +277,6 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
                             attn[label] = a
                     except Exception as e:
                         notes.append(f"sensitivity of {label} failed: {type(e).__name__}: {e}")
-            if WEIGHTNET in sens and WEIGHTNET not in attn:
-                notes.append("WeightNet exposes no attention_by_layer(): attention heatmap omitted, sensitivity only")
         try:
             reliability, rel_notes = label_reliability(samples)
             notes += rel_notes
