@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/weightnet_quality.py --lake /tmp/q-lake [--seeds 0,1,2] [--only weightnet,statnn-gbt]
         [--variant NAME=JSON ...]   # extra WeightNet variants: JSON overrides of WeightNetConfig
+        [--split family:digits-cnn]  # a held-out family / architecture / width instead of a random split
 
 Build the zoo first (zoo build --family digits-cnn --n 60; zoo label -p performance). Prints mean +- std
 over the split seeds and each fit's wall time (measured on whatever load the machine has; compare the
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--target", default="test_accuracy")
     ap.add_argument("--where", default=None)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--split", default="random", help="random | family:NAME | arch:NAME | width:MAX")
     ap.add_argument("--only", default="weightnet,statnn-gbt,statnn-mlp,nfn")
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON WeightNetConfig overrides")
     args = ap.parse_args()
@@ -50,11 +52,11 @@ def main() -> None:
         name, js = v.split("=", 1)
         makers[name] = weightnet_variant(json.loads(js))
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"{len(samples)} models; target {args.target}; seeds {seeds}")
+    print(f"{len(samples)} models; target {args.target}; split {args.split}; seeds {seeds}")
     for name, make in makers.items():
         taus, secs = [], []
         for seed in seeds:
-            train, val, test = split_samples(samples, "random", seed)
+            train, val, test = split_samples(samples, args.split, seed)
             pred = make()
             t0 = time.perf_counter()
             pred.fit(train, val, [args.target], seed=seed)

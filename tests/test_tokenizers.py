@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import BadWeights
+from core.errors import BadWeights, ZooError
 from core.spec import ParamSpec, PermGroup, WeightSpec, break_coupling, permute, random_perms
 from fixtures.weightnet_models import example_sample
 from weightnet import tokenizers
-from weightnet.config import TokenizerConfig
-from weightnet.tokenizers import N_SUMMARY, TOKENIZERS, Tokens, feature_dim, layer_summary, tokenize, unit_features
+from weightnet.config import TokenizerConfig, WeightNetConfig
+from weightnet.tokenizers import (N_POOLED, N_SUMMARY, TOKENIZERS, Tokens, feature_dim, layer_summary, per_layer_stats,
+                                  pooled_summary, summarize, tokenize, unit_features)
 from zoo.archs import ARCHS
 
 
@@ -137,3 +138,25 @@ def test_layer_summary_matches_numpy_quantiles(n: int, ties: bool, rng: torch.Ge
     assert_stats_match_numpy(got[1], b.double().numpy())
     assert_stats_match_numpy(got[2], v.double().reshape(-1).numpy())
     assert torch.equal(got[3], torch.zeros(N_SUMMARY))  # layer 1 has no bias
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+def test_pooled_summary_is_depth_free_invariant_and_pools_the_layer_stats(arch: str, rng: torch.Generator) -> None:
+    s = example_sample(arch, rng)
+    per = per_layer_stats(s.state, s.spec)  # (layers, 2 * N_SUMMARY)
+    got = pooled_summary(s.state, s.spec)
+    assert got.shape == (N_POOLED,) and torch.isfinite(got).all()  # one width for every architecture
+    n_params = sum(s.state[p.name].numel() for p in s.spec.params if p.role != "buffer")
+    want = np.concatenate([per[0], per[-1], per.mean(0), per.min(0), per.max(0),
+                           [np.log1p(n_params), np.log1p(per.shape[0])]])
+    assert np.allclose(got.numpy(), want, rtol=1e-6, atol=1e-7)
+    for other in (permute(s.state, s.spec, random_perms(s.spec, rng)), break_coupling(s.state, s.spec, rng)):
+        assert torch.allclose(pooled_summary(other, s.spec), got, atol=1e-6, rtol=1e-5)
+    both = tokenize(s.state, s.spec, TokenizerConfig(summary="both")).summary
+    assert torch.equal(both, torch.cat([got, layer_summary(s.state, s.spec)]))
+    assert torch.equal(summarize(s.state, s.spec, "pooled"), got)
+
+
+def test_unknown_summary_kind_is_refused() -> None:
+    with pytest.raises(ZooError, match="unknown summary 'deep'"):
+        WeightNetConfig(tokenizer=TokenizerConfig(summary="deep"))

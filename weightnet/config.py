@@ -12,6 +12,7 @@ from core.hashing import stable_hash
 TOKENIZER_NAMES = ("neuron", "layer", "global")
 PERMUTATIONS = ("invariant", "weight_sort", "activation_sort", "align", "none")
 POOLINGS = ("cls", "mean", "attention")
+SUMMARIES = ("layers", "pooled", "both")
 LOSSES = ("mse", "huber")
 
 
@@ -27,6 +28,9 @@ class TokenizerConfig:
     max_tokens: int = 1024  # per model; shrinks unit_budget for very large specs
     chunk: int = 64  # global tokenizer: parameters per token
     probe_size: int = 32  # activation_sort: probe batch size (fixed, seeded)
+    # whole-model summary (tokenizers.summarize): per-layer StatNN statistics in layer order ("layers"),
+    # a depth-free pooling of them that lines up across architectures ("pooled"), or both
+    summary: str = "layers"
 
     @property
     def id(self) -> str:
@@ -69,6 +73,7 @@ class WeightNetConfig:
             object.__setattr__(self, "tokenizer", TokenizerConfig(**t))
             t = self.tokenizer
         for value, known, what in ((t.name, TOKENIZER_NAMES, "tokenizer"), (t.permutation, PERMUTATIONS, "permutation"),
+                                   (t.summary, SUMMARIES, "summary"),
                                    (self.pooling, POOLINGS, "pooling"), (self.loss, LOSSES, "loss")):
             if value not in known:
                 raise ZooError(f"unknown {what} {value!r} (known: {', '.join(known)})")

@@ -72,7 +72,7 @@ def feature_dim(cfg: TokenizerConfig) -> int:
 
 def tokenize(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
     tok = TOKENIZERS.get(cfg.name)(state, spec, cfg)
-    return dataclasses.replace(tok, summary=layer_summary(state, spec))
+    return dataclasses.replace(tok, summary=summarize(state, spec, cfg.summary))
 
 
 # --- whole-model summary (StatNN features) ---------------------------------------------------------
@@ -98,8 +98,8 @@ def _layer_stats(ts: list[torch.Tensor]) -> list[float]:
     return [float(mean), float(var)] + (v[lo] * (1 - w) + v[hi] * w).tolist()
 
 
-def layer_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch.Tensor:
-    """(n_layers * 2 * N_SUMMARY,): per layer in spec order, mean, variance and 0/25/50/75/100%
+def per_layer_stats(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> np.ndarray:
+    """(n_layers, 2 * N_SUMMARY) float64: per layer in spec order, mean, variance and 0/25/50/75/100%
     quantiles of all its weights, then of all its biases (zeros without bias), as in StatNN (Unterthiner
     et al. 2020). Statistics of a multiset of entries: invariant to every neuron permutation."""
     layers: dict[int, dict[str, list[torch.Tensor]]] = {}
@@ -108,12 +108,46 @@ def layer_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch.
         if p.role == "buffer" or not t.is_floating_point() or t.numel() == 0:
             continue
         layers.setdefault(p.layer, {"weight": [], "bias": []}).setdefault(p.role, []).append(t)
-    out: list[float] = []
+    rows = []
     for layer in sorted(layers):
+        row: list[float] = []
         for role in ("weight", "bias"):
             ts = layers[layer].get(role) or []
-            out += _layer_stats(ts) if ts else [0.0] * N_SUMMARY
+            row += _layer_stats(ts) if ts else [0.0] * N_SUMMARY
+        rows.append(row)
+    return np.array(rows, dtype=np.float64).reshape(len(rows), 2 * N_SUMMARY)
+
+
+def layer_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch.Tensor:
+    """(n_layers * 2 * N_SUMMARY,): ``per_layer_stats`` flattened, layer by layer. Position i means the
+    same statistic of the same layer only within one architecture (StatNN's setting)."""
+    return torch.tensor(per_layer_stats(state, spec).reshape(-1), dtype=torch.float32)
+
+
+N_POOLED = 5 * 2 * N_SUMMARY + 2
+
+
+def pooled_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch.Tensor:
+    """(N_POOLED,): a depth-free summary that means the same thing for every architecture: the first and
+    the last layer's statistics, the mean, min and max of each statistic over all layers, then
+    log(1 + parameters) and log(1 + layers)."""
+    per = per_layer_stats(state, spec)
+    if per.shape[0] == 0:
+        return torch.zeros(N_POOLED)
+    n_params = sum(int(state[p.name].numel()) for p in spec.params if p.role != "buffer")
+    out = np.concatenate([per[0], per[-1], per.mean(0), per.min(0), per.max(0),
+                          [math.log1p(n_params), math.log1p(per.shape[0])]])
     return torch.tensor(out, dtype=torch.float32)
+
+
+def summarize(state: Mapping[str, torch.Tensor], spec: WeightSpec, kind: str) -> torch.Tensor:
+    """The whole-model summary a TokenizerConfig asks for: ``layers``, ``pooled`` or ``both`` (pooled first,
+    so its positions stay aligned across architectures whatever the layer count)."""
+    if kind == "layers":
+        return layer_summary(state, spec)
+    if kind == "pooled":
+        return pooled_summary(state, spec)
+    return torch.cat([pooled_summary(state, spec), layer_summary(state, spec)])
 
 
 # --- per-unit features ----------------------------------------------------------------------------
