@@ -265,3 +265,22 @@ def test_standardized_inputs_are_clipped(field: str, rng: torch.Generator) -> No
     with torch.no_grad():
         assert torch.allclose(m.head_input(far), m.head_input(edge), atol=1e-6)
         assert not torch.allclose(m.head_input(inside), m.head_input(edge), atol=1e-6)
+
+
+def test_auto_summary_is_per_layer_on_one_layout_and_pooled_across_architectures(rng: torch.Generator,
+                                                                                 tmp_path) -> None:
+    from weightnet.tokenizers import N_POOLED, layer_summary
+
+    mlps = _scaled_mlps(rng, 6, "a")
+    p = WeightNetPredictor(_small(TokenizerConfig(), epochs=1, ensemble=1))
+    p.fit(mlps[:4], mlps[4:], ["y"], seed=0)
+    assert p.config.tokenizer.summary == "layers"
+    assert p.model.n_summary == layer_summary(mlps[0].state, mlps[0].spec).numel()
+    mixed = mlps[:3] + [example_sample(arch, rng, f"x{arch}", {"y": 1.0}) for arch in ("cnn", "wildcnn")]
+    q = WeightNetPredictor(_small(TokenizerConfig(), epochs=1, ensemble=1))
+    q.fit(mixed, mlps[4:], ["y"], seed=0)
+    assert q.config.tokenizer.summary == "pooled" and q.model.n_summary == N_POOLED
+    q.save(tmp_path / "ck.pt")
+    back = WeightNetPredictor.load(tmp_path / "ck.pt")
+    assert back.config.tokenizer.summary == "pooled"  # the checkpoint carries the resolved choice
+    assert np.array_equal(back.predict(mixed)["y"], q.predict(mixed)["y"])

@@ -7,6 +7,7 @@ and pooling (CLS, mean or attention) is symmetric: predictions do not depend on 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -18,6 +19,7 @@ from torch import nn
 from core.errors import ZooError
 from core.hashing import code_version
 from core.spec import LAYER_KINDS
+from weightnet.canonical import spec_key
 from weightnet.config import WeightNetConfig
 from weightnet.data import ZooSample
 from weightnet.pipeline import TokenPipeline
@@ -197,6 +199,18 @@ class WeightNetPredictor:
         return loss
 
     # -- training --
+    def prepare(self, train: Sequence[ZooSample]) -> None:
+        """Settle what depends on the training set before tokenizing: ``summary="auto"`` becomes ``layers``
+        when every training model has one tensor layout (StatNN's setting, where layer i is the same
+        layer in every model) and ``pooled`` otherwise (a depth-free summary that lines up across
+        architectures; measured in bench/weightnet_quality.py); then the alignment references."""
+        tok = self.config.tokenizer
+        if tok.summary == "auto":
+            kind = "layers" if len({spec_key(s.spec) for s in train}) <= 1 else "pooled"
+            self.config = dataclasses.replace(self.config, tokenizer=dataclasses.replace(tok, summary=kind))
+            self.pipeline = TokenPipeline(self.config.tokenizer, self.pipeline.references)
+        self.pipeline.fit_references(train)
+
     def fit(self, train: Sequence[ZooSample], val: Sequence[ZooSample], targets: Sequence[str], seed: int | None = None,
             progress: Progress | None = None) -> None:
         cfg = self.config
@@ -204,7 +218,8 @@ class WeightNetPredictor:
         if not train:
             raise ZooError("WeightNet needs at least one training sample")
         self.targets = list(targets)
-        self.pipeline.fit_references(train)
+        self.prepare(train)
+        cfg = self.config
         tr_tok, va_tok = self.pipeline.many(train), self.pipeline.many(val)
         y_tr, y_va = self._labels(train), self._labels(val)
         self.target_mean = torch.nanmean(y_tr, 0).nan_to_num(0.0)

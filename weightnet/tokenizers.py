@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from core.errors import BadWeights
+from core.errors import BadWeights, ZooError
 from core.registry import Registry
 from core.spec import LAYER_KINDS, ParamSpec, WeightSpec
 from weightnet.config import TokenizerConfig
@@ -142,12 +142,17 @@ def pooled_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch
 
 def summarize(state: Mapping[str, torch.Tensor], spec: WeightSpec, kind: str) -> torch.Tensor:
     """The whole-model summary a TokenizerConfig asks for: ``layers``, ``pooled`` or ``both`` (pooled first,
-    so its positions stay aligned across architectures whatever the layer count)."""
+    so its positions stay aligned across architectures whatever the layer count). ``auto`` is settled by
+    ``WeightNetPredictor.prepare`` from the training set; for one model on its own it means ``layers``."""
     if kind == "layers":
         return layer_summary(state, spec)
     if kind == "pooled":
         return pooled_summary(state, spec)
-    return torch.cat([pooled_summary(state, spec), layer_summary(state, spec)])
+    if kind == "both":
+        return torch.cat([pooled_summary(state, spec), layer_summary(state, spec)])
+    if kind == "auto":  # one model has one layout; a predictor resolves auto over its training set first
+        return layer_summary(state, spec)
+    raise ZooError(f"unknown summary {kind!r} (known: layers, pooled, both, auto)")
 
 
 # --- per-unit features ----------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def train_weightnet(lake: Lake, dataset: DatasetConfig, config: WeightNetConfig 
         if not train:
             raise ZooError(f"split {dataset.split!r} leaves no training models")
         predictor = WeightNetPredictor(config, device)
-        predictor.pipeline.fit_references(train)
+        predictor.prepare(train)
         predictor.pipeline.many(samples, snapshot=snapshot, lake_name=lake.config.display)
         predictor.fit(train, val, dataset.targets, seed=config.seed, progress=progress)
         out = pathlib.Path(runs_dir or default_runs_dir()) / "weightnet" / run_id
