@@ -284,3 +284,26 @@ def test_auto_summary_is_per_layer_on_one_layout_and_pooled_across_architectures
     back = WeightNetPredictor.load(tmp_path / "ck.pt")
     assert back.config.tokenizer.summary == "pooled"  # the checkpoint carries the resolved choice
     assert np.array_equal(back.predict(mixed)["y"], q.predict(mixed)["y"])
+
+
+def test_linear_calibration_rescales_without_reordering(rng: torch.Generator, tmp_path) -> None:
+    from weightnet.model import linear_calibration
+
+    y = torch.rand(20, 1, generator=rng)
+    ab = linear_calibration(torch.cat([2 * y + 1, -y, y[:, :1] * 0], 1), torch.cat([y, y, y], 1))
+    assert torch.allclose(ab[0], torch.tensor([0.5, -0.5]), atol=1e-6)  # 0.5 * (2y + 1) - 0.5 = y
+    assert ab[1].tolist() == [1.0, 0.0] and ab[2].tolist() == [1.0, 0.0]  # never reversed; no spread
+    with_nan = torch.cat([y, torch.full((3, 1), float("nan"))])
+    assert torch.allclose(linear_calibration(2 * with_nan.nan_to_num(5.0), with_nan)[0], torch.tensor([0.5, 0.0]),
+                          atol=1e-6)
+    assert linear_calibration(y[:4], y[:4] * 3).tolist() == [[1.0, 0.0]]  # too few points
+    samples = _scaled_mlps(rng, 16, "c")
+    p = WeightNetPredictor(_small(TokenizerConfig(), epochs=2, ensemble=1))
+    p.fit(samples[:10], samples[10:], ["y"], seed=0)
+    raw = WeightNetPredictor(_small(TokenizerConfig(), epochs=2, ensemble=1, calibrate=False))
+    raw.fit(samples[:10], samples[10:], ["y"], seed=0)
+    a, b = p.calibration[0].tolist()
+    assert a > 0 and (a, b) != (1.0, 0.0)
+    assert np.allclose(p.predict(samples)["y"], a * raw.predict(samples)["y"] + b, atol=1e-5)
+    p.save(tmp_path / "c.pt")
+    assert np.array_equal(WeightNetPredictor.load(tmp_path / "c.pt").predict(samples)["y"], p.predict(samples)["y"])

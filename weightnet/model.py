@@ -142,6 +142,22 @@ class WeightNetModel(nn.Module):
         return self.regress(z), cls
 
 
+def linear_calibration(pred: torch.Tensor, y: torch.Tensor, min_points: int = 5) -> torch.Tensor:
+    """(N, P) predictions and labels -> (P, 2) rows (a, b) minimizing sum (a * pred + b - y)^2 per property,
+    with a > 0 (a ranking is never reversed). Too few labelled points, no spread in the predictions or a
+    non-positive slope leave that property as it is: (1, 0)."""
+    out = torch.tensor([[1.0, 0.0]] * pred.shape[1]).reshape(pred.shape[1], 2)
+    for j in range(pred.shape[1]):
+        ok = ~torch.isnan(y[:, j])
+        p, t = pred[ok, j].double(), y[ok, j].double()
+        if p.numel() < min_points or float(p.std()) < 1e-12:
+            continue
+        a = float(((p - p.mean()) * (t - t.mean())).sum() / ((p - p.mean()) ** 2).sum())
+        if a > 0:
+            out[j] = torch.tensor([a, float(t.mean() - a * p.mean())])
+    return out
+
+
 # --- the predictor ---------------------------------------------------------------------------------
 class WeightNetPredictor:
     """weightnet.predictor.Predictor + predict_interval (split conformal on the validation set)."""
@@ -158,6 +174,7 @@ class WeightNetPredictor:
         self.target_mean = torch.zeros(0)
         self.target_std = torch.ones(0)
         self.residuals: dict[str, torch.Tensor] = {}  # sorted |val error| per property (conformal)
+        self.calibration = torch.zeros(0, 2)  # (n_targets, 2): prediction -> a * prediction + b
         self.history: list[dict] = []
 
     # -- helpers --
@@ -227,10 +244,13 @@ class WeightNetPredictor:
                             for j in range(len(self.targets))])
         self.target_std = torch.where(torch.isfinite(std) & (std > 1e-8), std, torch.ones_like(std))
         self.history = []
+        self.calibration = torch.tensor([[1.0, 0.0]] * len(self.targets)).reshape(len(self.targets), 2)
         self.members = [self._fit_member(seed + 1000 * k, k, tr_tok, va_tok, y_tr, y_va, progress)
                         for k in range(cfg.ensemble)]
         self.model = self.members[0]
         self.residuals = {}
+        if val and cfg.calibrate:
+            self.calibration = linear_calibration(self._predict_tokens(va_tok), y_va)
         if val:
             pred = self._predict_tokens(va_tok)
             for j, t in enumerate(self.targets):
@@ -322,7 +342,7 @@ class WeightNetPredictor:
             b = self._batch([toks[i] for i in idx], members[0])
             reg = torch.stack([m.eval()(b)[0].float().cpu() for m in members]).mean(0)
             out[idx] = reg * self.target_std + self.target_mean
-        return out
+        return out * self.calibration[:, 0] + self.calibration[:, 1]
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         if not samples:
@@ -379,6 +399,7 @@ class WeightNetPredictor:
         return {"state_dict": self.model.state_dict(), "members": [m.state_dict() for m in self.members[1:]],
                 "config": self.config.to_dict(), "targets": list(self.targets),
                 "target_mean": self.target_mean, "target_std": self.target_std, "residuals": dict(self.residuals),
+                "calibration": self.calibration,
                 "references": self.pipeline.references, "code_version": code_version(), "history": self.history}
 
     def save(self, path) -> None:
@@ -395,6 +416,7 @@ class WeightNetPredictor:
         p.targets = list(ck["targets"])
         p.target_mean, p.target_std = ck["target_mean"], ck["target_std"]
         p.residuals = dict(ck["residuals"])
+        p.calibration = ck.get("calibration", torch.tensor([[1.0, 0.0]] * len(p.targets)).reshape(-1, 2))
         p.history = list(ck.get("history", []))
         n_summary = int(ck["state_dict"].get("sum_mean", torch.zeros(0)).numel())
         p.model = WeightNetModel(cfg, len(p.targets), len(p.thresholds), n_summary).to(device)
