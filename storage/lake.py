@@ -306,6 +306,8 @@ class Lake:
             if not ok:
                 raise LakeError(f"unknown snapshot {sid} (latest is {self.current_snapshot()})")
             return sid
+        if "\x00" in str(at):  # DuckLake's file-list query cannot carry a NUL byte: no tag can hold one
+            raise LakeError(f"unknown snapshot or tag {at!r}")
         row = self.con.execute("SELECT snapshot_id FROM lake.main.tags WHERE name = ?", [at]).fetchone()
         if row is None:
             raise LakeError(f"unknown snapshot or tag {at!r}")
@@ -403,8 +405,8 @@ class Lake:
 
     def tag(self, name: str, snapshot: int | None = None) -> int:
         """Name a snapshot (the current one by default). Re-tagging moves the name."""
-        if not name or name.strip().isdigit():
-            raise LakeError(f"tag name {name!r} must be non-empty and not a number")
+        if not name or name.strip().isdigit() or "\x00" in name:
+            raise LakeError(f"tag name {name!r} must be non-empty, not a number and free of NUL bytes")
         sid = self.current_snapshot() if snapshot is None else self.resolve(snapshot)
 
         def body() -> None:

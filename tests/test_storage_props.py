@@ -159,3 +159,13 @@ def test_random_tag_names(shared, name):
         return
     assert lk.resolve(name) == sid
     shared["before"] = snapshot_and_rows(lk)
+
+
+def test_tag_names_with_nul_bytes_are_refused_cleanly(shared):
+    lk, before = shared["lake"], shared["before"]
+    for name in ("0\x00", "a\x00b"):  # hypothesis found '0\x00' reaching DuckDB's parser
+        with pytest.raises(LakeError):
+            lk.resolve(name)
+        with pytest.raises(LakeError, match="NUL"):
+            lk.tag(name)
+    assert snapshot_and_rows(lk) == before
