@@ -142,11 +142,16 @@ class WeightNetModel(nn.Module):
         return self.regress(z), cls
 
 
+def identity_calibration(n: int) -> torch.Tensor:
+    """(n, 2) rows (a, b) = (1, 0): predictions left as they are."""
+    return torch.tensor([[1.0, 0.0]] * n).reshape(n, 2)
+
+
 def linear_calibration(pred: torch.Tensor, y: torch.Tensor, min_points: int = 5) -> torch.Tensor:
     """(N, P) predictions and labels -> (P, 2) rows (a, b) minimizing sum (a * pred + b - y)^2 per property,
     with a > 0 (a ranking is never reversed). Too few labelled points, no spread in the predictions or a
     non-positive slope leave that property as it is: (1, 0)."""
-    out = torch.tensor([[1.0, 0.0]] * pred.shape[1]).reshape(pred.shape[1], 2)
+    out = identity_calibration(pred.shape[1])
     for j in range(pred.shape[1]):
         ok = ~torch.isnan(y[:, j])
         p, t = pred[ok, j].double(), y[ok, j].double()
@@ -244,15 +249,16 @@ class WeightNetPredictor:
                             for j in range(len(self.targets))])
         self.target_std = torch.where(torch.isfinite(std) & (std > 1e-8), std, torch.ones_like(std))
         self.history = []
-        self.calibration = torch.tensor([[1.0, 0.0]] * len(self.targets)).reshape(len(self.targets), 2)
+        self.calibration = identity_calibration(len(self.targets))
         self.members = [self._fit_member(seed + 1000 * k, k, tr_tok, va_tok, y_tr, y_va, progress)
                         for k in range(cfg.ensemble)]
         self.model = self.members[0]
         self.residuals = {}
-        if val and cfg.calibrate:
-            self.calibration = linear_calibration(self._predict_tokens(va_tok), y_va)
         if val:
-            pred = self._predict_tokens(va_tok)
+            pred = self._predict_tokens(va_tok)  # calibration is still the identity here
+            if cfg.calibrate:
+                self.calibration = linear_calibration(pred, y_va)
+                pred = pred * self.calibration[:, 0] + self.calibration[:, 1]
             for j, t in enumerate(self.targets):
                 r = (pred[:, j] - y_va[:, j]).abs()
                 self.residuals[t] = torch.sort(r[~torch.isnan(r)]).values
@@ -416,7 +422,7 @@ class WeightNetPredictor:
         p.targets = list(ck["targets"])
         p.target_mean, p.target_std = ck["target_mean"], ck["target_std"]
         p.residuals = dict(ck["residuals"])
-        p.calibration = ck.get("calibration", torch.tensor([[1.0, 0.0]] * len(p.targets)).reshape(-1, 2))
+        p.calibration = ck.get("calibration", identity_calibration(len(p.targets)))
         p.history = list(ck.get("history", []))
         n_summary = int(ck["state_dict"].get("sum_mean", torch.zeros(0)).numel())
         p.model = WeightNetModel(cfg, len(p.targets), len(p.thresholds), n_summary).to(device)
