@@ -131,7 +131,11 @@ def pooled_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch
     """(N_POOLED,): a depth-free summary that means the same thing for every architecture: the first and
     the last layer's statistics, the mean, min and max of each statistic over all layers, then
     log(1 + parameters) and log(1 + layers)."""
-    per = per_layer_stats(state, spec)
+    return _pooled(per_layer_stats(state, spec), state, spec)
+
+
+def _pooled(per: np.ndarray, state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch.Tensor:
+    """``pooled_summary`` from the model's ``per_layer_stats`` (computed once when both summaries are wanted)."""
     if per.shape[0] == 0:
         return torch.zeros(N_POOLED)
     n_params = sum(int(state[p.name].numel()) for p in spec.params if p.role != "buffer")
@@ -149,7 +153,8 @@ def summarize(state: Mapping[str, torch.Tensor], spec: WeightSpec, kind: str) ->
     if kind == "pooled":
         return pooled_summary(state, spec)
     if kind == "both":
-        return torch.cat([pooled_summary(state, spec), layer_summary(state, spec)])
+        per = per_layer_stats(state, spec)
+        return torch.cat([_pooled(per, state, spec), torch.tensor(per.reshape(-1), dtype=torch.float32)])
     if kind == "auto":  # one model has one layout; a predictor resolves auto over its training set first
         return layer_summary(state, spec)
     raise ZooError(f"unknown summary {kind!r} (known: layers, pooled, both, auto)")
