@@ -84,14 +84,18 @@ class Population(nn.Module):
         n = u.shape[0] // self.m
         x = self.from_unit(u).reshape((self.m, n) + self.example_shape)
         if self.stacked:
-            from torch.func import functional_call, vmap
-
-            def one(params, buffers, xb):
-                return functional_call(self._base, (params, buffers), (xb,))
-
-            out = vmap(one)(self._params, self._buffers, x)  # (M, N, classes)
-            return out.reshape(self.m * n, -1)
+            return self.stacked_forward(self._params, self._buffers, x).reshape(self.m * n, -1)
         return torch.cat([mod(x[i]) for i, mod in enumerate(self.members)])
+
+    def stacked_forward(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                        x: torch.Tensor) -> torch.Tensor:
+        """x: (G, N, *example_shape), params/buffers stacked over the same G models -> logits (G, N, classes)."""
+        from torch.func import functional_call, vmap
+
+        def one(p, b, xb):
+            return functional_call(self._base, (p, b), (xb,))
+
+        return vmap(one)(params, buffers, x)
 
     def parameters(self, recurse: bool = True):  # torchattacks reads the device from the first parameter
         return self.members.parameters(recurse)

@@ -170,8 +170,6 @@ class Routed(nn.Module):
 
     def _stacked(self, xs: torch.Tensor, present: torch.Tensor, g: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """xs: rows sorted by model; g: (R,) group of each row -> (R, classes) logits in that order."""
-        from torch.func import functional_call, vmap
-
         n_groups, width = len(present), int(counts.max())
         if n_groups * width == len(g):  # equal counts: the rows are already (groups, width) blocks
             slot, padded = None, xs
@@ -184,10 +182,6 @@ class Routed(nn.Module):
         else:
             params = {k: v[present] for k, v in self.pop._params.items()}
             buffers = {k: v[present] for k, v in self.pop._buffers.items()}
-
-        def one(p, b, xb):
-            return functional_call(self.pop._base, (p, b), (xb,))
-
-        out = vmap(one)(params, buffers, padded.reshape((n_groups, width) + tuple(xs.shape[1:])))
+        out = self.pop.stacked_forward(params, buffers, padded.reshape((n_groups, width) + tuple(xs.shape[1:])))
         out = out.reshape(n_groups * width, -1)
         return out if slot is None else out[slot]
