@@ -14,6 +14,13 @@ made from ``$ZOO_S3_KEY_ID``, ``$ZOO_S3_SECRET`` (+ optional ``$ZOO_S3_REGION``,
 ``$ZOO_S3_SESSION_TOKEN``, ``$ZOO_S3_URL_STYLE``, ``$ZOO_S3_USE_SSL``). Secrets never appear in
 ``LakeConfig.display``, its repr, or any error raised here (``redact``).
 
+A lake folder that was copied, moved or restored elsewhere opens where it now is: DuckLake records the
+data path it was created with, and when the data path derived from the lake folder differs from it, the
+lake attaches with ``OVERRIDE_DATA_PATH`` (file paths inside are relative; nothing is rewritten).
+``Lake.data_path`` is the path in use, ``Lake.moved_from`` the recorded one when they differ. An explicit
+``$ZOO_DATA_PATH`` that differs from the recorded path is refused (a typo would split the data) unless
+``$ZOO_DATA_PATH_MOVED=1`` says the files really were moved there.
+
 A DuckDB-file catalog admits one process at a time: ``Lake.open`` waits (with backoff, up to
 ``lock_timeout`` seconds, default ``$ZOO_LOCK_TIMEOUT`` or 120) while another process holds it, so
 concurrent writer processes take turns instead of failing.
@@ -45,6 +52,7 @@ class LakeConfig:
     catalog: str  # duckdb | sqlite | postgres
     target: str  # catalog file path (duckdb/sqlite) or libpq connection string (postgres)
     data_path: str  # folder or object-store URL for Parquet files
+    data_path_explicit: bool = False  # from $ZOO_DATA_PATH (else derived from the lake folder)
 
     @classmethod
     def parse(cls, location: str | os.PathLike | None = None) -> "LakeConfig":
@@ -53,7 +61,7 @@ class LakeConfig:
         if loc.startswith("postgres:"):
             if not data_env:
                 raise LakeError("a PostgreSQL catalog needs ZOO_DATA_PATH (where the Parquet files live)")
-            return cls("postgres", loc[len("postgres:"):].strip(), data_env)
+            return cls("postgres", loc[len("postgres:"):].strip(), data_env, True)
         kind = "duckdb"
         if loc.startswith("sqlite:"):
             kind, loc = "sqlite", loc[len("sqlite:"):]
@@ -61,7 +69,7 @@ class LakeConfig:
             loc = loc[len("duckdb:"):]
         root = pathlib.Path(loc).expanduser().absolute()
         target = root / ("zoo.sqlite" if kind == "sqlite" else "zoo.ducklake")
-        return cls(kind, str(target), data_env or str(root / "data"))
+        return cls(kind, str(target), data_env or str(root / "data"), bool(data_env))
 
     @property
     def display(self) -> str:
@@ -100,6 +108,7 @@ _OBJECT_SCHEMES = ("s3", "s3a", "gcs", "gs", "r2")
 _SECRET_ENV = ("ZOO_S3_SECRET", "ZOO_S3_KEY_ID", "ZOO_S3_SESSION_TOKEN")
 _PRIVATE_FUNCTIONS = ("duckdb_secrets", "which_secret")
 _LOCKED = ("could not set lock", "conflicting lock", "database is locked")
+_MOVED = re.compile(r'does not match existing data path in the catalog "([^"]*)"')
 _TRANSIENT = ("database is locked", "could not set lock", "conflict", "concurrent", "busy", "serialization")
 
 
@@ -154,6 +163,12 @@ class Lake:
         self.con = con
         self.snapshot = snapshot  # None: the latest
         self.read_only = read_only
+        self.moved_from: str | None = None  # the catalog's recorded data path when the lake was moved
+
+    @property
+    def data_path(self) -> str:
+        """Where this handle reads and writes Parquet files (without credentials)."""
+        return redact(self.config.data_path.rstrip("/") + "/")
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
@@ -215,13 +230,27 @@ class Lake:
         return lake
 
     def _attach(self, snapshot: int | None, read_only: bool) -> None:
-        opts = [f"DATA_PATH '{self.config.data_path.rstrip('/')}/'"]
+        data = self.config.data_path.rstrip("/").replace("'", "''") + "/"
+        opts = [f"DATA_PATH '{data}'"]
         if snapshot is not None:
             opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
         if read_only:
             opts.append("READ_ONLY")
+        if self.moved_from is not None:
+            opts.append("OVERRIDE_DATA_PATH true")
         uri = self.config.attach_uri().replace("'", "''")
-        self.con.execute(f"ATTACH '{uri}' AS lake ({', '.join(opts)})")
+        try:
+            self.con.execute(f"ATTACH '{uri}' AS lake ({', '.join(opts)})")
+        except duckdb.Error as e:
+            recorded = _MOVED.search(str(e))
+            if recorded is None or self.moved_from is not None:
+                raise
+            self.moved_from = redact(recorded.group(1))
+            if self.config.data_path_explicit and os.environ.get("ZOO_DATA_PATH_MOVED") != "1":
+                raise LakeError(f"cannot open lake {self.config.display}: its catalog records data path "
+                                f"{redact(self.moved_from)} but ZOO_DATA_PATH is {self.data_path}; unset or fix "
+                                f"ZOO_DATA_PATH, or set ZOO_DATA_PATH_MOVED=1 if the data files were moved there") from None
+            self.con.execute(f"ATTACH '{uri}' AS lake ({', '.join(opts)}, OVERRIDE_DATA_PATH true)")
         self.con.execute("USE lake")
 
     def _reattach(self, snapshot: int | None, read_only: bool) -> None:

@@ -32,6 +32,13 @@ def init(location: Optional[str] = typer.Argument(None, help="Lake location (def
     """Create a lake (idempotent) with every table of the schema."""
     with Lake.open(location or lake, create=True) as lk:
         console.print(f"lake ready at {lk.config.display} (snapshot {lk.current_snapshot()})")
+        console.print(data_path_line(lk), soft_wrap=True)
+
+
+def data_path_line(lk: Lake) -> str:
+    """Which data path this lake uses, and the recorded one when the lake folder was moved."""
+    moved = f" (the lake was moved: its catalog records {lk.moved_from})" if lk.moved_from else ""
+    return f"data path {lk.data_path}{moved}"
 
 
 def sql(query: str = typer.Argument(..., help="SQL over models, tensors, labels, predictions, runs, tags"),
@@ -106,6 +113,7 @@ def snapshots(lake: Optional[str] = LakeOption) -> None:
         for s in lk.snapshots():
             t.add_row(str(s["snapshot_id"]), str(s["time"])[:19], s["message"] or "", ",".join(s["tags"]))
         console.print(t)
+        console.print(f"{lk.config.display}: {data_path_line(lk)}", soft_wrap=True)
 
 
 def tag(name: str = typer.Argument(...), at: Optional[str] = AtOption, lake: Optional[str] = LakeOption) -> None:
