@@ -100,6 +100,15 @@ def ingest_state(lake: Lake, state: Mapping[str, torch.Tensor], arch: str, arch_
     The id is a stable hash of (source, arch, arch_config, weights), so ingesting the same model twice
     is a no-op.
     """
+    rec, state = prepare_state(state, arch, arch_config, source, name, dataset, provenance)
+    new = write_models(lake, [(rec, state)], f"ingest {source} {name}")
+    return IngestResult(rec.model_id, arch, source, rec.spec.n_params, bool(new), lake.current_snapshot())
+
+
+def prepare_state(state: Mapping[str, torch.Tensor], arch: str, arch_config: Mapping, source: str, name: str,
+                  dataset: str = "none", provenance: Mapping | None = None,
+                  ) -> tuple[ModelRecord, dict[str, torch.Tensor]]:
+    """(record, state) checked to rebuild ``arch`` strictly; nothing is written (batches write many)."""
     cfg = dict(arch_config)
     missing = [k for k in ("input_shape", "n_classes") if k not in cfg]
     if missing:
@@ -111,8 +120,7 @@ def ingest_state(lake: Lake, state: Mapping[str, torch.Tensor], arch: str, arch_
                       spec=spec, train_config={"name": name, **dict(provenance or {})}, source=source)
     spec.validate(state)  # clear error before building the module
     load_module(rec, state)  # the architecture really accepts these weights (strict)
-    new = write_models(lake, [(rec, state)], f"ingest {source} {name}")
-    return IngestResult(model_id, arch, source, spec.n_params, bool(new), lake.current_snapshot())
+    return rec, state
 
 
 def _with_dataset(config: dict, dataset: str) -> dict:
@@ -127,10 +135,18 @@ def _with_dataset(config: dict, dataset: str) -> dict:
 def ingest_file(lake: Lake, path: str | os.PathLike, arch: str, config: Mapping | None = None, dataset: str = "none",
                 limits: IngestLimits = IngestLimits()) -> IngestResult:
     """A safetensors file or torch checkpoint holding a state dict of the registered ``arch``."""
+    rec, state = prepare_file(path, arch, config, dataset, limits)
+    new = write_models(lake, [(rec, state)], f"ingest file {rec.train_config['name']}")
+    return IngestResult(rec.model_id, arch, "file", rec.spec.n_params, bool(new), lake.current_snapshot())
+
+
+def prepare_file(path: str | os.PathLike, arch: str, config: Mapping | None = None, dataset: str = "none",
+                 limits: IngestLimits = IngestLimits()) -> tuple[ModelRecord, dict[str, torch.Tensor]]:
+    """``ingest_file`` without the write: read, rebuild and check one file (``zoo.ingest_batch`` batches these)."""
     state = read_weights_file(path, limits)
     cfg = _with_dataset(dict(config or {}), dataset)
-    return ingest_state(lake, state, arch, cfg, "file", pathlib.Path(path).name, dataset,
-                        {"path": str(pathlib.Path(path).resolve())})
+    return prepare_state(state, arch, cfg, "file", pathlib.Path(path).name, dataset,
+                         {"path": str(pathlib.Path(path).resolve())})
 
 
 # --- timm --------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 from typing import Optional
 
 import typer
@@ -53,13 +54,21 @@ def timm_cmd(name: str = typer.Argument(..., help="timm model name with pretrain
 
 
 @ingest_app.command("file")
-def file_cmd(path: str = typer.Argument(..., help="A .safetensors file or a torch checkpoint (loaded weights-only)"),
-             arch: str = typer.Option(..., "--arch", "-a", help="Registered architecture (see zoo.archs)"),
+def file_cmd(paths: list[str] = typer.Argument(..., help="Weight files (.safetensors or torch checkpoints), folders, "
+                                               "globs, or manifests (.csv/.jsonl: path, arch, config, dataset)"),
+             arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Registered architecture (see zoo.archs); "
+                                                "manifest rows may name their own"),
              config: Optional[str] = typer.Option(None, "--config", help='Arch config JSON, e.g. {"width": 32}'),
              max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="Refuse larger files"),
+             batch_size: int = typer.Option(32, "--batch-size", help="Models per snapshot when ingesting many"),
+             strict: bool = typer.Option(False, "--strict", help="Check every file first; write nothing if any fails"),
              dataset: str = DatasetOption, lake: Optional[str] = LakeOption) -> None:
-    """Weights of a registered architecture from a file; nothing is ever unpickled."""
+    """Weights of a registered architecture from files. safetensors are parsed without pickle; torch
+    checkpoints go through torch's weights-only restricted unpickler, after the size limits are checked.
+    Many files run in one process, ``--batch-size`` models per snapshot; a bad file is reported by name
+    and the others still land (``--strict``: nothing is written unless every file is good)."""
     from zoo.ingest import IngestLimits, ingest_file
+    from zoo.ingest_batch import MANIFEST_SUFFIXES
 
     try:
         cfg = json.loads(config) if config else {}
@@ -68,5 +77,35 @@ def file_cmd(path: str = typer.Argument(..., help="A .safetensors file or a torc
     if not isinstance(cfg, dict):
         raise ZooError("--config must be a JSON object")
     limits = IngestLimits(max_file_bytes=max_bytes) if max_bytes else IngestLimits()
+    single = len(paths) == 1 and pathlib.Path(paths[0]).suffix not in MANIFEST_SUFFIXES and (
+        pathlib.Path(paths[0]).is_file() or not pathlib.Path(paths[0]).exists() and not set("*?[") & set(paths[0]))
+    if single:
+        if not arch:
+            raise ZooError("--arch is required")
+        with Lake.open(lake, create=True) as lk:
+            _report(ingest_file(lk, paths[0], arch, cfg, dataset=dataset, limits=limits))
+        return
+    _ingest_many(paths, arch, cfg, dataset, lake, limits, batch_size, strict)
+
+
+def _ingest_many(paths: list[str], arch: Optional[str], cfg: dict, dataset: str, lake: Optional[str], limits,
+                 batch_size: int, strict: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from zoo.ingest_batch import collect, ingest_many
+
+    items = collect(paths, arch, cfg, dataset)
     with Lake.open(lake, create=True) as lk:
-        _report(ingest_file(lk, path, arch, cfg, dataset=dataset, limits=limits))
+        with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.description}"), console=console, transient=True) as bar:
+            task = bar.add_task("", total=len(items))
+            report = ingest_many(lk, items, batch_size=batch_size, strict=strict, limits=limits,
+                                 progress=lambda done, total, path: bar.update(
+                                     task, completed=done, description=pathlib.Path(path).name))
+    for mid in report.stored + report.already:
+        typer.echo(mid)
+    console.print(f"{len(report.stored)} stored, {len(report.already)} already stored, {len(report.failed)} failed "
+                  f"of {len(items)} files; snapshots {', '.join(map(str, report.snapshots)) or 'none'}")
+    if report.failed:
+        names = "; ".join(f"{p}: {r}" for p, r in report.failed)
+        raise ZooError(f"{len(report.failed)} of {len(items)} files were not ingested (the others landed): {names}")
