@@ -24,7 +24,8 @@ class CorruptionParams:
     subset_seed: int = 0
 
 
-@register_property("corruptions", version=1, params=CorruptionParams(), kinds=("image",))
+# version 2: CIFAR-10-C's motion blur constants (v1 used the 64x64 ones) and our own fractal for fog/frost
+@register_property("corruptions", version=2, params=CorruptionParams(), kinds=("image",))
 def corruption_robustness(batch: ModelBatch, splits: Splits, params: CorruptionParams, device: torch.device,
                           generator: torch.Generator) -> list[dict[str, float]]:
     from labeling.attacks import subset

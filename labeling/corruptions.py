@@ -1,6 +1,6 @@
 """The 15 CIFAR-10-C corruptions x 5 severities, with CIFAR-10-C's own severity constants.
 
-Ported from Hendrycks & Dietterich's ``make_cifar_c.py`` to numpy/scipy/PIL (no ImageMagick, no cv2):
+Written after Hendrycks & Dietterich's ``make_cifar_c.py`` (its published constants, our own code) for numpy/scipy/PIL (no ImageMagick, no cv2):
 each function maps one (32, 32, C) float image in [0, 1] to a corrupted one, drawing randomness from the
 ``numpy.random.Generator`` it is given. Differences from the original, on purpose:
 - small images: the CIFAR constants assume 32x32, so images of another size are resized to 32x32
@@ -9,7 +9,9 @@ each function maps one (32, 32, C) float image in [0, 1] to a corrupted one, dra
   An 8x8 digit thus sees the corruption at CIFAR scale, then at the sensor's resolution;
 - motion blur (and the snow layer's blur) uses a one-sided Gaussian line kernel (radius, sigma, angle)
   instead of ImageMagick's ``motion_blur``;
-- frost overlays a seeded procedural frost texture (plasma fractal with sharp crystal streaks) instead of
+- the fractal maps of fog and frost come from our own spectral synthesis (``fractal_noise``) with the
+  same per-octave decay constants, not the original's diamond-square code;
+- frost overlays a seeded procedural frost texture (fractal map with sharp crystal streaks) instead of
   the six frost photographs shipped with ImageNet-C;
 - grayscale images: brightness scales V of HSV, which for one channel is the channel itself.
 Corrupted test sets are made once per (dataset, seed, subset) and cached on disk (``corrupted_test_set``).
@@ -32,34 +34,60 @@ from scipy import ndimage
 from core.hashing import stable_hash
 
 SIZE = 32  # CIFAR-10-C's image size: the constants below are calibrated for it
-CORRUPTION_CODE_VERSION = 1  # bump when any function below changes its output (invalidates the cache)
+# bump when any function below changes its output (invalidates the on-disk cache); bump the
+# ``corruptions`` property's version in labeling/corruption_robustness.py with it (relabels the zoo)
+CORRUPTION_CODE_VERSION = 2
+FOG_MAP = 256  # CIFAR-10-C crops fog from a 256x256 fractal map: its large-scale structure at 32x32
 Rng = np.random.Generator
 
+# Per-severity constants (severity 1..5) of CIFAR-10-C's ``make_cifar_c.py`` (Hendrycks & Dietterich),
+# pinned against the published table in tests/test_corruptions.py. Tuples name their fields below.
+SEVERITY_CONSTANTS: dict[str, tuple] = {
+    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # noise std
+    "shot_noise": (500, 250, 100, 75, 50),  # photons per unit intensity
+    "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),  # salt-and-pepper fraction
+    "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),  # disk radius, alias blur
+    "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),  # sigma, max delta, iterations
+    "motion_blur": ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),  # radius, sigma
+    "zoom_blur": ((1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01)),  # arange
+    "snow": ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+             (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)),
+    # snow: loc, scale, zoom, threshold, blur radius, blur sigma, image weight
+    "frost": ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)),  # image weight, frost weight
+    "fog": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),  # fog weight, fractal decay
+    "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),  # added to HSV value
+    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # factor around the mean
+    "elastic_transform": tuple((SIZE * a, SIZE * b, SIZE * c) for a, b, c in (
+        (0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))),
+    # elastic: displacement alpha, displacement sigma, affine jitter (pixels)
+    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),  # downscale factor
+    "jpeg_compression": (80, 65, 58, 50, 40),  # JPEG quality
+}
 
-def plasma_fractal(rng: Rng, mapsize: int = 32, wibbledecay: float = 3) -> np.ndarray:
-    """Diamond-square height map in [0, 1], (mapsize, mapsize)."""
-    maparray = np.empty((mapsize, mapsize), dtype=np.float64)
-    maparray[0, 0] = 0
-    stepsize, wibble = mapsize, 100.0
 
-    def wibbledmean(array):
-        return array / 4 + wibble * rng.uniform(-wibble, wibble, array.shape)
+def _c(name: str, severity: int):
+    return SEVERITY_CONSTANTS[name][severity - 1]
 
-    while stepsize >= 2:
-        cornerref = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
-        squareaccum = cornerref + np.roll(cornerref, shift=-1, axis=0)
-        squareaccum += np.roll(squareaccum, shift=-1, axis=1)
-        maparray[stepsize // 2:mapsize:stepsize, stepsize // 2:mapsize:stepsize] = wibbledmean(squareaccum)
-        drgrid = maparray[stepsize // 2:mapsize:stepsize, stepsize // 2:mapsize:stepsize]
-        ulgrid = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
-        ltsum = drgrid + np.roll(drgrid, 1, axis=0) + ulgrid + np.roll(ulgrid, -1, axis=1)
-        maparray[0:mapsize:stepsize, stepsize // 2:mapsize:stepsize] = wibbledmean(ltsum)
-        ttsum = drgrid + np.roll(drgrid, 1, axis=1) + ulgrid + np.roll(ulgrid, -1, axis=0)
-        maparray[stepsize // 2:mapsize:stepsize, 0:mapsize:stepsize] = wibbledmean(ttsum)
-        stepsize //= 2
-        wibble /= wibbledecay
-    maparray -= maparray.min()
-    return maparray / maparray.max()
+
+def fractal_noise(rng: Rng, size: int = 32, decay: float = 3.0) -> np.ndarray:
+    """A periodic fractal height map in [0, 1] (min 0, max 1), (size, size), by spectral synthesis.
+
+    Gaussian Fourier coefficients with amplitude |f|^-log2(decay): each doubling of spatial frequency
+    divides the amplitude by ``decay``, the same scale law as midpoint displacement with a per-octave
+    decay, so larger ``decay`` gives smoother maps (power spectrum slope -2 log2(decay)). The mean is
+    dropped (no f = 0 term); the result is min-max normalised.
+    """
+    if size < 2 or decay <= 0:
+        raise ValueError(f"fractal_noise needs size >= 2 and decay > 0, got size={size}, decay={decay}")
+    freq = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :])  # cycles/pixel, (size, size//2+1)
+    freq[0, 0] = 1.0
+    amplitude = freq ** -math.log2(decay)
+    amplitude[0, 0] = 0.0
+    coeffs = amplitude * (rng.standard_normal(freq.shape) + 1j * rng.standard_normal(freq.shape))
+    field = np.fft.irfft2(coeffs, s=(size, size))
+    field -= field.min()
+    top = field.max()
+    return field / top if top > 0 else field
 
 
 def _gauss(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -109,17 +137,17 @@ def _gray(x: np.ndarray) -> np.ndarray:
 
 # --- the 15 corruptions (x: (32, 32, C) float in [0, 1]) ------------------------------------------
 def gaussian_noise(x, s, rng):
-    c = [0.04, 0.06, .08, .09, .10][s - 1]
+    c = _c("gaussian_noise", s)
     return x + rng.normal(size=x.shape, scale=c)
 
 
 def shot_noise(x, s, rng):
-    c = [500, 250, 100, 75, 50][s - 1]
+    c = _c("shot_noise", s)
     return rng.poisson(x * c) / c
 
 
 def impulse_noise(x, s, rng):
-    c = [.01, .02, .03, .05, .07][s - 1]  # skimage 's&p': each value salted or peppered with prob c
+    c = _c("impulse_noise", s)
     out = x.copy()
     hit = rng.random(x.shape) < c
     out[hit] = (rng.random(int(hit.sum())) < 0.5).astype(np.float64)
@@ -127,12 +155,12 @@ def impulse_noise(x, s, rng):
 
 
 def defocus_blur(x, s, rng):
-    c = [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)][s - 1]
+    c = _c("defocus_blur", s)
     return _conv(x, disk(c[0], c[1]))
 
 
 def glass_blur(x, s, rng):
-    c = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)][s - 1]  # sigma, max_delta, iters
+    c = _c("glass_blur", s)
     x = np.floor(np.clip(_gauss(x, c[0]), 0, 1) * 255) / 255  # the original quantizes to uint8 here
     h_ = x.shape[0]
     for _ in range(c[2]):
@@ -145,13 +173,12 @@ def glass_blur(x, s, rng):
 
 
 def motion_blur(x, s, rng):
-    c = [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)][s - 1]
+    c = _c("motion_blur", s)
     return _conv(x, motion_kernel(c[0], c[1], rng.uniform(-45, 45)))
 
 
 def zoom_blur(x, s, rng):
-    c = [np.arange(1, 1.06, 0.01), np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01),
-         np.arange(1, 1.21, 0.01), np.arange(1, 1.26, 0.01)][s - 1]
+    c = np.arange(*_c("zoom_blur", s))
     out = np.zeros_like(x)
     for z in c:
         out += clipped_zoom(x, z)
@@ -159,8 +186,7 @@ def zoom_blur(x, s, rng):
 
 
 def snow(x, s, rng):
-    c = [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-         (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)][s - 1]
+    c = _c("snow", s)
     layer = rng.normal(size=x.shape[:2], loc=c[0], scale=c[1])[..., None]
     layer = clipped_zoom(layer, c[2])
     layer[layer < c[3]] = 0
@@ -170,36 +196,35 @@ def snow(x, s, rng):
 
 
 def frost(x, s, rng):
-    c = [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)][s - 1]
-    base = plasma_fractal(rng, SIZE, wibbledecay=1.5)  # fine-grained ice texture
+    c = _c("frost", s)
+    base = fractal_noise(rng, SIZE, decay=1.5)  # fine-grained ice texture
     streaks = np.clip(_conv(rng.random((SIZE, SIZE, 1)) ** 8, motion_kernel(4, 2, rng.uniform(0, 180))) * 6, 0, 1)
     texture = np.clip(0.6 * base[..., None] + 0.6 * streaks, 0, 1)
     return c[0] * x + c[1] * texture
 
 
 def fog(x, s, rng):
-    c = [(.2, 3), (.5, 3), (.75, 2.5), (1, 2), (1.5, 1.75)][s - 1]
+    c = _c("fog", s)
     max_val = x.max()
-    x = x + c[0] * plasma_fractal(rng, SIZE, wibbledecay=c[1])[..., None]
+    x = x + c[0] * fractal_noise(rng, FOG_MAP, decay=c[1])[:SIZE, :SIZE, None]
     return x * max_val / (max_val + c[0])
 
 
 def brightness(x, s, rng):
-    c = [.05, .1, .15, .2, .3][s - 1]
+    c = _c("brightness", s)
     v = x.max(-1, keepdims=True)  # HSV value; H and S fixed means RGB scales with V
     v_new = np.clip(v + c, 0, 1)
     return np.where(v > 0, x * v_new / np.maximum(v, 1e-12), v_new)
 
 
 def contrast(x, s, rng):
-    c = [.75, .5, .4, .3, 0.15][s - 1]
+    c = _c("contrast", s)
     means = x.mean(axis=(0, 1), keepdims=True)
     return (x - means) * c + means
 
 
 def elastic_transform(x, s, rng):
-    c = [(SIZE * 0, SIZE * 0, SIZE * 0.08), (SIZE * 0.05, SIZE * 0.2, SIZE * 0.07), (SIZE * 0.08, SIZE * 0.06, SIZE * 0.06),
-         (SIZE * 0.1, SIZE * 0.04, SIZE * 0.05), (SIZE * 0.1, SIZE * 0.03, SIZE * 0.03)][s - 1]  # alpha, sigma, affine
+    c = _c("elastic_transform", s)
     h, w = x.shape[:2]
     center, sq = np.array([h, w], dtype=np.float64) // 2, min(h, w) // 3
     pts1 = np.array([center + sq, [center[0] + sq, center[1] - sq], center - sq])
@@ -227,13 +252,13 @@ def _unpil(img: Image.Image, channels: int) -> np.ndarray:
 
 
 def pixelate(x, s, rng):
-    c = [0.95, 0.9, 0.85, 0.75, 0.65][s - 1]
+    c = _c("pixelate", s)
     img = _pil(x).resize((int(SIZE * c), int(SIZE * c)), Image.BOX).resize((SIZE, SIZE), Image.BOX)
     return _unpil(img, x.shape[-1])
 
 
 def jpeg_compression(x, s, rng):
-    c = [80, 65, 58, 50, 40][s - 1]
+    c = _c("jpeg_compression", s)
     buf = io.BytesIO()
     _pil(x).save(buf, "JPEG", quality=c)
     return _unpil(Image.open(buf), x.shape[-1])
