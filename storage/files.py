@@ -5,7 +5,10 @@ maps each tensor name to ``{dtype, shape, data_offsets: [begin, end]}`` relative
 ``state_from_safetensors`` checks every declared size against the file's real size and against
 ``FileLimits`` first, so a truncated file, a corrupt header or an absurd declared shape is refused
 with ``BadWeights`` naming the file, and a hostile file cannot make us allocate more than it holds.
-Nothing is ever unpickled.
+safetensors involve no pickle at all. Torch checkpoints (``zoo ingest file``) are pickles: before
+torch's weights-only restricted unpickler sees one, ``check_torch_checkpoint`` checks the zip archive's
+declared sizes against ``FileLimits`` and refuses the legacy (pre-zip) format, whose storage sizes torch
+would allocate from the pickle before reading any data.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import os
 import pathlib
 import struct
+import zipfile
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -155,3 +159,46 @@ def state_to_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathL
     meta = {**(metadata or {}), ORDER_KEY: json.dumps(list(state))}
     save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
     os.replace(tmp, path)
+
+
+PICKLE_PROTOCOL_2 = b"\x80"  # the first byte of a pickle (protocol >= 2): legacy torch.save files start so
+
+
+def check_torch_checkpoint(path: str | os.PathLike, limits: FileLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a torch checkpoint whose declared sizes exceed ``limits``, before anything is unpickled.
+
+    A zip checkpoint (torch >= 1.6) lists every storage record with its size in the archive directory:
+    the record count bounds the tensor count (tensors share storages, never the reverse), each record the
+    bytes of one tensor, their sum the total, and the pickle itself is held to the header limit.
+    """
+    p = pathlib.Path(path)
+    size = p.stat().st_size
+    if size > limits.max_file_bytes:
+        raise BadWeights(f"{p}: {size} bytes exceeds the file limit of {limits.max_file_bytes}")
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as fh:
+            legacy = fh.read(1) == PICKLE_PROTOCOL_2
+        raise BadWeights(f"{p}: " + ("a legacy (pre-1.6) torch checkpoint: its sizes cannot be checked before "
+                                     "loading; re-save it with torch.save or convert it to safetensors" if legacy
+                                     else "not a torch checkpoint (no zip archive)"))
+    try:
+        with zipfile.ZipFile(p) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise BadWeights(f"{p}: corrupt torch checkpoint archive ({e})") from None
+    storages = [i for i in infos if "/data/" in i.filename and not i.filename.endswith("/")]
+    pickles = [i for i in infos if i.filename.endswith(".pkl")]
+    if not pickles:
+        raise BadWeights(f"{p}: not a torch checkpoint (no pickle in the archive)")
+    if len(storages) > limits.max_tensors:
+        raise BadWeights(f"{p}: {len(storages)} storages exceed the limit of {limits.max_tensors} tensors")
+    big = max(storages, key=lambda i: i.file_size, default=None)
+    if big is not None and big.file_size > limits.max_tensor_bytes:
+        raise BadWeights(f"{p}: record {big.filename!r} declares {big.file_size} bytes, over the per-tensor limit "
+                         f"of {limits.max_tensor_bytes}")
+    total = sum(i.file_size for i in storages)
+    if total > limits.max_total_bytes:
+        raise BadWeights(f"{p}: storages declare {total} bytes, over the limit of {limits.max_total_bytes}")
+    pkl = max(i.file_size for i in pickles)
+    if pkl > limits.max_header_bytes:
+        raise BadWeights(f"{p}: its pickle declares {pkl} bytes, over the header limit of {limits.max_header_bytes}")

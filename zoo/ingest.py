@@ -6,8 +6,11 @@ Every ingested model is mapped onto a registered architecture (``transformer`` f
 Weights go through ``storage.writes.write_models``: spec-validated (NaN/Inf, shapes, unknown tensors)
 before anything is written; a refused model leaves the lake unchanged.
 
-Untrusted files are never unpickled: safetensors headers are validated against the file size and the
-``IngestLimits`` before any tensor is allocated, and torch checkpoints load with ``weights_only=True``.
+Untrusted files: safetensors headers are validated against the file size and the ``IngestLimits``
+before any tensor is allocated (no pickle involved). Torch checkpoints are pickles: their archive's
+declared sizes are checked against the same limits first (``storage.files.check_torch_checkpoint``;
+legacy pre-zip files are refused), then they go through torch's weights-only restricted unpickler
+(``weights_only=True``), which admits tensors and plain containers and refuses anything that would run code.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import torch
 
 from core.errors import BadWeights, ZooError
 from core.hashing import stable_hash
-from storage.files import DEFAULT_LIMITS, FileLimits, state_from_safetensors
+from storage.files import DEFAULT_LIMITS, FileLimits, check_torch_checkpoint, state_from_safetensors
 from storage.lake import Lake
 from storage.writes import ModelRecord, write_models
 from zoo.archs import build, load_module
@@ -48,16 +51,15 @@ def read_safetensors(path: pathlib.Path, limits: IngestLimits = DEFAULT_LIMITS) 
 
 
 def read_torch_checkpoint(path: pathlib.Path, limits: IngestLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
-    """A torch checkpoint loaded with ``weights_only=True`` (no code runs); a pickle that asks for
-    anything beyond tensors and containers is refused."""
-    size = path.stat().st_size
-    if size > limits.max_file_bytes:
-        raise BadWeights(f"{path}: {size} bytes exceeds the limit of {limits.max_file_bytes}")
+    """A torch checkpoint: sizes checked against ``limits`` before loading, then torch's weights-only
+    restricted unpickler (``weights_only=True``); a pickle that asks for anything beyond tensors and plain
+    containers is refused and runs nothing."""
+    check_torch_checkpoint(path, limits)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # noqa: BLE001  untrusted bytes: the unpickler and zip reader raise anything
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadWeights(f"{path}: refusing to load: not a plain tensor checkpoint (weights_only=True): {first}") from None
+        raise BadWeights(f"{path}: refused by the weights-only unpickler (not a plain tensor checkpoint): {first}") from None
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         obj = obj.get("state_dict", obj.get("model", obj))  # training checkpoints nest the weights
     if not isinstance(obj, dict) or not obj:
@@ -72,7 +74,7 @@ def read_torch_checkpoint(path: pathlib.Path, limits: IngestLimits = DEFAULT_LIM
 
 
 def read_weights_file(path: str | os.PathLike, limits: IngestLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
-    """safetensors (by suffix or header) or a torch checkpoint (zip or legacy); never a plain unpickle."""
+    """safetensors (by suffix or header) or a zip torch checkpoint (weights-only unpickler, after size checks)."""
     p = pathlib.Path(path)
     if not p.is_file():
         raise BadWeights(f"{p}: no such file")
