@@ -13,7 +13,10 @@ import pathlib
 import sys
 import tomllib
 
-from packaging.requirements import Requirement
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # a venv where only pip is installed yet: pip vendors the same module
+    from pip._vendor.packaging.requirements import Requirement
 
 
 def requirements(pyproject: pathlib.Path, extras: list[str]) -> list[Requirement]:
