@@ -26,7 +26,8 @@ from core.hashing import stable_hash
 from labeling.population import load_module
 from labeling.registry import ModelBatch, Property, resolve
 from storage.lake import Lake
-from storage.writes import Label, ModelRecord, read_models, read_weights, write_labels, write_run
+from storage.runs import Run, tracked_run
+from storage.writes import Label, ModelRecord, read_models, read_weights, write_labels
 from zoo.datasets import DatasetInfo, Splits, load_dataset
 
 Progress = Callable[[int, int], None] | None
@@ -159,6 +160,17 @@ def label_models(lake: Lake, model_ids: Sequence[str], properties: Sequence[str]
     return LabelResult(n, len(ids), lake.current_snapshot())
 
 
+def label_run(lake: Lake, batches: Sequence[tuple[Sequence[str], Sequence[Property]]], where: str | None,
+              device: str | torch.device, batch_size: int, seed: int = 0) -> Run:
+    """The ``runs`` row of one labeling run over ``batches`` (a plan), named by a hash of its plan."""
+    total = sum(len(ids) for ids, _ in batches)
+    config = {"properties": sorted({p.name for _, ps in batches for p in ps}), "where": where, "device": str(device),
+              "batch_size": batch_size, "seed": seed, "models": total,
+              "versions": {p.name: p.version for _, ps in batches for p in ps}}
+    run_id = "label-" + stable_hash({**config, "plan": [list(ids) for ids, _ in batches], "at": lake.current_snapshot()})
+    return Run(run_id, "label", config, metrics={"n_labels": 0, "n_models": 0})
+
+
 def label_zoo(lake: Lake, properties: Sequence[str] | str | None = None, where: str | None = None,
               device: str | torch.device = "cpu", batch_size: int = 32, progress: Progress = None,
               seed: int = 0) -> LabelResult:
@@ -168,24 +180,14 @@ def label_zoo(lake: Lake, properties: Sequence[str] | str | None = None, where: 
     if not batches:
         return LabelResult(0, 0, lake.current_snapshot())
     total = sum(len(ids) for ids, _ in batches)
-    config = {"properties": sorted({p.name for _, ps in batches for p in ps}), "where": where, "device": str(device),
-              "batch_size": batch_size, "seed": seed, "models": total,
-              "versions": {p.name: p.version for _, ps in batches for p in ps}}
-    run_id = "label-" + stable_hash({**config, "plan": [ids for ids, _ in batches], "at": lake.current_snapshot()})
-    write_run(lake, run_id, "label", config, "running")
-    n_labels = n_models = 0
-    try:
+    planned = label_run(lake, batches, where, device, batch_size, seed)
+    with tracked_run(lake, planned.run_id, planned.kind, planned.config) as run:
+        run.metrics.update(planned.metrics)
         for ids, props in batches:
             res = label_models(lake, ids, props, device, seed=seed)
-            n_labels += res.n_labels
-            n_models += res.n_models
+            run.metrics["n_labels"] += res.n_labels
+            run.metrics["n_models"] += res.n_models
             if progress is not None:
-                progress(n_models, total)
-    except BaseException as e:
-        write_run(lake, run_id, "label", config, "failed", {"n_labels": n_labels, "n_models": n_models,
-                                                             "error": str(e)[:500]})
-        raise
-    snap = lake.current_snapshot()
-    write_run(lake, run_id, "label", config, "completed", {"n_labels": n_labels, "n_models": n_models},
-              snapshot_id=snap)
-    return LabelResult(n_labels, n_models, snap)
+                progress(run.metrics["n_models"], total)
+        run.snapshot_id = lake.current_snapshot()
+    return LabelResult(run.metrics["n_labels"], run.metrics["n_models"], run.snapshot_id)

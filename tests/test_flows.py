@@ -147,3 +147,26 @@ def test_pipeline_tag_moves_only_when_models_or_labels_change(lake_dir) -> None:
     with Lake.open(loc, read_only=True) as lk:
         assert moved > first and lk.resolve("demo") == moved
     assert tag_snapshot.fn(loc, "other") >= moved  # a new tag points at the current snapshot
+
+
+@pytest.mark.slow
+def test_label_flow_computes_only_stale_properties_and_records_its_run(small_zoo, tmp_path) -> None:
+    import json
+
+    from flows.label import label_zoo
+
+    location = str(tmp_path / "stale")
+    n_models = _copy_models(small_zoo, location)
+    first = label_zoo(properties=["efficiency"], lake=location)
+    total_after_first = len(_labels(location))
+    assert first["n_models"] == n_models and first["n_labels"] == total_after_first > 0
+    second = label_zoo(properties=CHEAP, lake=location)
+    # efficiency is current: the second run writes only the performance and weight_stats labels
+    assert second["n_labels"] == len(_labels(location)) - total_after_first > 0
+    with Lake.open(location, read_only=True) as lk:
+        runs = lk.fetch("SELECT config, status, metrics, snapshot_id FROM runs WHERE kind = 'label' ORDER BY started_at")
+        snapshot = lk.current_snapshot()
+    assert [r[1] for r in runs] == ["completed", "completed"]
+    assert [json.loads(r[0])["properties"] for r in runs] == [["efficiency"], ["performance", "weight_stats"]]
+    assert [json.loads(r[2])["n_labels"] for r in runs] == [first["n_labels"], second["n_labels"]]
+    assert runs[1][3] == second["snapshot_id"] <= snapshot
