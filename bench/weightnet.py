@@ -80,11 +80,12 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks that the bench runs")
     args = ap.parse_args()
+    reps = 10
     if args.quick:
-        args.n_digits, args.n_train = 16, 16
+        args.n_digits, args.n_train, reps = 16, 16, 1
     torch.set_num_threads(args.threads)
     cfg = WeightNetConfig()
-    base = matmul_gflops()
+    base = matmul_gflops(reps=reps)
     print(f"baseline: 1024x1024 float32 matmul {base:.1f} GFLOP/s on {args.threads} threads")
 
     # 1. ResNet-18 size (the baseline is re-measured before each section: the machine is shared)
@@ -110,7 +111,7 @@ def main() -> None:
           f"GFLOP/s), peak RSS {rss_mib():.0f} MiB (+{rss_mib() - before:.0f} MiB over the loaded process; target < 2048)")
 
     # 2. batched predictions on digits CNNs
-    base = matmul_gflops()
+    base = matmul_gflops(reps=reps)
     cnn_cfg = {"input_shape": [1, 8, 8], "n_classes": 10, "channels": 16, "n_layers": 3}
     cnns = [sample("cnn", cnn_cfg, i) for i in range(args.n_digits)]
     p = fitted(cfg, cnns[:2] + [sample("cnn", cnn_cfg, -1, label=1.0)])
@@ -141,7 +142,7 @@ def main() -> None:
     t = time.perf_counter()
     p.pipeline.many(train)
     t_tok = time.perf_counter() - t
-    base = matmul_gflops()
+    base = matmul_gflops(reps=reps)
     t = time.perf_counter()
     p.fit(train, [], ["test_accuracy"], seed=0)
     t_fit = time.perf_counter() - t
