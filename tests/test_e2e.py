@@ -82,6 +82,35 @@ def test_pipeline_flow_leaves_tag_predictions_and_a_completed_report(prefect_ser
     summary = [a for a in arts if a.key == "pipeline"]
     assert len(summary) == 1 and "| tag | e2e |" in summary[0].data and "evaluated" in summary[0].data
     assert any(ev["run_id"] in (a.description or "") or ev["run_id"] in str(a.data) for a in subflow_arts)
+    assert_report_flow_fails_on_a_partial_evaluation(lake, tmp_path, monkeypatch)
+
+
+def assert_report_flow_fails_on_a_partial_evaluation(lake: str, tmp_path: pathlib.Path, monkeypatch) -> None:
+    """A predictor that raises: the report flow still publishes the report (failures first), then fails."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter
+
+    from flows.report import report
+    from weightnet.eval import experiments
+    from weightnet.eval import run as eval_run
+
+    real = experiments.make_predictor
+
+    def make(name, device="cpu", overrides=None):
+        if name == "nfn":
+            raise RuntimeError("injected failure of nfn")
+        return real(name, device, overrides)
+
+    monkeypatch.setattr(experiments, "make_predictor", make)
+    monkeypatch.setitem(eval_run.SUITES, "e2e-broken", dataclasses.replace(
+        eval_run.SUITES["e2e"], name="e2e-broken", predictors=("statnn-gbt", "nfn")))
+    state = report(lake=lake, suite="e2e-broken", at="e2e", out_dir=str(tmp_path / "reports"), seeds=[0],
+                   return_state=True)
+    assert state.is_failed() and "partial" in state.message and "injected failure of nfn" in state.message
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key={"any_": ["report-e2e-broken"]}, flow_run_id={"any_": [str(state.state_details.flow_run_id)]}))
+    assert len(arts) == 1 and arts[0].data.index("## Status: PARTIAL") < arts[0].data.index("## Headline")
 
 
 # --- make serve -------------------------------------------------------------------------------------
@@ -144,6 +173,33 @@ def test_make_serve_serves_the_ui_registers_deployments_and_stops_on_sigint(tmp_
     assert [p for p in children if _alive(p)] == [], "serve left processes behind"
     with pytest.raises(OSError):  # nothing listens on the port any more
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=3)
+
+
+def test_make_serve_interrupted_while_starting_leaves_no_server(tmp_path):
+    """Ctrl-C during the server's start-up (it runs in its own session, so only serve can stop it)."""
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.serve", "--port", "0", "--lake", str(tmp_path / "lake"),
+                                 "--home", str(tmp_path / "home")], cwd=ROOT, env=clean_env(), stdout=fh,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        children: list[int] = []
+        while not children:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            children = _descendants(proc.pid)
+            time.sleep(0.2)
+        assert "Press Ctrl-C" not in log.read_text(errors="replace")  # still starting
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [p for p in children if _alive(p)] == [], "the Prefect server outlived serve"
 
 
 # --- make demo --------------------------------------------------------------------------------------
