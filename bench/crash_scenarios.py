@@ -6,7 +6,8 @@ with an uninterrupted reference run.
 
 Prints cases tried, crashes survived, rows lost (must be 0), duplicates (must be 0) and exits 1 when a
 row was lost or doubled. ``--quick`` (run by the tests): the build job only, killed once, on a 2-member
-zoo; it shows the bench still runs (tests/test_crash_safety.py covers all three jobs at a small size). ``run_crash_scenarios`` is the library entry point (bench/faults.py and
+zoo; it shows the bench still runs (tests/test_crash_safety.py covers all three jobs at a small size).
+``run_crash_scenarios`` is the library entry point (bench/faults.py and
 tests/test_crash_safety.py use the same functions at other sizes).
 
 The same file is also the job the scenarios kill: ``python bench/crash_scenarios.py job KIND LAKE JSON``

@@ -90,8 +90,8 @@ def main() -> None:
 
     # 1. ResNet-18 size (the baseline is re-measured before each section: the machine is shared)
     narrow = {"input_shape": [3, 16, 16], "n_classes": 1000, "layers": [2, 2, 2, 2], "channels": [4, 8, 16, 32]}
-    r18 = sample("resnet", dict(narrow) if args.quick else
-                 {"input_shape": [3, 224, 224], "n_classes": 1000, "layers": [2, 2, 2, 2], "channels": [64, 128, 256, 512]}, 0)
+    full = {"input_shape": [3, 224, 224], "n_classes": 1000, "layers": [2, 2, 2, 2], "channels": [64, 128, 256, 512]}
+    r18 = sample("resnet", dict(narrow) if args.quick else full, 0)
     p = fitted(cfg, [sample("resnet", narrow, 1), sample("resnet", narrow, 2, label=1.0)])  # small: keeps peak RSS
     before = rss_mib()
     p.predict([ZooSample("warm", "warm", "x", "resnet", {}, r18.spec, r18.state)])  # warm-up (one-off allocations)

@@ -82,6 +82,6 @@ def report(run_id: str | None = None, lake: str = "lake", suite: str | None = "s
         ev["plots"] = publish_plots(folder) if folder.is_dir() else []
         print(f"evaluation run {ev['run_id']}: {len(ev['headline'])} headline rows, report {ev['report_path']}")
         out["evaluation"] = ev
-        if ev.get("status", "completed") != "completed":  # the artifacts are published first, so the UI shows what failed
+        if ev.get("status", "completed") != "completed":  # published first, so the UI shows what failed
             raise ZooError(f"evaluation {ev['run_id']} {ev['status']}: " + "; ".join(ev.get("failures", [])[:5]))
     return out

@@ -71,7 +71,8 @@ def test_pipeline_flow_leaves_tag_predictions_and_a_completed_report(prefect_ser
 
     ev = out["report"]["evaluation"]
     assert ev["status"] == "completed" and ev["failures"] == []
-    assert runs[f"evaluate:{ev['run_id']}"] == "completed" and runs[f"weightnet:{out['train']['run_id']}"] == "completed"
+    assert runs[f"evaluate:{ev['run_id']}"] == "completed"
+    assert runs[f"weightnet:{out['train']['run_id']}"] == "completed"
     report = pathlib.Path(ev["report_path"]).read_text()
     assert f"on snapshot {tagged}" in report and "## Status" not in report
     assert {r["predictor"] for r in ev["headline"]} == {"weightnet", "statnn-gbt"}
