@@ -2,10 +2,12 @@
 real subprocesses, are SIGKILLed at seeded random points, rerun to completion, and the lake is compared
 with an uninterrupted reference run.
 
-    .venv/bin/python bench/crash_scenarios.py [--n 24] [--kills 8] [--seed 0]
+    .venv/bin/python bench/crash_scenarios.py [--n 24] [--kills 8] [--seed 0] [--quick]
 
 Prints cases tried, crashes survived, rows lost (must be 0), duplicates (must be 0) and exits 1 when a
-row was lost or doubled. ``run_crash_scenarios`` is the library entry point (bench/faults.py and
+row was lost or doubled. ``--quick`` (run by the tests): the build job only, killed once, on a 2-member
+zoo; it shows the bench still runs (tests/test_crash_safety.py covers all three jobs at a small size).
+``run_crash_scenarios`` is the library entry point (bench/faults.py and
 tests/test_crash_safety.py use the same functions at other sizes).
 
 The same file is also the job the scenarios kill: ``python bench/crash_scenarios.py job KIND LAKE JSON``
@@ -30,8 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # first, even when already on the path: bench/storage.py must not shadow storage/
 
 from storage.lake import Lake  # noqa: E402
 from storage.schema import TABLES  # noqa: E402
@@ -355,10 +356,16 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--kills", type=int, default=CrashConfig.kills, help="SIGKILL attempts per job")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     ap.add_argument("--family", default=CrashConfig.family)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one kill per job: checks that the bench runs")
     args = ap.parse_args(argv)
     cfg = CrashConfig(family=args.family, n=args.n, kills=args.kills, seed=args.seed)
+    kinds: tuple[str, ...] = ("build", "label", "train")
+    if args.quick:
+        cfg = CrashConfig(family=args.family, n=2, checkpoints=(1,), population_size=2, label_batch=1, kills=1,
+                          seed=args.seed)
+        kinds = ("build",)
     t0 = time.perf_counter()
-    results = run_crash_scenarios(config=cfg, progress=lambda k, s: print(f"[{k}] {s.job.killed} kills, "
+    results = run_crash_scenarios(config=cfg, kinds=kinds, progress=lambda k, s: print(f"[{k}] {s.job.killed} kills, "
                                                                             f"{s.note}", flush=True))
     lost, dup = print_table(results)
     print(f"total: {lost} rows lost/changed, {dup} duplicates (targets: 0, 0) in {time.perf_counter() - t0:.1f} s "

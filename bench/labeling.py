@@ -1,7 +1,7 @@
 """Labeling speed: seconds per model for the full property suite, one model at a time vs batched.
 
     .venv/bin/python bench/labeling.py [--models 16] [--aa-models 16] [--aa-loop-models 2] [--aa-only]
-                                       [--device auto] [--threads 1]
+                                       [--device auto] [--threads 1] [--quick]
 
 Trains ``--models`` Small-CNN-Zoo-shaped digits CNNs (the ``cnn`` defaults: 3 conv layers, 16 channels),
 then times ``labeling.run.compute_labels`` (no lake I/O) for every property except AutoAttack:
@@ -13,6 +13,8 @@ difference of their robust accuracies on the models both labeled (other random d
 The corrupted test set is built (and cached) before timing; its one-off cost is printed separately.
 Figures on a shared machine are noisy: read the ratios, which are measured in the same run.
 Targets (issue 4, 2 cores): all properties but AutoAttack < 2 s/model; AutoAttack < 10 s/model.
+``--quick`` (seconds, run by the tests): 2 briefly trained models, 40 test examples for PGD and two
+corruptions, AutoAttack on 10 examples with 10 queries; its figures only show that every section runs.
 """
 from __future__ import annotations
 
@@ -79,7 +81,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0: torch's default). 1 is fastest for these tiny models, and 10-20x faster "
                          "than 2 when other processes load the cores (thread spinning)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks that the bench runs")
     args = ap.parse_args()
+    aa_params: dict = {}
+    small: dict[str, dict] = {}  # property -> params overrides
+    if args.quick:
+        args.models, args.aa_models, args.aa_loop_models, args.epochs = 2, 2, 1, 5
+        aa_params = {"n_examples": 10, "n_queries": 10}
+        small = {"pgd": {"n_examples": 40},
+                 "corruptions": {"n_examples": 40, "corruptions": ("gaussian_noise", "contrast"), "severities": (1, 5)}}
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("ZOO_CACHE", os.path.join(tempfile.gettempdir(), "zoo-bench-cache"))
@@ -94,20 +104,23 @@ def main() -> None:
     states = {r.model_id: s for r, s in models}
 
     if not args.aa_only:
-        other_properties(records, states, device)
+        other_properties(records, states, device, small)
     if args.aa_models:
-        autoattack_bench(records, states, args.aa_models, args.aa_loop_models, device)
+        autoattack_bench(records, states, args.aa_models, args.aa_loop_models, device, aa_params)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
-def other_properties(records, states, device) -> None:
+def other_properties(records, states, device, small: dict[str, dict] | None = None) -> None:
     splits = load_dataset("digits", 0)
-    t = time.perf_counter()
-    corrupted_test_set("digits", 0, splits.x_test)  # the corruption property's default: all 360 test images
-    print(f"corrupted test set (15 x 5 x {len(splits.y_test)} images) ready in {time.perf_counter() - t:.1f} s "
-          f"(made once per dataset and seed, then cached)")
+    if not small:
+        t = time.perf_counter()
+        corrupted_test_set("digits", 0, splits.x_test)  # the corruption property's default: all 360 test images
+        print(f"corrupted test set (15 x 5 x {len(splits.y_test)} images) ready in {time.perf_counter() - t:.1f} s "
+              f"(made once per dataset and seed, then cached)")
     props = [PROPERTIES.get(n) for n in PROPERTIES.names()
              if n != "autoattack" and PROPERTIES.get(n).applies(splits.info)]
+    props = [replace_property(p, params=dataclasses.replace(p.params, **small[p.name])) if p.name in (small or {})
+             else p for p in props]
     print("properties:", ", ".join(p.name for p in props))
     one_total, one_prop = 0.0, defaultdict(float)
     for r in records:
@@ -126,8 +139,10 @@ def other_properties(records, states, device) -> None:
           f"{'met' if b < 2 else 'MISSED'} (batched)")
 
 
-def autoattack_bench(records, states, n_batched: int, n_loop: int, device) -> None:
+def autoattack_bench(records, states, n_batched: int, n_loop: int, device, params: dict | None = None) -> None:
     aa = PROPERTIES.get("autoattack")
+    if params:
+        aa = replace_property(aa, params=dataclasses.replace(aa.params, **params))
     loop = replace_property(aa, params=dataclasses.replace(aa.params, batch_models=False))
     runs = {}
     for label, prop, recs in (("batched", aa, records[:n_batched]), ("one-by-one", loop, records[:n_loop])):

@@ -1,6 +1,6 @@
 """WeightNet scale benchmark (CPU): prints figures, asserts nothing.
 
-    .venv/bin/python bench/weightnet.py [--threads 2] [--n-digits 600] [--n-train 1000]
+    .venv/bin/python bench/weightnet.py [--threads 2] [--n-digits 600] [--n-train 1000] [--quick]
 
 1. prediction time and peak memory for a ResNet-18-size model (11.7M parameters, the zoo's timm
    ``resnet`` with ResNet-18 layers/channels, random weights; default config, every member), split
@@ -10,11 +10,13 @@
    the cost of one member alone;
 3. one training epoch over 1,000 digits CNNs (random weights and labels).
 Timings are wall clock; a 1024x1024 float32 matmul measured in the same run is the baseline, so the
-ratios stay meaningful on a shared machine.
+ratios stay meaningful on a shared machine. ``--quick`` (seconds, run by the tests) swaps in a small
+ResNet and 16 digits CNNs: its figures only show that every section still runs.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import sys
 import time
@@ -28,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from weightnet.config import WeightNetConfig  # noqa: E402
 from weightnet.data import ZooSample  # noqa: E402
-from weightnet.model import WeightNetModel, WeightNetPredictor, buckets, collate  # noqa: E402
+from weightnet.model import WeightNetPredictor, buckets, collate  # noqa: E402
 from weightnet.tokenizers import layer_summary, tokenize  # noqa: E402
 from zoo.archs import build  # noqa: E402
 
@@ -46,16 +48,12 @@ def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def untrained(cfg: WeightNetConfig, n_summary: int) -> WeightNetPredictor:
-    """A predictor shaped like a trained one: ``cfg.ensemble`` members reading ``n_summary`` statistics."""
-    p = WeightNetPredictor(cfg)
-    p.targets = ["test_accuracy"]
-    p.target_mean, p.target_std = torch.zeros(1), torch.ones(1)
-    with torch.random.fork_rng(devices=[]):
-        for k in range(cfg.ensemble):
-            torch.manual_seed(1000 * k)
-            p.members.append(WeightNetModel(cfg, 1, 0, n_summary).eval())
-    p.model = p.members[0]
+def fitted(cfg: WeightNetConfig, samples: list[ZooSample]) -> WeightNetPredictor:
+    """A real predictor (``cfg.ensemble`` members) fitted for one epoch on ``samples`` (same layer layout
+    as the models it will time, any width): timing predictions needs its shape, not its accuracy, and the
+    public ``fit`` keeps the bench in step with the model."""
+    p = WeightNetPredictor(dataclasses.replace(cfg, epochs=1))
+    p.fit(samples, [], ["test_accuracy"], seed=0)
     return p
 
 
@@ -80,17 +78,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-digits", type=int, default=600)
     ap.add_argument("--n-train", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks that the bench runs")
     args = ap.parse_args()
+    reps = 10
+    if args.quick:
+        args.n_digits, args.n_train, reps = 16, 16, 1
     torch.set_num_threads(args.threads)
     cfg = WeightNetConfig()
-    base = matmul_gflops()
+    base = matmul_gflops(reps=reps)
     print(f"baseline: 1024x1024 float32 matmul {base:.1f} GFLOP/s on {args.threads} threads")
 
     # 1. ResNet-18 size (the baseline is re-measured before each section: the machine is shared)
-    r18 = sample("resnet", {"input_shape": [3, 224, 224], "n_classes": 1000, "layers": [2, 2, 2, 2],
-                            "channels": [64, 128, 256, 512]}, 0)
+    narrow = {"input_shape": [3, 16, 16], "n_classes": 1000, "layers": [2, 2, 2, 2], "channels": [4, 8, 16, 32]}
+    full = {"input_shape": [3, 224, 224], "n_classes": 1000, "layers": [2, 2, 2, 2], "channels": [64, 128, 256, 512]}
+    r18 = sample("resnet", dict(narrow) if args.quick else full, 0)
+    p = fitted(cfg, [sample("resnet", narrow, 1), sample("resnet", narrow, 2, label=1.0)])  # small: keeps peak RSS
     before = rss_mib()
-    p = untrained(cfg, layer_summary(r18.state, r18.spec).numel())
     p.predict([ZooSample("warm", "warm", "x", "resnet", {}, r18.spec, r18.state)])  # warm-up (one-off allocations)
     times = []
     for i in range(3):
@@ -108,10 +111,10 @@ def main() -> None:
           f"GFLOP/s), peak RSS {rss_mib():.0f} MiB (+{rss_mib() - before:.0f} MiB over the loaded process; target < 2048)")
 
     # 2. batched predictions on digits CNNs
-    base = matmul_gflops()
+    base = matmul_gflops(reps=reps)
     cnn_cfg = {"input_shape": [1, 8, 8], "n_classes": 10, "channels": 16, "n_layers": 3}
     cnns = [sample("cnn", cnn_cfg, i) for i in range(args.n_digits)]
-    p = untrained(cfg, layer_summary(cnns[0].state, cnns[0].spec).numel())
+    p = fitted(cfg, cnns[:2] + [sample("cnn", cnn_cfg, -1, label=1.0)])
     t = time.perf_counter()
     toks = p.pipeline.many(cnns)
     t_tok = time.perf_counter() - t
@@ -139,7 +142,7 @@ def main() -> None:
     t = time.perf_counter()
     p.pipeline.many(train)
     t_tok = time.perf_counter() - t
-    base = matmul_gflops()
+    base = matmul_gflops(reps=reps)
     t = time.perf_counter()
     p.fit(train, [], ["test_accuracy"], seed=0)
     t_fit = time.perf_counter() - t

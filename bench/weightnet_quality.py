@@ -6,13 +6,16 @@
 
 Build the zoo first (zoo build --family digits-cnn --n 60; zoo label -p performance). Prints mean +- std
 over the split seeds and each fit's wall time (measured on whatever load the machine has; compare the
-predictors within one run, not across runs).
+predictors within one run, not across runs). ``--quick`` (seconds, run by the tests) builds and labels a
+12-member digits-mlp zoo in a temporary folder (left for inspection; print says where) and fits WeightNet
+(2 epochs) and StatNN-GBT on one seed: its figures only show that the bench runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,9 +36,21 @@ def weightnet_variant(overrides: dict):
     return lambda: WeightNetPredictor(cfg)
 
 
+def quick_lake(folder: str) -> str:
+    """A tiny labelled zoo: 12 digits-mlp members at epochs 1 and 2 (24 models), test accuracy labelled."""
+    from labeling.run import label_zoo
+    from zoo.build import build_zoo
+
+    with Lake.open(folder, create=True) as lk:
+        build_zoo(lk, "digits-mlp", 12, 0, (1, 2))
+        label_zoo(lk, ["performance"])
+    return folder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--lake", required=True)
+    ap.add_argument("--lake", default=None, help="a labelled lake (required unless --quick)")
+    ap.add_argument("--quick", action="store_true", help="a tiny temporary zoo (seconds): checks that the bench runs")
     ap.add_argument("--target", default="test_accuracy")
     ap.add_argument("--where", default=None)
     ap.add_argument("--seeds", default="0,1,2")
@@ -43,6 +58,12 @@ def main() -> None:
     ap.add_argument("--only", default="weightnet,statnn-gbt,statnn-mlp,nfn")
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON WeightNetConfig overrides")
     args = ap.parse_args()
+    if args.quick:
+        args.lake = quick_lake(tempfile.mkdtemp(prefix="wn-quality-") + "/lake")
+        args.seeds, args.only = "0", "statnn-gbt"
+        args.variant = args.variant or ['weightnet-2ep={"epochs": 2}']  # WeightNet, trained briefly
+    elif args.lake is None:
+        ap.error("--lake is required (or --quick)")
     lake = Lake.open(args.lake, read_only=True)
     samples = load_samples(lake, args.where, [args.target])
     makers = {}
@@ -52,7 +73,7 @@ def main() -> None:
         name, js = v.split("=", 1)
         makers[name] = weightnet_variant(json.loads(js))
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"{len(samples)} models; target {args.target}; split {args.split}; seeds {seeds}")
+    print(f"{len(samples)} models in {args.lake}; target {args.target}; split {args.split}; seeds {seeds}")
     for name, make in makers.items():
         taus, secs = [], []
         for seed in seeds:

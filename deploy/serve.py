@@ -26,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     home = pathlib.Path(args.home).absolute()
     lake = args.lake if ":" in args.lake.split("/")[0] else str(pathlib.Path(args.lake).absolute())
 
+    # SIGTERM stops everything the way Ctrl-C does, from the first moment (the children have their own sessions)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"starting the Prefect server (home {home}) ...", flush=True)
-    server = start_server(home, args.port)
+    try:
+        server = start_server(home, args.port)
+    except KeyboardInterrupt:
+        print("\nstopped while the server was starting", flush=True)
+        return 0
     workers = []
     try:
         # this process talks to the new server: settings come from the environment before prefect loads
@@ -41,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
               f"  workers: {', '.join(POOLS)} (logs in {home})\n"
               f"  PREFECT_API_URL={server.api_url}\n"
               "Press Ctrl-C to stop.", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while server.proc.poll() is None:
             time.sleep(1)
         print(f"the server exited with code {server.proc.returncode}; see {server.log}", file=sys.stderr)

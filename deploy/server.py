@@ -93,6 +93,9 @@ def start_server(home: str | os.PathLike, port: int | None = None, timeout: floa
         stop(proc)
         tail = log.read_text(errors="replace")[-2000:]
         raise ServerError(f"{e}; log tail:\n{tail}") from None
+    except BaseException:  # Ctrl-C while it starts: the server has its own session, so stop it here
+        stop(proc)
+        raise
     return Server(url, proc, log)
 
 

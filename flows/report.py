@@ -1,7 +1,8 @@
 """Flow ``report``: publish a run's results as Prefect artifacts (tables, markdown, links to plots).
 
-For a WeightNet run: its metrics from the ``runs`` table. When the evaluation package provides
-``evaluate``, the small suite runs too and its headline table, report and plots become artifacts.
+For a WeightNet run: its metrics from the ``runs`` table. With ``suite`` set, that evaluation suite runs
+too and its headline table, report and plots become artifacts; a partial or failed evaluation publishes
+them, then fails the flow.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def run_evaluation(lake: str, suite: str, at: str | int | None, out_dir: str, se
         res = evaluate(lk, suite=suite, at=at, out_dir=out_dir, seeds=tuple(seeds), progress=progress, device=device)
     headline = [dict(r) if not isinstance(r, dict) else r for r in (res.headline or [])]
     return {"run_id": res.run_id, "report_path": str(res.report_path), "headline": headline,
-            "notes": list(getattr(res, "notes", []) or []),
+            "notes": list(res.notes), "status": res.status, "failures": list(res.failures),
             "text": res.format_headline()}
 
 
@@ -81,4 +82,6 @@ def report(run_id: str | None = None, lake: str = "lake", suite: str | None = "s
         ev["plots"] = publish_plots(folder) if folder.is_dir() else []
         print(f"evaluation run {ev['run_id']}: {len(ev['headline'])} headline rows, report {ev['report_path']}")
         out["evaluation"] = ev
+        if ev.get("status", "completed") != "completed":  # published first, so the UI shows what failed
+            raise ZooError(f"evaluation {ev['run_id']} {ev['status']}: " + "; ".join(ev.get("failures", [])[:5]))
     return out

@@ -95,7 +95,7 @@ RUNS = Table(
         ("run_id", "VARCHAR"),
         ("kind", "VARCHAR"),  # build | label | weightnet | evaluate
         ("config", "VARCHAR"),  # JSON
-        ("status", "VARCHAR"),  # running | completed | failed
+        ("status", "VARCHAR"),  # running | completed | partial (evaluate: some parts failed) | failed
         ("metrics", "VARCHAR"),  # JSON
         ("snapshot_id", "BIGINT"),  # the snapshot the run read (WeightNet) or produced
         ("started_at", "TIMESTAMP WITH TIME ZONE"),

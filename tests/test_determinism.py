@@ -7,9 +7,12 @@ import pathlib
 
 import pytest
 
+import zoo.build
 from labeling.run import label_zoo
 from storage.lake import Lake
 from zoo.build import build_zoo
+from zoo.families import FAMILIES, Family
+from zoo.sampling import TrainSpace
 
 CHECKPOINTS = (1, 2)
 PROPERTIES = ["performance", "weight_stats"]
@@ -56,11 +59,38 @@ def test_other_seed_other_weights(tmp_path, torch_one_thread):
     assert sorted(v[2] for v in a.values()) != sorted(v[2] for v in b.values())
 
 
-def test_population_batching_does_not_change_weights(tmp_path, torch_one_thread):
-    """A member trained alone equals the same member trained in a population: a resumed build that
-    groups the remaining members differently still stores the reference weights."""
-    build(tmp_path / "together", "digits-mlp", 4, population_size=4)
-    build(tmp_path / "alone", "digits-mlp", 4, population_size=1)
+# One batch size and data fraction, every other hyperparameter sampled (lr, l2, optimizer, init, dropout,
+# label noise): the build puts all its members in one population, whether it groups members by batch
+# size and data fraction or not.
+POP4 = Family("determinism-mlp", "digits", "mlp", TrainSpace(epochs=2, batch_sizes=(64,), train_fractions=(0.5,)),
+              arch_config={"width": 16, "depth": 2, "activation": "relu"})
+
+
+def spy_populations(monkeypatch) -> list[int]:
+    """Sizes of the populations the build trains, in order (recorded as ``zoo.build`` trains them)."""
+    sizes: list[int] = []
+    real = zoo.build.train_population
+
+    def spy(pop, *args, **kwargs):
+        sizes.append(len(pop.members))
+        return real(pop, *args, **kwargs)
+
+    monkeypatch.setattr(zoo.build, "train_population", spy)
+    return sizes
+
+
+def test_population_batching_does_not_change_weights(tmp_path, torch_one_thread, monkeypatch):
+    """A member trained alone equals the same member trained in a population of 4 members with other
+    hyperparameters: a resumed build that groups the remaining members differently still stores the
+    reference weights."""
+    monkeypatch.setitem(FAMILIES._entries, POP4.name, POP4)
+    plans = zoo.build.plan_family(POP4, 4, 0)
+    assert len({(p.train_config.lr, p.train_config.dropout) for p in plans}) == 4  # the members really differ
+    sizes = spy_populations(monkeypatch)
+    build(tmp_path / "together", POP4.name, 4, population_size=4)
+    together, sizes[:] = list(sizes), []
+    build(tmp_path / "alone", POP4.name, 4, population_size=1)
+    assert together == [4] and sizes == [1, 1, 1, 1]  # the populations this test is about
     assert_bit_identical(weights(tmp_path / "together"), weights(tmp_path / "alone"))
 
 

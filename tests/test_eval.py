@@ -11,7 +11,7 @@ import torch
 from core.errors import ZooError
 from fixtures.eval_zoo import synthetic_samples, trained_digits_zoo
 from weightnet.data import _width
-from weightnet.eval import ablations, interpret, report, run, splits
+from weightnet.eval import ablations, experiments, interpret, report, run, splits
 from weightnet.eval.widen import widen
 from zoo.archs import build
 
@@ -114,6 +114,26 @@ TINY_STANDARD = dataclasses.replace(
     hparams=True, ablation_groups=("tokenization", "embeddings"), learning_curve=(0.5, 1.0), interpret=True)
 
 
+def assert_completed(res, report_md: str) -> None:
+    """Nothing failed: a failed fit/prediction/experiment would be listed (and the status not completed),
+    so section names found in the report below are results, not the names of failures."""
+    assert res.status == "completed" and res.failures == [], res.failures
+    assert "## Status" not in report_md
+    assert not [n for n in res.notes if "failed" in n or "could not" in n], res.notes
+
+
+def break_predictors(monkeypatch, broken: set[str]) -> None:
+    """Every fit of a predictor named in ``broken`` raises (an injected bug)."""
+    real = experiments.make_predictor
+
+    def make(name, device="cpu", overrides=None):
+        if name in broken:
+            raise RuntimeError(f"injected failure of {name}")
+        return real(name, device, overrides)
+
+    monkeypatch.setattr(experiments, "make_predictor", make)
+
+
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory):
     """24 trained digits models tagged v1, then 2 more added after the tag (shared by the tests below)."""
@@ -135,6 +155,7 @@ def test_evaluate_small_writes_report_run_row_and_headline(tiny_zoo, tmp_path, m
                        progress=lambda d, n: ticks.append((d, n)))
     assert ticks and ticks[-1][0] == ticks[-1][1]
     report = (tmp_path / "reports" / res.run_id / "report.md").read_text()
+    assert_completed(res, report)
     assert "digits-cnn (12 models)" in report and "digits-mlp (12 models)" in report  # not the 2 later models
     assert list((tmp_path / "reports" / res.run_id).glob("scatter_*.png"))
     # the label's own retest agreement, re-measured from the weights and checked against the stored labels
@@ -157,6 +178,7 @@ def test_evaluate_standard_runs_every_experiment(tiny_zoo, tmp_path, monkeypatch
     monkeypatch.setitem(run.SUITES, "tiny-standard", TINY_STANDARD)
     res = run.evaluate(tiny_zoo, "tiny-standard", at="v1", out_dir=tmp_path, seeds=(0,))
     report = (tmp_path / res.run_id / "report.md").read_text()
+    assert_completed(res, report)
     for section in ("held-out family digits-cnn", "/ widths", "widened x4", "held-out lr range", "learning curve",
                     "tokenization: global", "Interpretability"):
         assert section in report, section
@@ -168,6 +190,70 @@ def test_evaluate_standard_runs_every_experiment(tiny_zoo, tmp_path, monkeypatch
     verdicts = {t["target"].split(":")[0]: t for t in res.targets}
     assert verdicts["held-out architecture family"]["met"] is not None
     assert verdicts["4x function-preserving widening"]["met"] is not None
+
+
+CHEAP = dataclasses.replace(TINY, name="tiny-cheap", predictors=("statnn-gbt", "nfn", "calc"), interpret=False)
+
+
+def test_a_failed_predictor_makes_the_evaluation_partial(tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.setitem(run.SUITES, "tiny-cheap", CHEAP)
+    break_predictors(monkeypatch, {"nfn"})
+    res = run.evaluate(tiny_zoo, "tiny-cheap", at="v1", out_dir=tmp_path, seeds=(0,))
+    assert res.status == "partial"
+    assert res.failures and all("nfn failed" in f and "injected failure of nfn" in f for f in res.failures)
+    headline_predictors = {r["predictor"] for r in res.headline}
+    assert "statnn-gbt" in headline_predictors and "nfn" not in headline_predictors
+    md = (tmp_path / res.run_id / "report.md").read_text()
+    assert "## Status: PARTIAL" in md and md.index("## Status") < md.index("injected failure") < md.index("## Headline")
+    status, metrics = tiny_zoo.fetch("SELECT status, metrics FROM lake.main.runs WHERE run_id = ?", [res.run_id])[0]
+    assert status == "partial" and json.loads(metrics)["failures"] == res.failures
+
+
+def test_an_evaluation_that_measured_nothing_has_failed(tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.setitem(run.SUITES, "tiny-gbt", dataclasses.replace(CHEAP, name="tiny-gbt", predictors=("statnn-gbt",)))
+    break_predictors(monkeypatch, {"statnn-gbt"})
+    res = run.evaluate(tiny_zoo, "tiny-gbt", at="v1", out_dir=tmp_path, seeds=(0,))
+    assert res.status == "failed" and res.headline == [] and len(res.failures) == 2  # two zoos, one seed
+    assert tiny_zoo.fetch("SELECT status FROM lake.main.runs WHERE run_id = ?", [res.run_id])[0][0] == "failed"
+    assert "## Status: FAILED" in (tmp_path / res.run_id / "report.md").read_text()
+
+
+def test_a_crashing_experiment_plan_is_a_failure_and_a_data_limit_a_note(rng, monkeypatch):
+    samples = synthetic_samples("mlp", 12, rng)
+    suite = dataclasses.replace(TINY, name="w", widths=True, hparams=True)
+    notes, failures = [], []
+    exps, _, _ = run.plan(samples, suite, {}, notes, failures)  # no lr recorded: the zoo cannot support it
+    assert failures == [] and any("held-out hyperparameter split not run" in n for n in notes)
+    assert any("/ widths" in e.name for e in exps)
+
+    def crash(*a, **k):
+        raise TypeError("injected bug")
+
+    monkeypatch.setattr(splits, "width_sets", crash)
+    notes, failures = [], []
+    exps, _, _ = run.plan(samples, suite, {}, notes, failures)
+    assert len(failures) == 1 and failures[0].startswith("width generalization on synthetic-mlp failed: TypeError")
+    assert not any("/ widths" in e.name for e in exps)
+    with pytest.raises(TypeError, match="injected bug"):
+        run.plan(samples, suite, {}, [])
+
+
+@pytest.mark.parametrize("broken", [set(), {"nfn"}])
+def test_zoo_evaluate_exits_non_zero_unless_completed(tmp_path, monkeypatch, zoo_cli, broken):
+    from storage.lake import Lake
+
+    with Lake.open(tmp_path / "lake", create=True) as lk:
+        trained_digits_zoo(lk, n=12, archs=("mlp",), widths=(8,))
+    monkeypatch.setitem(run.SUITES, "tiny-cheap", CHEAP)
+    break_predictors(monkeypatch, broken)
+    r = zoo_cli("evaluate", "--suite", "tiny-cheap", "--seeds", "0", "--out", str(tmp_path / "rep"),
+                lake=tmp_path / "lake")
+    if broken:
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "FAILED: " in r.stdout and "injected failure of nfn" in r.stdout and "evaluation partial" in r.stdout
+    else:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "FAILED" not in r.stdout and "completed" in r.stdout
 
 
 def test_evaluate_names_bad_input(lake, tmp_path):

@@ -74,15 +74,20 @@ def _copy_models(src: str, dst: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def small_zoo(prefect_server, tmp_path_factory) -> str:
-    """Two digits-mlp members (with their checkpoints) built by the build_zoo flow."""
+def small_zoo_build(prefect_server, tmp_path_factory) -> tuple[str, str]:
+    """Two digits-mlp members (with their checkpoints) built by the build_zoo flow: (lake, flow run id)."""
     from flows.build import build_zoo
 
     loc = str(tmp_path_factory.mktemp("flows") / "zoo")
     Lake.open(loc, create=True).close()
-    result = build_zoo(family="digits-mlp", n=2, seed=0, lake=loc)
-    assert len(result["model_ids"]) >= 2
-    return loc
+    state = build_zoo(family="digits-mlp", n=2, seed=0, lake=loc, return_state=True)
+    assert state.is_completed() and len(state.result()["model_ids"]) >= 2
+    return loc, str(state.state_details.flow_run_id)
+
+
+@pytest.fixture(scope="module")
+def small_zoo(small_zoo_build) -> str:
+    return small_zoo_build[0]
 
 
 @pytest.mark.slow
@@ -118,16 +123,23 @@ def test_dask_and_threads_give_the_same_labels(small_zoo, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_build_flow_publishes_summary_and_progress_artifacts(small_zoo) -> None:
+def test_build_flow_publishes_summary_and_progress_artifacts(small_zoo_build) -> None:
+    """Only this module's build run counts: other tests on the shared server publish the same keys."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter
 
+    small_zoo, flow_run_id = small_zoo_build
+
+    def mine(key: str) -> ArtifactFilter:
+        return ArtifactFilter(key={"any_": [key]}, flow_run_id={"any_": [flow_run_id]})
+
     with get_client(sync_client=True) as client:
-        summary = client.read_artifacts(artifact_filter=ArtifactFilter(key={"any_": ["zoo-build-digits-mlp"]}))
-        progress = client.read_artifacts(artifact_filter=ArtifactFilter(key={"any_": ["build-progress-digits-mlp"]}))
+        summary = client.read_artifacts(artifact_filter=mine("zoo-build-digits-mlp"))
+        progress = client.read_artifacts(artifact_filter=mine("build-progress-digits-mlp"))
+    assert all(str(a.flow_run_id) == flow_run_id for a in summary + progress)
     with Lake.open(small_zoo, read_only=True) as lk:
         n = lk.fetch("SELECT count(*) FROM models")[0][0]
-    assert summary and any(f"| models (incl. checkpoints) | {n} |" in a.data for a in summary)
+    assert len(summary) == 1 and f"| models (incl. checkpoints) | {n} |" in summary[0].data
     assert progress and max(float(a.data) for a in progress) == 100.0
 
 

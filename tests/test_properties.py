@@ -180,6 +180,9 @@ def test_autoattack_on_a_fixed_subset_below_clean(tiny_digits_models):
     res = autoattack(b, sp, params, CPU, gen())
     for d in res:
         assert 0 <= d["autoattack_ta_standard_16_255"] <= d["autoattack_ta_standard_16_255_clean"]
+        # the trained model is far above chance on the subset, and the attack breaks some of it: it did something
+        assert d["autoattack_ta_standard_16_255_clean"] >= 0.5  # chance: 0.1
+        assert d["autoattack_ta_standard_16_255"] < d["autoattack_ta_standard_16_255_clean"]
 
 
 # --- corruptions --------------------------------------------------------------------------------

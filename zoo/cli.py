@@ -19,7 +19,9 @@ for _module in COMMAND_MODULES:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code here instead of raising it
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -54,6 +54,7 @@ class Outcome:
     scatter: dict = field(default_factory=dict)  # (experiment, test_set, predictor, property) -> (y, p) of the first seed
     fitted: dict = field(default_factory=dict)  # (experiment, predictor) -> (predictor, test samples) of the first seed
     notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # fits/predictions that raised: the evaluation is not complete
 
 
 def applicable(name: str, train: Sequence[ZooSample], tests: Sequence[ZooSample], targets: Sequence[str]) -> str:
@@ -99,8 +100,8 @@ def _fit_and_score(exp: Experiment, name: str, label: str, seed: int, first_seed
     try:
         pred = make_predictor(name, device, exp.overrides.get(name))
         pred.fit(train, val, list(exp.targets), seed)
-    except Exception as e:  # one failing predictor must not sink the comparison; the report shows it
-        out.notes.append(f"{exp.name}: {label} failed on seed {seed}: {type(e).__name__}: {e}")
+    except Exception as e:  # one failing predictor must not sink the comparison; it is reported as a failure
+        out.failures.append(f"{exp.name}: {label} failed on seed {seed}: {type(e).__name__}: {e}")
         return
     fit_seconds = time.perf_counter() - t0  # wall time, so it depends on the machine's load
     if exp.keep_fitted and seed == first_seed:
@@ -112,7 +113,7 @@ def _fit_and_score(exp: Experiment, name: str, label: str, seed: int, first_seed
             p = pred.predict(samples)
             iv = pred.predict_interval(samples, alpha=0.1) if hasattr(pred, "predict_interval") else {}
         except Exception as e:
-            out.notes.append(f"{exp.name}/{test_name}: {label} could not predict: {type(e).__name__}: {e}")
+            out.failures.append(f"{exp.name}/{test_name}: {label} could not predict: {type(e).__name__}: {e}")
             continue
         for prop, values in p.items():
             y = np.array([s.labels.get(prop, math.nan) for s in samples], dtype=np.float64)

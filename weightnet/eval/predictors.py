@@ -9,20 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from core.errors import ZooError
 from weightnet.baselines import BASELINES
 
 WEIGHTNET = "weightnet"
-
-
-def weightnet_available() -> tuple[bool, str]:
-    """(available, reason): WeightNet is written in parallel; evaluation degrades to the baselines without it."""
-    try:
-        from weightnet.config import WeightNetConfig  # noqa: F401
-        from weightnet.model import WeightNetPredictor  # noqa: F401
-    except Exception as e:  # ImportError, or a half-written module
-        return False, f"WeightNet is not importable here ({type(e).__name__}: {e})"
-    return True, ""
 
 
 def config_fields() -> set[str]:
@@ -62,9 +51,6 @@ def make_predictor(name: str, device: str = "cpu", overrides: Mapping[str, objec
     overrides = dict(overrides or {})
     if name != WEIGHTNET:
         return BASELINES.get(name)(device=device, **overrides)
-    ok, why = weightnet_available()
-    if not ok:
-        raise ZooError(why)
     from weightnet.config import WeightNetConfig
     from weightnet.model import WeightNetPredictor
 

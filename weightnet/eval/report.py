@@ -217,12 +217,18 @@ def _result_rows(rows: Sequence[dict]) -> list[dict]:
 
 def write(out: pathlib.Path, run_id: str, config: dict, rows: Sequence[dict], scatter: dict, sens: dict, attn: dict,
           targets: Sequence[dict], headline: Sequence[dict], notes: Sequence[str], samples: Sequence,
-          reliability: dict | None = None) -> pathlib.Path:
+          reliability: dict | None = None, failures: Sequence[str] = (), status: str = "completed") -> pathlib.Path:
+    """report.md (+ plots) in ``out``; when anything failed, the status and the failures come first."""
     out.mkdir(parents=True, exist_ok=True)
     fams: dict[str, int] = {}
     for s in samples:
         fams[s.family] = fams.get(s.family, 0) + 1
-    md = [f"# Evaluation {run_id}", "",
+    md = [f"# Evaluation {run_id}", ""]
+    if failures:
+        md += [f"## Status: {status.upper()}: {len(failures)} failure(s)", "",
+               "These parts raised; their rows are missing below and the targets they feed read 'not measured'.", ""]
+        md += [f"- {f}" for f in failures] + [""]
+    md += [
           f"Suite `{config['suite']['name']}` on snapshot {config['snapshot_id']}"
           + (f" (`--at {config['at']}`)" if config.get("at") is not None else "")
           + f", seeds {config['seeds']}; metrics are mean ± std over seeds.", "",

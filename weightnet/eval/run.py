@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from core.errors import ZooError
 from core.hashing import code_version, stable_hash
 from storage.lake import Lake
 from storage.writes import read_models, write_run
@@ -29,7 +30,7 @@ from weightnet.baselines.calculators import CALCULATED
 from weightnet.data import ZooSample, load_samples, split_samples
 from weightnet.eval import ablations, experiments, interpret, report, splits
 from weightnet.eval.experiments import Experiment
-from weightnet.eval.predictors import WEIGHTNET, weightnet_available
+from weightnet.eval.predictors import WEIGHTNET
 from weightnet.eval.reliability import label_reliability
 
 PREFERRED_TARGETS = ("test_accuracy", "gen_gap_accuracy", "pgd_linf_2_255", "corruption_mean_accuracy", "test_loss",
@@ -81,6 +82,8 @@ class EvalResult:
     headline: list[dict]  # rows of the headline table
     targets: list[dict] = field(default_factory=list)  # issue-7 targets: measured value and whether met
     notes: list[str] = field(default_factory=list)
+    status: str = "completed"  # completed | partial (some part failed) | failed (nothing measured)
+    failures: list[str] = field(default_factory=list)  # what raised: listed first in the report
 
     def format_headline(self) -> str:
         return report.headline_text(self.headline, self.targets)
@@ -141,8 +144,17 @@ def _zoos(samples: Sequence[ZooSample], suite: Suite) -> list[tuple[str, list[Zo
 
 
 def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, dict],
-         notes: list[str]) -> tuple[list[Experiment], str, tuple[str, ...]]:
-    """The experiments of a suite, the primary zoo's name and its targets."""
+         notes: list[str], failures: list[str] | None = None) -> tuple[list[Experiment], str, tuple[str, ...]]:
+    """The experiments of a suite, the primary zoo's name and its targets.
+
+    An experiment the zoo cannot support (a ``ZooError``: too few widths, no lr recorded) is left out
+    with a note; one whose planning raises anything else is a failure (appended to ``failures``,
+    re-raised when that is None), so the evaluation cannot end as completed without it.
+    """
+    def failed(what: str, e: Exception) -> None:
+        if failures is None:
+            raise e
+        failures.append(f"{what} failed: {type(e).__name__}: {e}")
     zoos = _zoos(samples, suite)
     missing = [f for f in suite.zoos if f not in {z for z, _ in zoos}]
     if missing:
@@ -192,8 +204,10 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
                 return w.train, w.val, tests
             exps.append(Experiment(f"{primary} / widths", primary, "width", wfn, learned, fn_targets,
                                    overrides=base.overrides))
-        except Exception as e:
+        except ZooError as e:
             notes.append(f"width generalization not run on {primary}: {e}")
+        except Exception as e:
+            failed(f"width generalization on {primary}", e)
     if suite.hparams:
         try:
             splits.hparam_split(primary_samples, train_configs, "lr", 0)
@@ -203,8 +217,10 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
                 return tr, va, {"test": te}
             exps.append(Experiment(f"{primary} / held-out lr range", primary, "hparam:lr", hfn, learned,
                                    primary_targets, overrides=base.overrides))
-        except Exception as e:
+        except ZooError as e:
             notes.append(f"held-out hyperparameter split not run on {primary}: {e}")
+        except Exception as e:
+            failed(f"held-out hyperparameter split on {primary}", e)
     if suite.learning_curve:
         for frac in suite.learning_curve:
             def lfn(seed: int, frac=frac, ss=primary_samples):
@@ -215,18 +231,15 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
                 return [s for s in tr if s.run_id in keep], va, {"test": te}
             exps.append(Experiment(f"{primary} / learning curve {frac:g}", primary, f"learning-curve:{frac:g}", lfn,
                                    (WEIGHTNET, "statnn-gbt"), ("test_accuracy",), overrides=base.overrides))
-    if suite.ablation_groups:
-        if WEIGHTNET in suite.predictors and weightnet_available()[0]:
-            variants, why = ablations.plan(suite.ablation_groups)
-            notes += why
-            for v in variants:
-                exps.append(Experiment(f"{primary} / ablation", primary, f"ablation:{v.group}",
-                                       _random(primary_samples), (WEIGHTNET,), ("test_accuracy",),
-                                       overrides={WEIGHTNET: {**suite.overrides_for().get(WEIGHTNET, {}),
-                                                              **v.as_dict}},
-                                       labels={WEIGHTNET: f"{v.group}: {v.label}"}))
-        else:
-            notes.append("ablations not run: WeightNet is not available")
+    if suite.ablation_groups and WEIGHTNET in suite.predictors:
+        variants, why = ablations.plan(suite.ablation_groups)
+        notes += why
+        for v in variants:
+            exps.append(Experiment(f"{primary} / ablation", primary, f"ablation:{v.group}",
+                                   _random(primary_samples), (WEIGHTNET,), ("test_accuracy",),
+                                   overrides={WEIGHTNET: {**suite.overrides_for().get(WEIGHTNET, {}),
+                                                          **v.as_dict}},
+                                   labels={WEIGHTNET: f"{v.group}: {v.label}"}))
     return exps, primary, primary_targets
 
 
@@ -235,6 +248,10 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
              where: str | None = None, device: str = "cpu", threads: int | None = 1) -> EvalResult:
     """Run a suite on the zoo at snapshot/tag ``at`` (default latest), write reports/<run>/report.md
     with its plots, and record a ``runs`` row (kind=evaluate).
+
+    The run ends ``completed`` only when every predictor fit and predicted and every planned experiment
+    ran; otherwise ``partial`` (something was measured; the failures open the report) or ``failed``
+    (nothing was). An exception outside the experiments marks the run ``failed`` and propagates.
 
     ``threads``: torch intra-op threads while fitting (restored afterwards; None leaves it alone). The
     predictors are small, so one thread is fastest on CPU: WeightNet fitted 5x faster on 1 thread than on
@@ -257,14 +274,13 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
     with lake.viewing(None, False):
         write_run(lake, run_id, "evaluate", config, "running", snapshot_id=snapshot, started_at=started)
     notes: list[str] = []
-    ok, why = weightnet_available()
-    if not ok:
-        notes.append(why + "; WeightNet rows are missing and every WeightNet target reads 'not measured'")
+    failures: list[str] = []
     try:
-        exps, primary, _ = plan(samples, cfg, train_configs, notes)
+        exps, primary, _ = plan(samples, cfg, train_configs, notes, failures)
         with _threads(threads):
             outcome = experiments.run(exps, list(seeds), device, progress)
         notes += outcome.notes
+        failures += outcome.failures
         rows = experiments.summarize(outcome.scores)
         sens, attn = {}, {}
         if cfg.interpret:
@@ -276,26 +292,27 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
                         if a is not None:
                             attn[label] = a
                     except Exception as e:
-                        notes.append(f"sensitivity of {label} failed: {type(e).__name__}: {e}")
+                        failures.append(f"sensitivity of {label} failed: {type(e).__name__}: {e}")
         try:
             reliability, rel_notes = label_reliability(samples)
             notes += rel_notes
-        except Exception as e:  # a diagnostic: the report goes out without it
+        except Exception as e:  # a diagnostic: the report goes out without it, as a partial evaluation
             reliability = {}
-            notes.append(f"label reliability failed: {type(e).__name__}: {e}")
+            failures.append(f"label reliability failed: {type(e).__name__}: {e}")
         targets = report.check_targets(rows, reliability)
         headline = report.headline_rows(rows, primary)
         out = pathlib.Path(out_dir) / run_id
+        status = "completed" if not failures else ("partial" if rows else "failed")
         path = report.write(out, run_id, config, rows, outcome.scatter, sens, attn, targets, headline, notes, samples,
-                            reliability)
+                            reliability, failures=failures, status=status)
     except BaseException:
         with lake.viewing(None, False):
             write_run(lake, run_id, "evaluate", config, "failed", snapshot_id=snapshot, started_at=started,
                       finished_at=dt.datetime.now(dt.timezone.utc))
         raise
     metrics = {"headline": [{k: v for k, v in r.items()} for r in headline], "targets": targets,
-               "report": str(path)}
+               "report": str(path), "failures": failures}
     with lake.viewing(None, False):
-        write_run(lake, run_id, "evaluate", config, "completed", metrics, snapshot_id=snapshot, started_at=started,
+        write_run(lake, run_id, "evaluate", config, status, metrics, snapshot_id=snapshot, started_at=started,
                   finished_at=dt.datetime.now(dt.timezone.utc))
-    return EvalResult(run_id, str(path), headline, targets, notes)
+    return EvalResult(run_id, str(path), headline, targets, notes, status, failures)

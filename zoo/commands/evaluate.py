@@ -44,7 +44,13 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
             task = bar.add_task("evaluate", total=None)
             res = evaluate(lk, suite, at, out, seed_list, where=where, device=device, threads=threads,
                            progress=lambda done, n: bar.update(task, completed=done, total=n))
+    for failure in res.failures:
+        console.print(f"FAILED: {failure}", style="red", markup=False, highlight=False, soft_wrap=True)
     console.print(res.format_headline(), markup=False, highlight=False, soft_wrap=True)
     for note in res.notes:
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"report: {res.report_path}  (run {res.run_id})")
+    console.print(f"report: {res.report_path}  (run {res.run_id}, {res.status})")
+    if res.status != "completed":  # partial or failed: scripts and CI must not read it as a success
+        console.print(f"evaluation {res.status}: {len(res.failures)} failure(s), listed first in the report",
+                      style="red", markup=False)
+        raise typer.Exit(1)
