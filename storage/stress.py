@@ -95,8 +95,7 @@ def audit(location: str, writers: int, n_batches: int, size: int) -> Audit:
 def check_consistent(lake: Lake, size: int) -> int:
     """Raise AssertionError unless the snapshot ``lake`` shows is consistent: whole batches only, every
     model with all its tensors, labels only for stored models. Returns the number of models seen."""
-    with lake.pinned():
-        return _check_consistent(lake, size)
+    return lake.read(lambda _snap: _check_consistent(lake, size), "consistency check")
 
 
 def _check_consistent(lake: Lake, size: int) -> int:

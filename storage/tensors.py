@@ -92,6 +92,25 @@ def unpack(column: pa.Array, dtypes: Iterable[str], shapes: Iterable[Sequence[in
     return out
 
 
+def fill(dests: Sequence[torch.Tensor], column: pa.Array, names: Sequence[str]) -> None:
+    """Copy row i of a binary / large_binary column straight into ``dests[i]`` (preallocated, contiguous):
+    no intermediate tensor, cast or take, so reading needs the destinations plus one batch of bytes."""
+    large = pa.types.is_large_binary(column.type)
+    _, off_buf, data_buf = column.buffers()
+    width = 8 if large else 4
+    offsets = np.frombuffer(off_buf, dtype=np.int64 if large else np.int32, count=len(column) + 1,
+                            offset=column.offset * width)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    for i, (t, name) in enumerate(zip(dests, names)):
+        want = t.numel() * t.element_size()
+        begin, end = int(offsets[i]), int(offsets[i + 1])
+        if end - begin != want:
+            raise BadWeights(f"{name}: {end - begin} bytes stored for shape {tuple(t.shape)} of "
+                             f"{dtype_name(t.dtype)} (expected {want})")
+        if want:
+            t.reshape(-1).view(torch.uint8).numpy()[:] = data[begin:end]
+
+
 # bit masks of the exponent field: all ones = Inf or NaN (numpy has no bfloat16, so test bits)
 _EXP_MASKS = {torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7F80)}
 
