@@ -47,15 +47,16 @@ def make_batch(writer: int, batch: int, size: int) -> list[tuple[ModelRecord, di
 
 
 def run_writer(location: str, writer: int, n_batches: int, size: int, seconds: float | None = None) -> int:
-    """Write up to ``n_batches`` batches (fewer when ``seconds`` runs out); returns how many landed."""
+    """Write up to ``n_batches`` batches (fewer when ``seconds`` runs out, but at least one); returns how
+    many landed."""
     keep_open = LakeConfig.parse(location).catalog != "duckdb"
     deadline = None if seconds is None else time.monotonic() + seconds
     lake = Lake.open(location) if keep_open else None
     done = 0
     try:
         for b in range(n_batches):
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+            if deadline is not None and done and time.monotonic() >= deadline:
+                break  # at least one batch, however slow the start
             lk = lake or Lake.open(location)
             try:
                 batch = make_batch(writer, b, size)
