@@ -141,6 +141,20 @@ def _s3_secret_sql(data_path: str) -> str:
     return f"CREATE OR REPLACE SECRET zoo_data ({', '.join(parts)})"
 
 
+def _create_wal_sqlite(path: str) -> None:
+    """An empty SQLite catalog file in WAL mode (persistent; DuckLake then initializes it). In the default
+    rollback-journal mode a writer waiting to commit (PENDING) and readers holding SHARED locks deadlocked
+    under load (bench/faults.py sqlite-load: every process locked out for minutes); in WAL mode readers
+    never block the writer. WAL needs the catalog on a local disk (shared memory), as SQLite catalogs are."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
 class Lake:
     """An open connection with the lake attached as ``lake`` (and selected with USE)."""
 
@@ -166,6 +180,8 @@ class Lake:
             if not create:
                 raise LakeError(f"{cfg.display} is not a zoo lake (no catalog at {cfg.target}; run `zoo init`)")
             pathlib.Path(cfg.target).parent.mkdir(parents=True, exist_ok=True)
+            if cfg.catalog == "sqlite":
+                _create_wal_sqlite(cfg.target)
         if cfg.catalog != "postgres" and "://" not in cfg.data_path:
             pathlib.Path(cfg.data_path).mkdir(parents=True, exist_ok=True)
         lock_timeout = busy_budget(lock_timeout)

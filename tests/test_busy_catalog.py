@@ -150,3 +150,15 @@ def test_zoo_sql_waits_out_a_locked_catalog(stored, zoo_cli, monkeypatch):
     res = zoo_cli("sql", "SELECT count(*) AS n FROM models", "--format", "json", lake=lake_dir)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == [{"n": 3}]
+
+
+def test_a_new_sqlite_catalog_is_in_wal_mode(tmp_path):
+    """Rollback-journal SQLite deadlocked readers and a committing writer under load; WAL does not."""
+    import sqlite3
+
+    Lake.open("sqlite:" + str(tmp_path / "lake"), create=True).close()
+    con = sqlite3.connect(tmp_path / "lake" / "zoo.sqlite")
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        con.close()
