@@ -46,6 +46,11 @@ class Size:
     quick: bool = False
     postgres: str | None = None  # an existing PostgreSQL server's DSN (else a local one is started)
 
+    @property
+    def writers(self) -> int:
+        """Writer processes of the *-4-writers scenarios (2 in --quick: process start-up dominates)."""
+        return 2 if self.quick else 4
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -138,14 +143,14 @@ def postgres_location(work: pathlib.Path, size: Size, name: str) -> Iterator[str
 def sqlite_writers(work: pathlib.Path, size: Size) -> Outcome:
     """4 writer processes on a SQLite catalog, 1,000 models each (scale 1)."""
     batches, per = (1, 5) if size.quick else (max(1, int(10 * size.scale)), 100)
-    return concurrent_writers("sqlite:" + str(work / "sqlite-lake"), 4, batches, per)
+    return concurrent_writers("sqlite:" + str(work / "sqlite-lake"), size.writers, batches, per)
 
 
 @SCENARIOS.register("duckdb-file-4-writers")
 def duckdb_writers(work: pathlib.Path, size: Size) -> Outcome:
     """4 writer processes taking turns on the DuckDB-file catalog (Lake.open waits for the lock)."""
     batches, per = (1, 5) if size.quick else (max(1, int(5 * size.scale)), 100)
-    return concurrent_writers(str(work / "duckdb-lake"), 4, batches, per, {"ZOO_LOCK_TIMEOUT": "600"})
+    return concurrent_writers(str(work / "duckdb-lake"), size.writers, batches, per, {"ZOO_LOCK_TIMEOUT": "600"})
 
 
 @SCENARIOS.register("postgres-4-writers")
@@ -153,7 +158,7 @@ def postgres_writers(work: pathlib.Path, size: Size) -> Outcome:
     """4 writer processes on a PostgreSQL catalog, 1,000 models each (scale 1)."""
     batches, per = (1, 5) if size.quick else (max(1, int(10 * size.scale)), 100)
     with postgres_location(work, size, "pg-writers") as loc:
-        return concurrent_writers(loc, 4, batches, per)
+        return concurrent_writers(loc, size.writers, batches, per)
 
 
 @SCENARIOS.register("sqlite-load")
@@ -225,7 +230,7 @@ def report(results: list[tuple[str, Outcome]]) -> int:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", default=None, help=f"scenarios to run (known: {', '.join(SCENARIOS.names())})")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds of load, no kill/rerun")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 writers, a few seconds of load, no kill/rerun")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the batches per writer")
     ap.add_argument("--seconds", type=float, default=None, help="load scenarios: seconds of writing (default 30; 3 quick)")
     ap.add_argument("--postgres", default=None, help="DSN of an existing PostgreSQL server for the postgres scenarios")
