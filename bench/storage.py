@@ -4,7 +4,10 @@ Prints models/s, MB/s and peak extra memory (process RSS sampled every 5 ms, min
 the step) next to the targets, plus a baseline measured in the same run (the same bytes written to
 and read from a plain file) so figures taken on a loaded machine can be compared as ratios.
 
-    .venv/bin/python bench/storage.py [--small 1000] [--lake DIR]
+    .venv/bin/python bench/storage.py [--quick] [--small 1000] [--lake DIR]
+
+``--quick`` (seconds): 50 small models; the ResNet-18-sized model is kept, since its read-memory
+figure (< 2x its size: reads stream in bounded groups straight into preallocated tensors) is the point.
 """
 from __future__ import annotations
 
@@ -125,7 +128,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=1000, help="how many ~5k-parameter models")
     ap.add_argument("--lake", default=None, help="lake location (default: a temporary folder)")
+    ap.add_argument("--quick", action="store_true", help="50 small models (seconds)")
     args = ap.parse_args()
+    if args.quick:
+        args.small = min(args.small, 50)
     torch.set_num_threads(2)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="zoo-bench-"))
     location = args.lake or str(tmp / "lake")

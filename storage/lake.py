@@ -23,16 +23,17 @@ lake attaches with ``OVERRIDE_DATA_PATH`` (file paths inside are relative; nothi
 
 A DuckDB-file catalog admits one process at a time: ``Lake.open`` waits (with backoff, up to
 ``lock_timeout`` seconds, default ``$ZOO_LOCK_TIMEOUT`` or 120) while another process holds it, so
-concurrent writer processes take turns instead of failing.
+concurrent writer processes take turns instead of failing. The same budget bounds every other wait on
+a busy catalog: reads (``fetch``, ``current_snapshot``, ``pinned``/``read``, ``retry``) and commits go
+through one helper, ``with_retries``, which retries transient lock/conflict errors with jittered
+backoff and raises one ``CatalogBusy`` naming the catalog when the budget runs out.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-import random
 import re
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
@@ -40,6 +41,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import duckdb
 
 from core.errors import LakeError
+from storage.retry import CatalogBusy, Locked as _Locked, busy_budget, is_transient, with_retries  # noqa: F401
 from storage.schema import TABLES
 
 T = TypeVar("T")
@@ -109,7 +111,9 @@ _SECRET_ENV = ("ZOO_S3_SECRET", "ZOO_S3_KEY_ID", "ZOO_S3_SESSION_TOKEN")
 _PRIVATE_FUNCTIONS = ("duckdb_secrets", "which_secret")
 _LOCKED = ("could not set lock", "conflicting lock", "database is locked")
 _MOVED = re.compile(r'does not match existing data path in the catalog "([^"]*)"')
-_TRANSIENT = ("database is locked", "could not set lock", "conflict", "concurrent", "busy", "serialization")
+# Give freed query buffers back after every few MB: reading a big model then needs ~1.7x its size, not
+# ~2.9x (bench/storage.py), because each tensor group's transient buffers are not kept by the allocator.
+_MEMORY = {"allocator_bulk_deallocation_flush_threshold": "4MB"}
 
 
 def redact(text: str) -> str:
@@ -146,24 +150,32 @@ def _s3_secret_sql(data_path: str) -> str:
     return f"CREATE OR REPLACE SECRET zoo_data ({', '.join(parts)})"
 
 
-def is_transient(exc: BaseException) -> bool:
-    msg = str(exc).lower()
-    return any(s in msg for s in _TRANSIENT)
+def _create_wal_sqlite(path: str) -> None:
+    """An empty SQLite catalog file in WAL mode (persistent; DuckLake then initializes it). In the default
+    rollback-journal mode a writer waiting to commit (PENDING) and readers holding SHARED locks deadlocked
+    under load (bench/faults.py sqlite-load: every process locked out for minutes); in WAL mode readers
+    never block the writer. WAL needs the catalog on a local disk (shared memory), as SQLite catalogs are."""
+    import sqlite3
 
-
-class _Locked(Exception):
-    """The catalog file is held by another process (retried by ``Lake.open``)."""
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
 
 
 class Lake:
     """An open connection with the lake attached as ``lake`` (and selected with USE)."""
 
-    def __init__(self, config: LakeConfig, con: duckdb.DuckDBPyConnection, snapshot: int | None, read_only: bool):
+    def __init__(self, config: LakeConfig, con: duckdb.DuckDBPyConnection, snapshot: int | None, read_only: bool,
+                 busy_s: float | None = None):
         self.config = config
         self.con = con
         self.snapshot = snapshot  # None: the latest
         self.read_only = read_only
         self.moved_from: str | None = None  # the catalog's recorded data path when the lake was moved
+        self.busy_s = busy_budget(busy_s)  # retry budget on a busy catalog (seconds)
+        self._in_txn = False  # inside commit/read/pinned: a failed statement aborts the whole transaction
 
     @property
     def data_path(self) -> str:
@@ -183,25 +195,20 @@ class Lake:
             if not create:
                 raise LakeError(f"{cfg.display} is not a zoo lake (no catalog at {cfg.target}; run `zoo init`)")
             pathlib.Path(cfg.target).parent.mkdir(parents=True, exist_ok=True)
+            if cfg.catalog == "sqlite":
+                _create_wal_sqlite(cfg.target)
         if cfg.catalog != "postgres" and "://" not in cfg.data_path:
             pathlib.Path(cfg.data_path).mkdir(parents=True, exist_ok=True)
-        if lock_timeout is None:
-            lock_timeout = float(os.environ.get("ZOO_LOCK_TIMEOUT", "120"))
-        deadline, delay = time.monotonic() + lock_timeout, 0.05
-        while True:
-            try:
-                return cls._open_once(cfg, read_only, at)
-            except _Locked as e:
-                if time.monotonic() + delay > deadline:
-                    raise LakeError(f"cannot open lake {cfg.display}: still locked by another process after "
-                                    f"{lock_timeout:g} s ({e})") from None
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 0.5)
+        lock_timeout = busy_budget(lock_timeout)
+        lake = with_retries(lambda: cls._open_once(cfg, read_only, at), "cannot open lake (still locked by "
+                            "another process)", cfg.display, lock_timeout, describe=_first_line)
+        lake.busy_s = lock_timeout
+        return lake
 
     @classmethod
     def _open_once(cls, cfg: LakeConfig, read_only: bool, at: str | int | None) -> "Lake":
         con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false",
-                                     "autoload_known_extensions": "false"})
+                                     "autoload_known_extensions": "false", **_MEMORY})
         try:
             con.execute(f"LOAD '{_extension('duckdb_extension_ducklake', 'ducklake')}'")
             if cfg.catalog in _EXTENSIONS:
@@ -315,14 +322,15 @@ class Lake:
                     f"no inlining for {t.name}", retries=8)
 
     def current_snapshot(self) -> int:
-        return int(self.con.execute("SELECT id FROM lake.current_snapshot()").fetchone()[0])
+        return int(self.retry(lambda: self.con.execute("SELECT id FROM lake.current_snapshot()").fetchone()[0],
+                              "read the current snapshot"))
 
     def snapshots(self) -> list[dict]:
-        rows = self.con.execute(
+        rows = self.retry(lambda: self.con.execute(
             "SELECT snapshot_id, snapshot_time, changes, author, commit_message, commit_extra_info "
-            "FROM lake.snapshots() ORDER BY snapshot_id").fetchall()
+            "FROM lake.snapshots() ORDER BY snapshot_id").fetchall(), "list snapshots")
         tags: dict[int, list[str]] = {}
-        for name, sid in self.con.execute("SELECT name, snapshot_id FROM lake.main.tags").fetchall():
+        for name, sid in self.fetch("SELECT name, snapshot_id FROM lake.main.tags"):
             tags.setdefault(int(sid), []).append(name)
         return [{"snapshot_id": r[0], "time": r[1], "changes": r[2], "author": r[3], "message": r[4],
                  "extra": r[5], "tags": sorted(tags.get(int(r[0]), []))} for r in rows]
@@ -331,18 +339,27 @@ class Lake:
         """A snapshot id from an int, a numeric string or a tag name; unknown ones raise LakeError."""
         if isinstance(at, int) or (isinstance(at, str) and at.strip().isdigit()):
             sid = int(at)
-            ok = self.con.execute("SELECT count(*) FROM lake.snapshots() WHERE snapshot_id = ?", [sid]).fetchone()[0]
+            ok = self.fetch("SELECT count(*) FROM lake.snapshots() WHERE snapshot_id = ?", [sid])[0][0]
             if not ok:
                 raise LakeError(f"unknown snapshot {sid} (latest is {self.current_snapshot()})")
             return sid
         if "\x00" in str(at):  # DuckLake's file-list query cannot carry a NUL byte: no tag can hold one
             raise LakeError(f"unknown snapshot or tag {at!r}")
-        row = self.con.execute("SELECT snapshot_id FROM lake.main.tags WHERE name = ?", [at]).fetchone()
+        rows = self.fetch("SELECT snapshot_id FROM lake.main.tags WHERE name = ?", [at])
+        row = rows[0] if rows else None
         if row is None:
             raise LakeError(f"unknown snapshot or tag {at!r}")
         return int(row[0])
 
     # --- reading -------------------------------------------------------------------------------
+    def retry(self, fn: Callable[[], T], what: str = "read") -> T:
+        """``fn()`` retried on a busy catalog within this lake's budget. Inside a transaction a failed
+        statement has aborted it, so the error goes up to the enclosing ``commit``/``read``, which
+        retries the whole transaction."""
+        if self._in_txn:
+            return fn()
+        return self._with_retries(fn, what)
+
     def sql(self, query: str, params: list | None = None) -> duckdb.DuckDBPyRelation | None:
         try:
             return self.con.sql(query, params=params) if params else self.con.sql(query)
@@ -350,9 +367,19 @@ class Lake:
             raise LakeError(f"SQL error: {_first_line(e)}") from None
 
     def fetch(self, query: str, params: list | None = None) -> list[tuple]:
+        return self.fetch_with_columns(query, params)[1]
+
+    def fetch_with_columns(self, query: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        """(column names, rows); retried on a busy catalog like every read."""
+        def once() -> tuple[list[str], list[tuple]]:
+            cur = self.con.execute(query, params or [])
+            return [d[0] for d in cur.description or []], cur.fetchall()
+
         try:
-            return self.con.execute(query, params or []).fetchall()
+            return self.retry(once, "read")
         except duckdb.Error as e:
+            if self._in_txn and is_transient(e):
+                raise  # the enclosing commit/read retries the whole transaction
             raise LakeError(f"SQL error: {_first_line(e)}") from None
 
     def lock_down(self) -> None:
@@ -369,6 +396,24 @@ class Lake:
     def query(self, query: str) -> duckdb.DuckDBPyRelation | None:
         """One user statement. On a read-only lake only a single SELECT/EXPLAIN is accepted: DDL, DML,
         ATTACH/DETACH, USE, SET, COPY, CALL... are refused before they run."""
+        self._check_statement(query)
+        return self.sql(query)
+
+    def query_table(self, query: str) -> Any:
+        """``query`` (checked as by ``query``) run to completion: a pyarrow Table, or None for a statement
+        without a result. Retried whole on a busy catalog, so `zoo sql` beside writers never fails on a lock."""
+        self._check_statement(query)
+
+        def once() -> Any:
+            rel = self.con.sql(query)
+            return None if rel is None else rel.to_arrow_table()
+
+        try:
+            return self.retry(once, "SQL query")
+        except duckdb.Error as e:
+            raise LakeError(f"SQL error: {_first_line(e)}") from None
+
+    def _check_statement(self, query: str) -> None:
         try:
             statements = self.con.extract_statements(query)
         except duckdb.Error as e:
@@ -384,17 +429,42 @@ class Lake:
             if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
                 raise LakeError(f"read-only SQL: {kind.name} statements are refused (only SELECT; pass --write "
                                 f"to change the lake)")
-        return self.sql(query)
 
     @contextmanager
     def pinned(self) -> Iterator[int]:
         """Several reads that see one snapshot (yielded) even while other processes commit: outside a
-        transaction every statement reads the latest snapshot of its own moment."""
-        self.con.execute("BEGIN TRANSACTION")
+        transaction every statement reads the latest snapshot of its own moment. Starting is retried on
+        a busy catalog; a statement failing inside the block is not (use ``read`` for that)."""
+        def begin() -> int:
+            self.con.execute("BEGIN TRANSACTION")
+            return self.snapshot if self.snapshot is not None else \
+                int(self.con.execute("SELECT id FROM lake.current_snapshot()").fetchone()[0])
+
+        snap = self._with_retries(begin, "pin a snapshot", undo=self._rollback)
+        self._in_txn = True
         try:
-            yield self.snapshot if self.snapshot is not None else self.current_snapshot()
+            yield snap
         finally:
+            self._in_txn = False
+            self._rollback()
+
+    def read(self, body: Callable[[int], T], what: str = "read") -> T:
+        """``body(snapshot)`` in one read transaction, so all its statements see one snapshot; on a busy
+        catalog the whole transaction is rolled back and retried (within the lake's budget)."""
+        def once() -> T:
+            with self.pinned() as snap:
+                return body(snap)
+
+        return self._with_retries(once, what)
+
+    def _with_retries(self, fn: Callable[[], T], what: str, **kw: Any) -> T:
+        return with_retries(fn, what, self.config.display, self.busy_s, describe=_first_line, **kw)
+
+    def _rollback(self) -> None:
+        try:
             self.con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # no transaction open (BEGIN failed) or already aborted
 
     # --- writing -------------------------------------------------------------------------------
     def commit(self, body: Callable[[], T], message: str, extra: dict | None = None, retries: int = 20) -> T:
@@ -405,32 +475,28 @@ class Lake:
         """
         if self.read_only:
             raise LakeError("the lake is open read-only (pass --write to change it)")
-        delay = 0.05
-        for attempt in range(retries + 1):
+
+        def once() -> T:
+            self.con.execute("BEGIN TRANSACTION")
+            self._in_txn = True
             try:
-                self.con.execute("BEGIN TRANSACTION")
                 result = body()
                 self.con.execute("CALL lake.set_commit_message(?, ?, extra_info => ?)",
                                  [AUTHOR, message, json.dumps(extra or {})])
                 self.con.execute("COMMIT")
                 return result
-            except duckdb.Error as e:
-                try:
-                    self.con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
-                if attempt < retries and is_transient(e):
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 2.0)
-                    continue
-                raise LakeError(f"write failed ({redact(message)}): {_first_line(e)}") from None
-            except BaseException:
-                try:
-                    self.con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
+            except BaseException as e:
+                if not isinstance(e, duckdb.Error):
+                    self._rollback()  # with_retries rolls back (and decides) for database errors
                 raise
-        raise AssertionError("unreachable")
+            finally:
+                self._in_txn = False
+
+        try:
+            return self._with_retries(once, f"write ({redact(message)})", attempts=retries + 1, undo=self._rollback,
+                                      max_delay=2.0)
+        except duckdb.Error as e:
+            raise LakeError(f"write failed ({redact(message)}): {_first_line(e)}") from None
 
     def tag(self, name: str, snapshot: int | None = None) -> int:
         """Name a snapshot (the current one by default). Re-tagging moves the name."""

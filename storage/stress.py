@@ -1,7 +1,8 @@
 """Concurrent-writer scenarios for the store, shared by tests/test_concurrency.py and bench/faults.py.
 
-Run as ``python -m storage.stress writer LOCATION WRITER_ID N_BATCHES BATCH_SIZE`` (one writer
-process) or ``python -m storage.stress reader LOCATION SECONDS`` (checks snapshots while writers run).
+Run as ``python -m storage.stress writer LOCATION WRITER_ID N_BATCHES BATCH_SIZE [SECONDS]`` (one writer
+process; with SECONDS it stops after the batch that passes that time and prints ``batches=K``) or
+``python -m storage.stress reader LOCATION SECONDS SIZE`` (checks snapshots while writers run).
 A writer stores ``N_BATCHES`` batches of tiny models (one snapshot each) and a label per model (one
 more snapshot per batch), like a build and a labeling run interleaved. Model ids are deterministic,
 so ``audit`` knows exactly which rows must exist.
@@ -45,11 +46,17 @@ def make_batch(writer: int, batch: int, size: int) -> list[tuple[ModelRecord, di
     return out
 
 
-def run_writer(location: str, writer: int, n_batches: int, size: int) -> None:
+def run_writer(location: str, writer: int, n_batches: int, size: int, seconds: float | None = None) -> int:
+    """Write up to ``n_batches`` batches (fewer when ``seconds`` runs out, but at least one); returns how
+    many landed."""
     keep_open = LakeConfig.parse(location).catalog != "duckdb"
+    deadline = None if seconds is None else time.monotonic() + seconds
     lake = Lake.open(location) if keep_open else None
+    done = 0
     try:
         for b in range(n_batches):
+            if deadline is not None and done and time.monotonic() >= deadline:
+                break  # at least one batch, however slow the start
             lk = lake or Lake.open(location)
             try:
                 batch = make_batch(writer, b, size)
@@ -59,9 +66,11 @@ def run_writer(location: str, writer: int, n_batches: int, size: int) -> None:
             finally:
                 if lake is None:
                     lk.close()
+            done += 1
     finally:
         if lake is not None:
             lake.close()
+    return done
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,12 @@ class Audit:
 
 
 def audit(location: str, writers: int, n_batches: int, size: int) -> Audit:
-    want = {model_id(w, b, i) for w in range(writers) for b in range(n_batches) for i in range(size)}
+    return audit_counts(location, [n_batches] * writers, size)
+
+
+def audit_counts(location: str, batches: list[int], size: int) -> Audit:
+    """The audit when writer ``w`` reported ``batches[w]`` batches written."""
+    want = {model_id(w, b, i) for w, n in enumerate(batches) for b in range(n) for i in range(size)}
     with Lake.open(location, read_only=True) as lk:
         got = [r[0] for r in lk.fetch("SELECT model_id FROM models")]
         dup = sum(lk.fetch(q)[0][0] or 0 for q in (
@@ -92,24 +106,38 @@ def audit(location: str, writers: int, n_batches: int, size: int) -> Audit:
                  per_model == 0 and n_tensor_models == len(found), n_labelled == len(found))
 
 
-def check_consistent(lake: Lake, size: int) -> int:
-    """Raise AssertionError unless the snapshot ``lake`` shows is consistent: whole batches only, every
-    model with all its tensors, labels only for stored models. Returns the number of models seen."""
-    with lake.pinned():
-        return _check_consistent(lake, size)
+def consistency_sql(size: int) -> str:
+    """ONE statement (so one snapshot) measuring what a consistent snapshot must satisfy; runs through
+    `zoo sql` unchanged. Columns: snap, n_models, n_distinct, n_tensors, partial, orphans."""
+    return ("SELECT (SELECT id FROM lake.current_snapshot()) AS snap, (SELECT count(*) FROM models) AS n_models, "
+            "(SELECT count(DISTINCT model_id) FROM models) AS n_distinct, (SELECT count(*) FROM tensors) AS n_tensors, "
+            "(SELECT count(*) FROM (SELECT run_id, step, count(*) AS n FROM models GROUP BY ALL) "
+            f"WHERE n <> {int(size)}) AS partial, "
+            "(SELECT count(*) FROM labels WHERE model_id NOT IN (SELECT model_id FROM models)) AS orphans")
 
 
-def _check_consistent(lake: Lake, size: int) -> int:
-    n_models, n_distinct = lake.fetch("SELECT count(*), count(DISTINCT model_id) FROM models")[0]
-    n_tensors = lake.fetch("SELECT count(*) FROM tensors")[0][0]
-    partial = lake.fetch(f"SELECT count(*) FROM (SELECT run_id, step, count(*) AS n FROM models GROUP BY ALL) "
-                         f"WHERE n <> {size}")[0][0]
-    orphans = lake.fetch("SELECT count(*) FROM labels WHERE model_id NOT IN (SELECT model_id FROM models)")[0][0]
-    assert n_models == n_distinct, f"duplicate models ({n_models} rows, {n_distinct} distinct)"
-    assert n_tensors == n_models * TENSORS_PER_MODEL, f"{n_tensors} tensors for {n_models} models"
-    assert partial == 0, f"{partial} half-written batches"
-    assert orphans == 0, f"{orphans} labels without a model"
+def assert_consistent_counts(row: dict) -> int:
+    """AssertionError unless a ``consistency_sql`` row shows whole batches only, every model with all its
+    tensors, labels only for stored models. Returns the number of models."""
+    n_models = row["n_models"]
+    assert n_models == row["n_distinct"], f"duplicate models ({n_models} rows, {row['n_distinct']} distinct)"
+    assert row["n_tensors"] == n_models * TENSORS_PER_MODEL, f"{row['n_tensors']} tensors for {n_models} models"
+    assert row["partial"] == 0, f"{row['partial']} half-written batches"
+    assert row["orphans"] == 0, f"{row['orphans']} labels without a model"
     return n_models
+
+
+def consistent_snapshot(lake: Lake, size: int) -> dict:
+    """The ``consistency_sql`` row of the snapshot ``lake`` shows (retried on a busy catalog), checked."""
+    cols, rows = lake.fetch_with_columns(consistency_sql(size))
+    row = dict(zip(cols, rows[0]))
+    assert_consistent_counts(row)
+    return row
+
+
+def check_consistent(lake: Lake, size: int) -> int:
+    """Raise AssertionError unless the snapshot ``lake`` shows is consistent; returns the models seen."""
+    return consistent_snapshot(lake, size)["n_models"]
 
 
 def run_reader(location: str, seconds: float, size: int) -> tuple[int, int]:
@@ -130,7 +158,8 @@ def run_reader(location: str, seconds: float, size: int) -> tuple[int, int]:
 
 def main(argv: list[str]) -> None:
     if argv[0] == "writer":
-        run_writer(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
+        done = run_writer(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), float(argv[5]) if len(argv) > 5 else None)
+        print(f"batches={done}", flush=True)
     elif argv[0] == "reader":
         reads, seen = run_reader(argv[1], float(argv[2]), int(argv[3]))
         print(f"reads={reads} snapshots={seen}")

@@ -1,12 +1,13 @@
 """Bit-exact tensor <-> bytes codec (float32/float16/bfloat16 and integer buffers).
 
-``pack`` / ``unpack`` move many tensors at once through one Arrow ``large_binary`` column whose data
-buffer is a single allocation (no per-tensor Python bytes), which is what keeps big models within
-about one copy of their size while they are written and read.
+``pack`` moves many tensors at once into one Arrow ``large_binary`` column whose data buffer is a single
+allocation (no per-tensor Python bytes); ``fill`` copies a binary column's rows straight into
+preallocated tensors. Together they keep big models within about one copy of their size while they
+are written and read.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -66,30 +67,23 @@ def pack(tensors: Sequence[torch.Tensor]) -> pa.LargeBinaryArray:
                                             [None, pa.py_buffer(offsets), pa.py_buffer(data.numpy())])
 
 
-def unpack(column: pa.Array, dtypes: Iterable[str], shapes: Iterable[Sequence[int]],
-           names: Iterable[str]) -> list[torch.Tensor]:
-    """Tensors (each owning its memory) from a binary / large_binary Arrow column, bit-exact."""
-    column = column.cast(pa.large_binary()) if column.type != pa.large_binary() else column
+def fill(dests: Sequence[torch.Tensor], column: pa.Array, names: Sequence[str]) -> None:
+    """Copy row i of a binary / large_binary column straight into ``dests[i]`` (preallocated, contiguous):
+    no intermediate tensor, cast or take, so reading needs the destinations plus one batch of bytes."""
+    large = pa.types.is_large_binary(column.type)
     _, off_buf, data_buf = column.buffers()
-    offsets = np.frombuffer(off_buf, dtype=np.int64, count=len(column) + 1, offset=column.offset * 8)
+    width = 8 if large else 4
+    offsets = np.frombuffer(off_buf, dtype=np.int64 if large else np.int32, count=len(column) + 1,
+                            offset=column.offset * width)
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    out = []
-    for i, (dtype, shape, name) in enumerate(zip(dtypes, shapes, names)):
-        if dtype not in DTYPES:
-            raise BadWeights(f"{name}: unknown dtype {dtype!r}")
-        dt, shape = DTYPES[dtype], tuple(int(s) for s in shape)
-        n = 1
-        for s in shape:
-            n *= s
-        want = n * torch.empty((), dtype=dt).element_size()
+    for i, (t, name) in enumerate(zip(dests, names)):
+        want = t.numel() * t.element_size()
         begin, end = int(offsets[i]), int(offsets[i + 1])
         if end - begin != want:
-            raise BadWeights(f"{name}: {end - begin} bytes stored for shape {shape} of {dtype} (expected {want})")
-        t = torch.empty(shape, dtype=dt)
-        if n:
+            raise BadWeights(f"{name}: {end - begin} bytes stored for shape {tuple(t.shape)} of "
+                             f"{dtype_name(t.dtype)} (expected {want})")
+        if want:
             t.reshape(-1).view(torch.uint8).numpy()[:] = data[begin:end]
-        out.append(t)
-    return out
 
 
 # bit masks of the exponent field: all ones = Inf or NaN (numpy has no bfloat16, so test bits)

@@ -20,7 +20,7 @@ from core.hashing import code_version
 from core.spec import WeightSpec
 from storage.lake import Lake
 from storage.schema import LABELS, MODELS, PREDICTIONS, RUNS, TENSORS, Table
-from storage.tensors import DTYPE_SIZES, DTYPES, all_finite, dtype_name, pack, unpack
+from storage.tensors import DTYPE_SIZES, DTYPES, all_finite, dtype_name, fill, pack
 
 
 CHUNK_BYTES = 4 * 2**20  # tensor bytes per INSERT (= per Parquet file): bounds the memory a write needs
@@ -195,24 +195,34 @@ def _read_groups(by_model: Mapping[str, list[tuple]]) -> Iterator[list[tuple]]:
         yield group
 
 
-def _read_group(lake: Lake, group: list[tuple]) -> dict[tuple[str, int], torch.Tensor]:
+def _read_group(lake: Lake, group: list[tuple], dests: Mapping[tuple[str, int], torch.Tensor]) -> None:
+    """Stream one group's bytes (record batches of a few rows) straight into their destination tensors."""
     keys = {(r[0], r[1]): r for r in group}
     mids = sorted({r[0] for r in group})
     lo, hi = min(r[1] for r in group), max(r[1] for r in group)
-    try:
-        table = lake.con.execute(
+
+    def once() -> int:
+        filled = 0
+        reader = lake.con.execute(
             "SELECT model_id, ordinal, data FROM lake.main.tensors WHERE model_id IN (SELECT unnest(?::VARCHAR[])) "
-            "AND ordinal BETWEEN ? AND ?", [mids, lo, hi]).to_arrow_table()
+            "AND ordinal BETWEEN ? AND ?", [mids, lo, hi]).to_arrow_reader(16)
+        for batch in reader:
+            found = zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())
+            wanted = [(i, k) for i, k in enumerate(found) if k in keys]
+            if not wanted:
+                continue
+            column = batch.column(2)
+            for i, k in wanted:  # slices share the batch's buffers: no copy before the destination
+                fill([dests[k]], column.slice(i, 1), [f"{k[0]}/{keys[k][2]}"])
+            filled += len(wanted)
+        return filled
+
+    try:
+        filled = lake.retry(once, f"read tensors of {mids[0]!r}")
     except duckdb.Error as e:
         raise LakeError(f"SQL error: {str(e).splitlines()[0]}") from None
-    found = list(zip(table.column("model_id").to_pylist(), table.column("ordinal").to_pylist()))
-    wanted = [i for i, k in enumerate(found) if k in keys]
-    if len(wanted) != len(keys):
+    if filled != len(keys):
         raise LakeError(f"tensors of {mids[0]!r} changed while being read; read again")
-    data = table.column("data").combine_chunks().take(wanted)
-    rows = [keys[found[i]] for i in wanted]
-    tensors = unpack(data, [r[3] for r in rows], [r[4] for r in rows], [f"{r[0]}/{r[2]}" for r in rows])
-    return {(r[0], r[1]): t for r, t in zip(rows, tensors)}
 
 
 def _record(row: Mapping) -> ModelRecord:
@@ -226,9 +236,8 @@ def _record(row: Mapping) -> ModelRecord:
 def read_models(lake: Lake, where: str | None = None, params: list | None = None) -> list[ModelRecord]:
     """Model records (with specs), optionally filtered by a SQL predicate over ``models``."""
     q = "SELECT * FROM lake.main.models" + (f" WHERE {where}" if where else "") + " ORDER BY model_id"
-    rel = lake.sql(q, params)
-    cols = rel.columns
-    return [_record(dict(zip(cols, r))) for r in rel.fetchall()]
+    cols, rows = lake.fetch_with_columns(q, params)
+    return [_record(dict(zip(cols, r))) for r in rows]
 
 
 def read_weights(lake: Lake, model_ids: Iterable[str]) -> dict[str, dict[str, torch.Tensor]]:
@@ -243,13 +252,16 @@ def read_weights(lake: Lake, model_ids: Iterable[str]) -> dict[str, dict[str, to
     by_model: dict[str, list[tuple]] = {i: [] for i in ids}
     for row in meta:
         by_model[row[0]].append(row)
-    out: dict[str, dict[str, torch.Tensor]] = {}
+    # Every destination tensor is allocated before any bytes arrive, so the transient read buffers reuse
+    # one region instead of interleaving with (and fragmenting around) the tensors being filled.
+    dests: dict[tuple[str, int], torch.Tensor] = {}
+    for mid, o, name, dtype, shape in meta:
+        if dtype not in DTYPES:
+            raise BadWeights(f"{mid}/{name}: unknown dtype {dtype!r}")
+        dests[(mid, o)] = torch.empty(tuple(int(d) for d in shape), dtype=DTYPES[dtype])
     for group in _read_groups(by_model):
-        got = _read_group(lake, group)
-        for mid, o, name, *_ in group:
-            out.setdefault(mid, {})[name] = got[(mid, o)]
-    out = {i: {r[2]: out[i][r[2]] for r in sorted(by_model[i], key=lambda r: r[1])} if by_model[i] else {}
-           for i in ids}
+        _read_group(lake, group, dests)
+    out = {i: {r[2]: dests[(i, r[1])] for r in sorted(by_model[i], key=lambda r: r[1])} for i in ids}
     missing = [i for i in ids if not out[i]]
     if missing:
         raise LakeError(f"unknown model {missing[0]!r}")

@@ -59,14 +59,13 @@ def sql(query: str = typer.Argument(..., help="SQL over models, tensors, labels,
             console.print("ok")
             return
         lk.lock_down()
-        rel = lk.query(query)
-        if rel is None:
+        table = lk.query_table(query)  # retried whole while writers hold the catalog
+        if table is None:
             return
-        _emit(rel, fmt, out)
+        _emit(table, fmt, out)
 
 
-def _emit(rel, fmt: str, out: Optional[pathlib.Path]) -> None:
-    table = rel.to_arrow_table()
+def _emit(table, fmt: str, out: Optional[pathlib.Path]) -> None:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -126,11 +125,10 @@ def tag(name: str = typer.Argument(...), at: Optional[str] = AtOption, lake: Opt
 def show(model_id: str = typer.Argument(...), at: Optional[str] = AtOption, lake: Optional[str] = LakeOption) -> None:
     """A model's record, its tensors and its labels."""
     with Lake.open(lake, read_only=True, at=at) as lk:
-        rows = lk.sql("SELECT * EXCLUDE (spec) FROM models WHERE model_id = ?", [model_id])
-        rec = rows.fetchall()
+        columns, rec = lk.fetch_with_columns("SELECT * EXCLUDE (spec) FROM models WHERE model_id = ?", [model_id])
         if not rec:
             raise LakeError(f"unknown model {model_id!r}")
-        for k, v in zip(rows.columns, rec[0]):
+        for k, v in zip(columns, rec[0]):
             console.print(f"[bold]{k}[/]: {v}")
         t = RichTable("tensor", "kind", "shape", "dtype")
         for name, kind, shape, dtype in lk.fetch(
