@@ -32,7 +32,7 @@ __all__ = ["Inference", "infer", "infer_spec", "infer_program", "trace", "module
 class Inference:
     spec: WeightSpec
     unknown_ops: tuple[str, ...]  # ops with no rule: every axis they touch was fixed
-    unused: tuple[str, ...]  # state entries the traced graph never reads (all axes fixed)
+    unused: tuple[str, ...]  # parameters the traced graph never reads (all their axes fixed)
 
 
 def trace(module: torch.nn.Module, example: Sequence[Any], kwargs: Mapping[str, Any] | None = None) -> ExportedProgram:
@@ -142,9 +142,9 @@ def infer_program(ep: ExportedProgram, state_names: Sequence[str] | None = None,
         src = name if name in by_name else aliases.get(name)
         node = by_name.get(src) if src else None
         is_buffer = (src or name) in buffers or (module is not None and _is_buffer(module, name))
-        if node is None or not node.users:
-            unused.append(name)
         shape = tuple(node.meta["val"].shape) if node is not None else _shape(module, name)
+        if (node is None or not node.users) and not is_buffer:
+            unused.append(name)
         kind = depths.kind.get(src or name) if src in used else None
         kind = kind or ("buffer" if is_buffer else module_kind(module, name))
         if is_buffer and kind != "norm":

@@ -46,7 +46,6 @@ def inferred(module: nn.Module, config: Mapping, module_input: str = "values") -
         raise ZooError("an outside architecture needs input_shape in its config (the example it is traced on)")
     key = json.dumps(config, sort_keys=True, default=str)
     if key not in _SPECS:
-        module.eval()
         dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
         _SPECS[key] = infer(module, (example_input(module_input, list(config["input_shape"]), dtype=dtype),)).spec
         if len(_SPECS) > 256:
@@ -82,7 +81,7 @@ class Adapter(nn.Module):
     tensor. The wrapped model's children are registered here under their own names, so the state dict
     keys are exactly the wrapped model's (hub checkpoints load as they are)."""
 
-    def __init__(self, inner: nn.Module, input_name: str) -> None:
+    def __init__(self, inner: nn.Module, input_name: str | None = None) -> None:
         super().__init__()
         for name, child in inner.named_children():
             self.add_module(name, child)
@@ -95,10 +94,15 @@ class Adapter(nn.Module):
 
     def train(self, mode: bool = True) -> "Adapter":
         super().train(mode)
-        self.inner.train(mode)
+        try:
+            self.inner.train(mode)
+        except NotImplementedError:  # an exported program: its mode was fixed when it was exported
+            pass
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_name is None:
+            return self.inner(x)
         if self.input_name == "input_ids":
             out = self.inner(input_ids=x.long().flatten(1), use_cache=False) if _takes_cache(self.inner) else \
                 self.inner(input_ids=x.long().flatten(1))
@@ -196,7 +200,7 @@ def exported(config: dict) -> Built:
     if config.get("sha256") and file_sha256(path) != config["sha256"]:
         raise BadWeights(f"{path}: the program changed since it was ingested (sha256 differs)")
     ep = load_program(path)
-    module = ep.module()
+    module = Adapter(ep.module())  # same state-dict keys; eval()/train() are no-ops on a program
     names = list(module.state_dict())
     spec: WeightSpec = infer_program(ep, names, module).spec
     return Built(module, spec)
