@@ -160,8 +160,12 @@ def test_safetensors_with_the_users_module(lake, tmp_path) -> None:
 def test_torch_export_program(lake, tmp_path) -> None:
     torch.manual_seed(0)
     model = SmallNet().eval()
-    x = torch.rand(2, 1, 8, 8)
-    torch.export.save(torch.export.export(model, (x,)), tmp_path / "net.pt2")
+    x = torch.rand(3, 1, 8, 8)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "static.pt2")
+    with pytest.raises(BadWeights, match="dynamic batch"):  # labelers feed other batch sizes
+        ingest_program(lake, tmp_path / "static.pt2")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), tmp_path / "net.pt2")
     r = ingest_program(lake, tmp_path / "net.pt2")
     rec, module = stored(lake, r.model_id)
     assert r.arch == "exported" and rec.arch_config["input_shape"] == [1, 8, 8] and rec.arch_config["n_classes"] == 3

@@ -196,6 +196,9 @@ def ingest_program(lake: Lake, path: str | os.PathLike, dataset: str = "none") -
     val = first.meta.get("val") if first is not None else None
     if len(inputs) != 1 or not isinstance(val, torch.Tensor):
         raise BadWeights(f"{p}: a program with exactly one tensor input is supported (found {len(inputs)})")
+    if val.dim() == 0 or not isinstance(val.shape[0], torch.SymInt):
+        raise BadWeights(f"{p}: the program's batch size is fixed at export; export with a dynamic batch dimension "
+                         "(dynamic_shapes={0: torch.export.Dim('batch')}) so it can be labeled on any batch")
     cfg = {"path": str(p), "sha256": file_sha256(p), "input_shape": [int(s) for s in val.shape[1:]],
            "input": "values" if val.dtype.is_floating_point else "tokens"}
     module = build("exported", {**cfg, "n_classes": 0}).module
