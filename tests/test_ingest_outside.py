@@ -262,3 +262,28 @@ def test_cli_ingest_torchvision_show_groups_and_predict(tmp_path, monkeypatch) -
     with Lake.open(lake_dir, read_only=True) as lk:
         (value,), = lk.fetch("SELECT value FROM predictions WHERE model_id = ?", [model_id])
     assert value == value and abs(value) < 1e6  # finite
+
+
+def test_cli_ingests_a_program_and_a_module_file(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.export.save(torch.export.export(model, (torch.rand(2, 1, 8, 8),), dynamic_shapes=({0: batch},)),
+                      tmp_path / "net.pt2")
+    save_file(model.state_dict(), tmp_path / "net.safetensors")
+    lake = str(tmp_path / "lake")
+    r = CliRunner().invoke(app, ["ingest", "file", str(tmp_path / "net.pt2"), "--lake", lake])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["ingest", "file", str(tmp_path / "net.safetensors"), "--module", f"{__name__}:SmallNet",
+                                 "--config", '{"input_shape": [1, 8, 8]}', "--lake", lake])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["ingest", "file", str(tmp_path / "net.safetensors"), "--lake", lake])
+    assert r.exit_code != 0 and "--arch" in str(r.exception)
+    from storage.lake import Lake
+
+    with Lake.open(lake, read_only=True) as lk:
+        assert sorted(a for (a,) in lk.fetch("SELECT arch FROM models")) == ["exported", "module"]

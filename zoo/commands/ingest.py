@@ -68,10 +68,6 @@ def file_cmd(path: str = typer.Argument(..., help="A .safetensors file, a torch 
     program; nothing is ever unpickled."""
     from zoo.ingest import IngestLimits, ingest_file
 
-    if path.endswith(".pt2") or module:
-        return _outside_file(path, module, config, dataset, lake)
-    if not arch:
-        raise ZooError("give --arch (a registered architecture) or --module pkg.mod:Factory, or a .pt2 program")
     try:
         cfg = json.loads(config) if config else {}
     except json.JSONDecodeError as e:
@@ -79,19 +75,22 @@ def file_cmd(path: str = typer.Argument(..., help="A .safetensors file, a torch 
     if not isinstance(cfg, dict):
         raise ZooError("--config must be a JSON object")
     limits = IngestLimits(max_file_bytes=max_bytes) if max_bytes else IngestLimits()
+    if path.endswith(".pt2") or module:
+        return _outside_file(path, module, cfg, dataset, lake, limits)
+    if not arch:
+        raise ZooError("give --arch (a registered architecture) or --module pkg.mod:Factory, or a .pt2 program")
     with Lake.open(lake, create=True) as lk:
         _report(ingest_file(lk, path, arch, cfg, dataset=dataset, limits=limits))
 
 
-def _outside_file(path: str, module: Optional[str], config: Optional[str], dataset: str, lake: Optional[str]) -> None:
+def _outside_file(path: str, module: Optional[str], cfg: dict, dataset: str, lake: Optional[str], limits) -> None:
     from zoo.ingest_outside import ingest_program, ingest_with_module
 
-    cfg = json.loads(config) if config else {}
     with Lake.open(lake, create=True) as lk, console.status(f"ingesting {path} (inferring its spec)"):
         if path.endswith(".pt2"):
             _report(ingest_program(lk, path, dataset=dataset))
         else:
-            _report(ingest_with_module(lk, path, module, cfg, dataset=dataset))
+            _report(ingest_with_module(lk, path, module, cfg, dataset=dataset, limits=limits))
 
 
 @ingest_app.command("torchvision")
