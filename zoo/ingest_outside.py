@@ -106,7 +106,7 @@ def ingest_torchvision(lake: Lake, name: str, weights: str = "DEFAULT", dataset:
         except KeyError:
             raise ZooError(f"{name}: no weights {weights!r} (known: DEFAULT, {', '.join(e.name for e in enum)})") from None
         try:
-            state = w.get_state_dict(progress=False)
+            state = w.get_state_dict(progress=False, map_location="cpu", weights_only=True)  # never unpickle code
         except Exception as e:  # offline without a cached file, or a corrupt one
             raise ZooError(f"{name}: weights {w} are not available: {type(e).__name__}: {str(e).splitlines()[0][:200]}. "
                            f"Put {os.path.basename(w.url)} under $TORCH_HOME/hub/checkpoints") from None
