@@ -51,6 +51,7 @@ class Population(nn.Module):
         self.stacked = False
         if stack and self.m > 1:
             self._try_stack()
+        self.eval()  # torchattacks re-applies the wrapper's mode after every attack: train() would reach the members
 
     def _try_stack(self) -> None:
         from torch.func import stack_module_state

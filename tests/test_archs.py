@@ -17,7 +17,32 @@ BASE = {
     "wildcnn": {**IMAGE, "channels": [4, 6, 6], "kernel_sizes": [3, 5, 7], "activation": "gelu"},
     "transformer": {"input_shape": [1, 12], "n_classes": 3, "hidden_size": 8, "n_heads": 2, "intermediate_size": 8},
     "vit": {**IMAGE, "embed_dim": 8, "num_heads": 2, "depth": 2},
+    # outside architectures: specs inferred from the traced graph (zoo.archs.outside)
+    "torchvision": {"input_shape": [3, 16, 16], "n_classes": 4, "name": "resnet18", "kwargs": {"num_classes": 4}},
+    "timm_model": {"input_shape": [3, 16, 16], "n_classes": 4, "name": "test_efficientnet", "kwargs": {"num_classes": 4}},
+    "hf_model": {"input_shape": [6], "n_classes": 3, "input": "tokens", "vocab_size": 30,
+                 "class": "DistilBertForSequenceClassification",
+                 "hf_config": {"model_type": "distilbert", "vocab_size": 30, "dim": 8, "n_layers": 1, "n_heads": 2,
+                               "hidden_dim": 16, "max_position_embeddings": 8, "num_labels": 3}},
+    "module": {**IMAGE, "factory": "zoo.archs.basic:MLP", "kwargs": {"in_features": 64, "width": 8, "depth": 2,
+                                                                   "n_classes": 10, "act": "tanh", "dropout": 0.0}},
 }
+
+
+def _program() -> dict:
+    """The ``exported`` entry rebuilds a torch.export program from disk: write a tiny one."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="zoo-pt2-")) / "mlp.pt2"
+    torch.manual_seed(0)
+    m = build("mlp", {**IMAGE, "width": 8, "depth": 2}).module.eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    torch.export.save(torch.export.export(m, (torch.rand(2, 1, 8, 8),), dynamic_shapes=({0: batch},)), path)
+    return {**IMAGE, "path": str(path)}
+
+
+BASE["exported"] = _program()
 VARIANTS = [
     ("wildcnn", {**IMAGE, "channels": [4, 5, 5, 5], "kernel_sizes": [3, 3, 5, 3], "residual": True, "norm": "batch",
                  "activation": "silu"}),

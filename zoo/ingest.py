@@ -1,7 +1,8 @@
 """Ingestion: models from the Hugging Face Hub, timm, or a file become zoo members (source hf/timm/file).
 
 Every ingested model is mapped onto a registered architecture (``transformer`` for BERT-style encoders,
-``resnet``/``vit`` for timm ResNets and ViTs, anything for files with ``--arch``), rebuilt with
+``resnet``/``vit`` for timm ResNets and ViTs, anything for files with ``--arch``; any other model goes
+through ``zoo.ingest_outside`` with a spec inferred from its traced graph), rebuilt with
 ``zoo.archs.build`` and checked to load strictly, so ``load_module`` rebuilds it like a trained one.
 Weights go through ``storage.writes.write_models``: spec-validated (NaN/Inf, shapes, unknown tensors)
 before anything is written; a refused model leaves the lake unchanged.
@@ -213,8 +214,20 @@ def ingest_timm(lake: Lake, name: str, dataset: str = "none") -> IngestResult:
     except Exception as e:  # unknown names, missing weights offline, corrupt files: one clear line
         raise ZooError(f"timm model {name!r} cannot be created with pretrained weights: {type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if not _hand_written_timm(model):  # any other timm model: its spec is inferred from the traced graph
+        from zoo.ingest_outside import ingest_timm_any
+
+        return ingest_timm_any(lake, model, name, dataset)
     arch, cfg, state = from_timm_module(model)
     return ingest_state(lake, state, arch, cfg, "timm", name, dataset, {"timm_name": name})
+
+
+def _hand_written_timm(model: torch.nn.Module) -> bool:
+    """timm ResNets and ViTs map onto the registered ``resnet``/``vit`` (hand-written specs)."""
+    from timm.models.resnet import ResNet
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, (ResNet, VisionTransformer))
 
 
 # --- Hugging Face Hub --------------------------------------------------------------------------
@@ -257,6 +270,12 @@ def ingest_hf(lake: Lake, repo_id: str, revision: str | None = None, dataset: st
         raise BadWeights(f"{repo_id}: config.json is not JSON ({e})") from None
     state = read_safetensors(weights, limits)
     commit = folder.name
+    provenance = {"repo_id": repo_id, "revision": revision or "main", "commit": commit}
+    if "architecture" not in cfg and not (cfg.get("model_type") == "bert" and
+                                          (cfg.get("architectures") or ["BertModel"])[0] in BERT_ARCHITECTURES):
+        from zoo.ingest_outside import ingest_hf_any  # any transformers model type: spec inferred
+
+        return ingest_hf_any(lake, folder, cfg, repo_id, seq_len, dataset, provenance)
     if cfg.get("model_type") == "bert":
         arch, arch_cfg, state = _bert(cfg, state, seq_len)
     elif "architecture" in cfg:  # timm's hub format
@@ -270,9 +289,12 @@ def ingest_hf(lake: Lake, repo_id: str, revision: str | None = None, dataset: st
             model.load_state_dict(state, strict=True)
         except Exception as e:
             raise BadWeights(f"{repo_id}: weights do not fit timm {cfg['architecture']!r}: {str(e)[:200]}") from None
+        if not _hand_written_timm(model):
+            from zoo.ingest_outside import ingest_timm_any
+
+            return ingest_timm_any(lake, model, f"hf-hub:{repo_id}", dataset)
         arch, arch_cfg, state = from_timm_module(model, pre.get("input_size"))
     else:
         raise BadWeights(f"{repo_id}: config.json describes neither a BERT-style encoder (model_type 'bert') nor a "
                          f"timm model (found model_type={cfg.get('model_type')!r})")
-    return ingest_state(lake, state, arch, arch_cfg, "hf", repo_id, dataset,
-                        {"repo_id": repo_id, "revision": revision or "main", "commit": commit})
+    return ingest_state(lake, state, arch, arch_cfg, "hf", repo_id, dataset, provenance)

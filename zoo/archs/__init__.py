@@ -72,4 +72,4 @@ def load_module(record: "ModelRecord", state: Mapping[str, torch.Tensor], device
     return built.module.to(device).eval()
 
 
-from zoo.archs import basic, hf, timm_models, wild  # noqa: E402,F401  (fill the registry)
+from zoo.archs import basic, hf, outside, timm_models, wild  # noqa: E402,F401  (fill the registry)

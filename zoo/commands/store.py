@@ -135,12 +135,26 @@ def show(model_id: str = typer.Argument(...), at: Optional[str] = AtOption, lake
                 "SELECT name, kind, shape, dtype FROM tensors WHERE model_id = ? ORDER BY ordinal", [model_id]):
             t.add_row(name, kind, "x".join(map(str, shape)), dtype)
         console.print(t)
+        _print_groups(lk.fetch("SELECT spec FROM models WHERE model_id = ?", [model_id])[0][0])
         t = RichTable("property", "value", "labeler", "version")
         for prop, value, labeler, ver in lk.fetch(
                 "SELECT property, value, labeler, labeler_version FROM labels WHERE model_id = ? ORDER BY property",
                 [model_id]):
             t.add_row(prop, f"{value:.6g}", labeler, str(ver))
         console.print(t)
+
+
+def _print_groups(spec_json: str) -> None:
+    """The weight-space permutation groups: size and the tensor axes each one moves (with its block)."""
+    from core.spec import WeightSpec
+
+    spec = WeightSpec.from_json(spec_json)
+    t = RichTable("group", "size", "axes (tensor:axis/block)", title=f"{len(spec.groups)} permutation groups")
+    for g in spec.groups:
+        uses = [f"{p.name}:{ax}" + (f"/{b}" if b > 1 else "") for p in spec.params
+                for ax, (name, b) in enumerate(zip(p.axes, p.blocks)) if name == g.name]
+        t.add_row(g.name, str(g.size), ", ".join(uses[:4]) + (f" (+{len(uses) - 4})" if len(uses) > 4 else ""))
+    console.print(t)
 
 
 def export(directory: pathlib.Path = typer.Argument(..., help="Output folder: one sub-folder per model"),
