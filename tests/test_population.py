@@ -14,6 +14,7 @@ import torch
 from zoo.archs import build
 from zoo.datasets import load_dataset
 from zoo.population import POPULATIONS, Member, Population, train_population
+from zoo.population_archs import CONV_IMPLS
 from zoo.sampling import TrainConfig
 from zoo.train import init_state, train_plain
 
@@ -89,7 +90,7 @@ def test_members_do_not_interact(digits, arch):
 
 
 @pytest.mark.parametrize("arch", POPULATIONS.names())
-@pytest.mark.parametrize("conv_impl", ["grouped", "unfold"])
+@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
 def test_extracted_members_compute_the_population_logits(digits, arch, conv_impl):
     cfg = arch_config(arch, digits)
     members = [Member(TrainConfig(optimizer=o, epochs=1, checkpoints=(1,)), s)
