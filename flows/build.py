@@ -22,7 +22,7 @@ from flows.common import (RETRY, RunnerConfig, artifact_key, lake_at, lake_stamp
 
 @task(name="build-models", cache_policy=INPUTS, persist_result=True, **RETRY)
 def build_models(lake: str, family: str, n: int, seed: int, checkpoints: tuple[int, ...] | None, device: str,
-                 stamp: str, population_size: int | str = "auto") -> dict:
+                 stamp: str, population_size: int | str = "auto", memory_mb: float = 1024) -> dict:
     """Wraps zoo.build.build_zoo. ``stamp`` names the lake instance, so the INPUTS cache (same family,
     n, seed on the same lake) never answers for a lake that was deleted and recreated."""
     from zoo.build import build_zoo  # torch-heavy: imported where the work runs
@@ -30,17 +30,17 @@ def build_models(lake: str, family: str, n: int, seed: int, checkpoints: tuple[i
     progress = progress_artifact(f"training {n} {family} models", key=artifact_key("build-progress", family))
     with lake_at(lake) as lk:
         result = build_zoo(lk, family, n, seed=seed, checkpoints=checkpoints, device=device, progress=progress,
-                           population_size=population_size)
+                           population_size=population_size, memory_budget_mb=memory_mb)
     return dataclasses.asdict(result)
 
 
 @task(name="plan-build", **RETRY)
 def plan_build(lake: str, family: str, n: int, seed: int, checkpoints: tuple[int, ...] | None,
-               population_size: int | str) -> list[list[int]]:
+               population_size: int | str, memory_mb: float) -> list[list[int]]:
     from zoo.build import plan_build as plan
 
     with lake_at(lake) as lk:
-        return plan(lk, family, n, seed, checkpoints, population_size)
+        return plan(lk, family, n, seed, checkpoints, population_size, memory_mb)
 
 
 @task(name="build-shard", cache_policy=INPUTS, persist_result=True, **RETRY)
@@ -82,16 +82,17 @@ def build_shards(lake: str, family: str, n: int, seed: int, checkpoints: tuple[i
 
 @flow(name="build_zoo", log_prints=True)
 def build_zoo(family: str = "digits-cnn", n: int = 4, seed: int = 0, checkpoints: list[int] | None = None,
-              lake: str = "lake", device: str = "cpu", population_size: int | str = "auto", shards: int = 1,
-              runner: str = "threads", dask_address: str | None = None, workers: int = 2) -> dict:
+              lake: str = "lake", device: str = "cpu", population_size: int | str = "auto", memory_mb: float = 1024,
+              shards: int = 1, runner: str = "threads", dask_address: str | None = None, workers: int = 2) -> dict:
     """Build ``n`` models of ``family`` into the lake at ``lake``; returns run id, model ids, snapshot id.
+    Populations hold ``population_size`` members ("auto": as many as ``memory_mb`` allows per step);
     ``shards`` > 1 splits the build into that many tasks on ``runner`` (threads | dask)."""
     ckpts = tuple(checkpoints) if checkpoints else None
     stamp = lake_stamp(lake)
     if shards <= 1:
-        result = build_models(lake, family, n, seed, ckpts, device, stamp, population_size)
+        result = build_models(lake, family, n, seed, ckpts, device, stamp, population_size, memory_mb)
     else:
-        units = plan_build(lake, family, n, seed, ckpts, population_size)
+        units = plan_build(lake, family, n, seed, ckpts, population_size, memory_mb)
         dealt = [units[i::shards] for i in range(min(shards, len(units)))]
         parts = []
         if dealt:
