@@ -214,3 +214,20 @@ def test_dropout_masks_are_the_members_own(tiny_digits):
     assert abs(float(kept) - 0.6) < 0.02 and torch.allclose(out[0][out[0] > 0], torch.tensor(scale))
     assert abs(scale - 1 / 0.6) < 1e-4
     assert torch.equal(pop.drop(h, train=False), h)
+
+
+def test_bench_quick_prints_every_figure(capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "zoo_build.py"
+    spec = importlib.util.spec_from_file_location("bench_zoo_build", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--quick", "--threads", "1"])
+    text = capsys.readouterr().out
+    for arch in ("cnn", "mlp"):
+        assert out[arch]["speedup"] > 0 and 0 < out[arch]["mm_fraction"] < 1
+    for figure in ("torch.mm probe", "population:", "plain loop:", "speedup population vs plain", "GFLOP/s achieved",
+                   "% of the torch.mm probe"):
+        assert figure in text
