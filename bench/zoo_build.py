@@ -68,7 +68,8 @@ def matmul_gflops(seconds: float = 1.0, size: int = 1024) -> float:
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-def compare(label: str, arch: str, cfg: dict, splits, members: list[Member], plain_n: int, mm: float) -> dict:
+def compare(label: str, arch: str, cfg: dict, splits, members: list[Member], plain_n: int,
+            probe: tuple[float, int]) -> dict:
     macs = forward_macs(arch, cfg)
     seen = [len(member_data(splits.y_train, splits.info.n_classes, m.train_config, m.seed).indices)
             * last_epoch(m.train_config) for m in members]
@@ -82,19 +83,28 @@ def compare(label: str, arch: str, cfg: dict, splits, members: list[Member], pla
     warm = [Member(dataclasses.replace(m.train_config, epochs=1, checkpoints=(1,)), m.seed) for m in members[:2]]
     train_population(Population(arch, cfg, warm), splits)  # first calls (kernel selection, allocator) untimed
     train_plain(arch, cfg, spec, splits, warm[0].train_config, warm[0].seed)
+    # the plain-loop sample is split around the population run, so load drifting during the run
+    # weighs on both sides alike
+    sample, half = members[:plain_n], (plain_n + 1) // 2
+    t = time.perf_counter()
+    plain_cps = [train_plain(arch, cfg, spec, splits, m.train_config, m.seed) for m in sample[:half]]
+    t_before = time.perf_counter() - t
+    mm = matmul_gflops(*probe)  # right before the population: under the load it runs in
     t = time.perf_counter()
     pop_cps = train_population(Population(arch, cfg, members), splits)
     t_pop = time.perf_counter() - t
     pop_gf = sum(flops) / t_pop / 1e9
     print(f"   population: {t_pop / len(members):.4f} s/model ({t_pop:.1f} s), {pop_gf:.2f} GFLOP/s achieved, "
-          f"{100 * pop_gf / mm:.1f}% of the torch.mm probe ({mm:.1f} GFLOP/s)")
-    sample = members[:plain_n]
+          f"{100 * pop_gf / mm:.1f}% of the torch.mm probe ({probe[1]}x{probe[1]} float32, "
+          f"{torch.get_num_threads()} threads, median: {mm:.1f} GFLOP/s)")
     t = time.perf_counter()
-    plain_cps = [train_plain(arch, cfg, spec, splits, m.train_config, m.seed) for m in sample]
-    t_plain = time.perf_counter() - t
+    plain_cps += [train_plain(arch, cfg, spec, splits, m.train_config, m.seed) for m in sample[half:]]
+    t_after = time.perf_counter() - t
+    t_plain = t_before + t_after
     plain_gf = sum(flops[:plain_n]) / t_plain / 1e9
     speedup = (t_plain / plain_n) / (t_pop / len(members))
-    print(f"   plain loop: {t_plain / plain_n:.4f} s/model (sample of {plain_n}), {plain_gf:.2f} GFLOP/s achieved")
+    print(f"   plain loop: {t_plain / plain_n:.4f} s/model (sample of {plain_n}: {t_before / half:.4f} before the "
+          f"population, {t_after / max(1, plain_n - half):.4f} after), {plain_gf:.2f} GFLOP/s achieved")
     print(f"   speedup population vs plain: {speedup:.2f}x")
     acc = lambda cps: [accuracy(arch, cfg, c[-1].state, splits.x_test, splits.y_test) for c in cps]
     a_plain, a_pop = acc(plain_cps), acc(pop_cps[:plain_n])
@@ -102,7 +112,7 @@ def compare(label: str, arch: str, cfg: dict, splits, members: list[Member], pla
           f"{statistics.mean(a_pop):.4f}, same-member mean |diff| "
           f"{statistics.mean(abs(a - b) for a, b in zip(a_plain, a_pop)):.4f} (dropout masks differ by design)")
     return {"pop_s_per_model": t_pop / len(members), "plain_s_per_model": t_plain / plain_n, "speedup": speedup,
-            "pop_gflops": pop_gf, "mm_fraction": pop_gf / mm}
+            "pop_gflops": pop_gf, "mm_gflops": mm, "mm_fraction": pop_gf / mm}
 
 
 def members(family: str, n: int, seed: int, epochs: int, full_data: bool) -> list[Member]:
@@ -128,17 +138,15 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
     splits = load_dataset("digits", 0)
-    size = 256 if args.quick else 1024
-    mm = matmul_gflops(0.3 if args.quick else 2.0, size)
-    print(f"torch.mm probe ({size}x{size} float32, {torch.get_num_threads()} threads, median): {mm:.1f} GFLOP/s")
+    probe = (0.3, 256) if args.quick else (2.0, 1024)
     shape = {"input_shape": list(splits.info.input_shape), "n_classes": splits.info.n_classes}
     out = {"cnn": compare("digits-cnn members (Small CNN Zoo CNN)", "cnn",
                           {"channels": 16, "n_layers": 3, "activation": "relu", **shape}, splits,
-                          members("digits-cnn", args.n, args.seed, args.epochs, not args.fractions), args.plain_n, mm)}
+                          members("digits-cnn", args.n, args.seed, args.epochs, not args.fractions), args.plain_n, probe)}
     if args.mlp_n:
         out["mlp"] = compare("digits-mlp members", "mlp", {**FAMILIES.get("digits-mlp").arch_config, **shape}, splits,
                              members("digits-mlp", args.mlp_n, args.seed, args.epochs, not args.fractions),
-                             args.plain_n, mm)
+                             args.plain_n, probe)
     print(f"\nload average at the end {os.getloadavg()} (shared machine: absolute times are noisy, ratios are "
           "measured in the same run)")
     return out
