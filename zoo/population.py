@@ -70,7 +70,6 @@ class Population:
         # other members share its population
         self.gens = [stream(m.seed, "dropout") for m in members]
         self._coefficients()
-        self._k: int | None = None  # members stepping now (a prefix); None: all
         self.batch_counts: list[int] | None = None  # real examples per stepping member (None: all rows)
 
     def _coefficients(self) -> None:
@@ -87,8 +86,7 @@ class Population:
         self.drop_scale = torch.tensor([[DROP_LEVELS / (DROP_LEVELS - lv)] for lv in levels], device=self.device)
         self.adam, self.not_adam, self.sgd = adam, 1 - adam, sgd
         self.decay = adam * ADAM_BETAS[1] + rms * RMS_ALPHA + sgd  # second-moment decay; 1 (unused) for SGD
-        self.eps = (adam + rms) * ADAM_EPS + sgd  # SGD divides by sqrt(0) + 1
-        assert ADAM_EPS == RMS_EPS
+        self.eps = (adam + rms) * ADAM_EPS + sgd  # SGD divides by sqrt(0) + 1 (ADAM_EPS == RMS_EPS)
 
     def permute(self, order: Sequence[int]) -> None:
         """Reorder the members (and everything per member) in place: member i becomes ``order[i]``."""
@@ -191,7 +189,7 @@ def train_population(pop: Population, splits: Splits, device: str = "cpu",
         out = _train_sorted(pop, splits, [datas[i] for i in order], device, progress)
     finally:
         pop.permute(sorted(range(pop.size), key=order.__getitem__))  # the inverse permutation
-        pop._k, pop.batch_counts = None, None
+        pop.batch_counts = None
     back: list[list[Checkpoint]] = [[] for _ in given]
     for pos, i in enumerate(order):
         back[i] = out[pos]
@@ -222,7 +220,7 @@ def _train_sorted(pop: Population, splits: Splits, datas: list, device: str,
             bmax = int(cnt.max())
             bi = idx[:k, s, :bmax].to(device)  # (k, B)
             valid = (torch.arange(bmax)[None, :] < cnt[:, None]).to(device)  # (k, B)
-            pop._k, pop.batch_counts = k, cnt.tolist()
+            pop.batch_counts = cnt.tolist()  # real rows of the k members stepping (pop.drop reads them)
             # one leaf per parameter (views of flat[:k] would each scatter a full (k, P) gradient)
             leaves = {n: v.detach().requires_grad_(True) for n, v in pop.params(pop.flat[:k]).items()}
             logits = pop.forward_fn(pop, leaves, x_all[bi], True)  # (k, B, K)
