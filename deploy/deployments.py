@@ -36,7 +36,8 @@ def specs(lake: str, build_n: int = 4, build_family: str = "digits-cnn") -> list
     """The project's deployments, all pointing at the lake at ``lake`` (a location string)."""
     return [
         DeploymentSpec("zoo-build", "flows/build.py:build_zoo", "cpu",
-                       {"family": build_family, "n": build_n, "seed": 0, "lake": lake},
+                       {"family": build_family, "n": build_n, "seed": 0, "lake": lake, "population_size": "auto",
+                        "shards": 1, "runner": "threads"},
                        description="Train a family of models into the zoo (one new snapshot)."),
         DeploymentSpec("nightly-relabel", "flows/label.py:label_zoo", "cpu", {"lake": lake},
                        cron="0 3 * * *", concurrency_limit=1,

@@ -1,6 +1,7 @@
 """build_zoo and ``zoo build``: resumable, duplicate-free, deterministic, checkpoints linked by run."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -135,3 +136,64 @@ def test_cli_builds_and_reports_errors_on_one_line(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr
     with Lake.open(lake_dir, read_only=True) as lk:
         assert lk.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 2
+
+
+def test_auto_population_size_follows_the_memory_budget(lake):
+    from zoo.build import plan_build, population_memory
+
+    fam = FAMILIES.get("digits-mlp")
+    cfg = {**fam.arch_config, "input_shape": [1, 8, 8], "n_classes": 10}
+    per_member = population_memory("mlp", cfg, 128)
+    assert population_memory("mlp", cfg, 32) < per_member  # larger batches need more per member
+    budget_mb = 3.5 * per_member / 2 ** 20  # room for 3 members per population
+    units = plan_build(lake, "digits-mlp", 7, seed=0, checkpoints=(1,), memory_budget_mb=budget_mb)
+    assert [len(u) for u in units] == [3, 3, 1] and sorted(i for u in units for i in u) == list(range(7))
+    assert [len(u) for u in plan_build(lake, "digits-mlp", 7, checkpoints=(1,))] == [7]  # default budget: one
+    assert [len(u) for u in plan_build(lake, "digits-mlp", 7, checkpoints=(1,), population_size="2")] == [2, 2, 2, 1]
+    with pytest.raises(BadConfig, match="population-size.*'lots'"):
+        plan_build(lake, "digits-mlp", 7, checkpoints=(1,), population_size="lots")
+    build_zoo(lake, "digits-mlp", 3, seed=0, checkpoints=(1,))
+    assert sorted(i for u in plan_build(lake, "digits-mlp", 7, checkpoints=(1,)) for i in u) == [3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_sharded_build_on_dask_equals_the_one_process_build(prefect_server, tmp_path):
+    """Populations dealt to 2 shards on a 2-worker Dask LocalCluster, SQLite catalog: the same model
+    ids and the same bits as build_zoo in one process; each shard keeps its own run and snapshots."""
+    from flows.build import build_zoo as build_flow
+
+    with Lake.open(tmp_path / "one", create=True) as lk:
+        ref = build_zoo(lk, "digits-mlp", 5, seed=0, checkpoints=(1,), population_size=2)
+        ref_weights = read_weights(lk, ref.model_ids)
+    dask_lake = "sqlite:" + str(tmp_path / "dask")
+    Lake.open(dask_lake, create=True).close()
+    out = build_flow(family="digits-mlp", n=5, seed=0, checkpoints=[1], lake=dask_lake, population_size=2,
+                     shards=2, runner="dask")
+    assert len(out["shards"]) == 2 and sorted(out["new_ids"]) == sorted(ref.model_ids) == sorted(out["model_ids"])
+    with Lake.open(dask_lake, read_only=True) as lk:
+        got = read_weights(lk, ref.model_ids)
+        runs = lk.fetch("SELECT run_id, status, config FROM lake.main.runs")
+        msgs = [s["message"] for s in lk.snapshots() if s["message"] and " members " in s["message"]]
+        assert_no_duplicates(lk)
+    for mid in ref.model_ids:
+        assert all(torch.equal(ref_weights[mid][k], got[mid][k]) for k in ref_weights[mid])
+    assert sorted(r[0] for r in runs) == sorted(out["shards"]) and {r[1] for r in runs} == {"completed"}
+    assert sorted(json.loads(r[2])["shard"] for r in runs) == [[0, 2], [1, 2]]
+    assert {m.split(":")[0] for m in msgs} == {f"build {r}" for r in out["shards"]}  # 3 populations, 2 shards
+    assert len(msgs) == 3
+
+
+@pytest.mark.slow
+def test_cli_shards_on_threads(prefect_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+
+    res = CliRunner().invoke(app, ["build", "--family", "digits-mlp", "--n", "3", "--checkpoints", "1",
+                                   "--population-size", "1", "--shards", "2", "--runner", "threads",
+                                   "--lake", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert "3 new models in 2 shards" in res.output
+    with Lake.open(tmp_path / "cli", read_only=True) as lk:
+        assert lk.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 3
+        assert len(lk.fetch("SELECT run_id FROM lake.main.runs")) == 2

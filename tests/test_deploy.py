@@ -21,6 +21,7 @@ def test_specs_declare_the_three_deployments() -> None:
     assert by_name["zoo-build"].cron is None and by_name["train-weightnet"].cron is None
     assert by_name["train-weightnet"].pool == "gpu" and by_name["zoo-build"].pool == "cpu"
     assert by_name["zoo-build"].parameters["family"] == "digits-cnn"
+    assert {"population_size", "shards", "runner"} <= set(by_name["zoo-build"].parameters)  # scale-out knobs
     assert all(s.parameters["lake"] == "some-lake" for s in by_name.values())
 
 

@@ -14,6 +14,7 @@ import torch
 from zoo.archs import build
 from zoo.datasets import load_dataset
 from zoo.population import POPULATIONS, Member, Population, train_population
+from zoo.population_archs import CONV_IMPLS
 from zoo.sampling import TrainConfig
 from zoo.train import init_state, train_plain
 
@@ -89,7 +90,7 @@ def test_members_do_not_interact(digits, arch):
 
 
 @pytest.mark.parametrize("arch", POPULATIONS.names())
-@pytest.mark.parametrize("conv_impl", ["grouped", "unfold"])
+@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
 def test_extracted_members_compute_the_population_logits(digits, arch, conv_impl):
     cfg = arch_config(arch, digits)
     members = [Member(TrainConfig(optimizer=o, epochs=1, checkpoints=(1,)), s)
@@ -132,3 +133,101 @@ def test_plain_loop_trains_heterogeneous_members_reproducibly(digits):
     assert_states_close(a[-1].state, b[-1].state, atol=0)  # dropout and data order come from the seed
     moved = [k for k in a[0].state if not torch.equal(a[0].state[k], a[-1].state[k])]
     assert "convs.0.weight" in moved and "norms.0.running_mean" in moved
+
+
+def mixed_members(n: int) -> list[Member]:
+    """Members that differ in everything a population may mix: batch size, data fraction, label noise,
+    optimizer, lr, L2, dropout, init, and last epoch (1 or 2)."""
+    from zoo.sampling import TrainSpace, sample_train_config
+
+    space = TrainSpace(batch_sizes=(16, 32, 48), train_fractions=(0.25, 0.5, 1.0), epochs=2)
+    return [Member(sample_train_config(space, 100 + i, checkpoints=((1,) if i % 3 == 0 else (1, 2))), 100 + i)
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_digits(digits):
+    return dataclasses.replace(digits, x_train=digits.x_train[:120], y_train=digits.y_train[:120])
+
+
+@pytest.mark.parametrize("arch", POPULATIONS.names())
+def test_a_member_in_a_large_mixed_population_equals_itself_alone(tiny_digits, arch):
+    cfg = arch_config(arch, tiny_digits)
+    members = mixed_members(24)
+    tcs = [m.train_config for m in members]
+    assert len({(t.batch_size, t.train_fraction, max(t.checkpoints)) for t in tcs}) >= 6  # really mixed
+    assert sum(t.dropout > 0 for t in tcs) >= 12 and len({t.optimizer for t in tcs}) == 3
+    pop = Population(arch, cfg, members)
+    assert pop.size == 24
+    together = train_population(pop, tiny_digits)
+    assert [m.seed for m in pop.members] == [m.seed for m in members]  # given order restored afterwards
+    again = train_population(Population(arch, cfg, members), tiny_digits)
+    for a, b in zip(together, again):  # same seeds: the same bits
+        assert [(c.epoch, c.step) for c in a] == [(c.epoch, c.step) for c in b]
+        assert_states_close(a[-1].state, b[-1].state, atol=0)
+    reversed_ = train_population(Population(arch, cfg, members[::-1]), tiny_digits)[::-1]
+    steps = [-(-round(t.train_fraction * 120) // t.batch_size) for t in tcs]  # ceil(n_m / b_m)
+    probe = sorted({steps.index(min(steps)), steps.index(max(steps)), 0, 5, 23})  # shortest, longest, frozen at 1
+    for i in probe:
+        alone = train_population(Population(arch, cfg, [members[i]]), tiny_digits)[0]
+        assert [(c.epoch, c.step) for c in alone] == [(c.epoch, c.step) for c in together[i]]
+        assert alone[-1].step == steps[i] * max(tcs[i].checkpoints)  # masked steps are not counted
+        assert_states_close(together[i][-1].state, alone[-1].state, atol=1e-5)
+        assert_states_close(reversed_[i][-1].state, alone[-1].state, atol=1e-5)
+    a, b = together[0][-1].state, together[1][-1].state
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("impl", CONV_IMPLS)
+def test_conv_kernels_match_conv2d_values_and_gradients(impl):
+    import torch.nn.functional as F
+
+    from zoo.population_archs import _conv
+
+    g = torch.Generator().manual_seed(0)
+    for hh, ci in ((8, 1), (4, 3), (2, 5), (5, 2)):
+        x = torch.randn(3, 4, hh, hh, ci, generator=g, requires_grad=True)  # (G, B, H, W, Ci)
+        w = torch.randn(3, 6, ci, 3, 3, generator=g, requires_grad=True)
+        b = torch.randn(3, 6, generator=g, requires_grad=True)
+        y = _conv(x, w, b, impl)
+        ref = torch.stack([F.conv2d(x[m].permute(0, 3, 1, 2), w[m], b[m], stride=2, padding=1).permute(0, 2, 3, 1)
+                           for m in range(3)])
+        assert y.shape == ref.shape and torch.allclose(y, ref, atol=1e-5)
+        up = torch.randn(ref.shape, generator=g)
+        got = torch.autograd.grad((y * up).sum(), (x, w, b))
+        want = torch.autograd.grad((ref * up).sum(), (x, w, b))
+        for a, e in zip(got, want):
+            assert torch.allclose(a, e, atol=1e-4)
+
+
+def test_dropout_masks_are_the_members_own(tiny_digits):
+    """Two members with the same seed and rate draw the same masks whatever sits between them; a
+    member's rate is applied (to 1/65536) and kept units are scaled by 1/(1-p)."""
+    cfg = arch_config("mlp", tiny_digits)
+    tc = TrainConfig(dropout=0.4, epochs=1, checkpoints=(1,))
+    pop = Population("mlp", cfg, [Member(tc, 7), Member(TrainConfig(dropout=0.1, epochs=1, checkpoints=(1,)), 8), Member(tc, 7)])
+    h = torch.ones(3, 50, 200)
+    out = pop.drop(h, train=True)
+    assert torch.equal(out[0], out[2]) and not torch.equal(out[0], out[1])
+    kept = (out[0] > 0).float().mean()
+    scale = 65536 / (65536 - round(0.4 * 65536))  # the rate as 16-bit draws apply it
+    assert abs(float(kept) - 0.6) < 0.02 and torch.allclose(out[0][out[0] > 0], torch.tensor(scale))
+    assert abs(scale - 1 / 0.6) < 1e-4
+    assert torch.equal(pop.drop(h, train=False), h)
+
+
+def test_bench_quick_prints_every_figure(capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "zoo_build.py"
+    spec = importlib.util.spec_from_file_location("bench_zoo_build", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--quick", "--threads", "1"])
+    text = capsys.readouterr().out
+    for arch in ("cnn", "mlp"):
+        assert out[arch]["speedup"] > 0 and 0 < out[arch]["mm_fraction"] < 1
+    for figure in ("torch.mm probe", "population:", "plain loop:", "speedup population vs plain", "GFLOP/s achieved",
+                   "% of the torch.mm probe"):
+        assert figure in text

@@ -5,13 +5,19 @@ Idempotent and resumable: every checkpoint's ``model_id`` is a stable hash of wh
 arch_config, dataset, train config, seed, epoch), members whose checkpoints are all stored are skipped,
 and ``write_models`` skips ids already present, so re-running is a no-op and an interrupted build
 resumes without duplicates. The ``runs`` row (kind=build) is keyed by (family, n, seed, checkpoints).
+
+Population families train as few, large populations: one per architecture config (members with other
+batch sizes, data fractions, optimizers... train together), as many members each as a memory budget
+allows (``population_size="auto"``). ``plan_build`` lists these units; a sharded build (flows/build.py)
+hands whole units to tasks that each write their own snapshots: the same populations, the same bits.
 """
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 
@@ -25,14 +31,16 @@ from zoo.population import POPULATIONS, Member, Population, train_population
 from zoo.sampling import BadConfig
 from zoo.train import Checkpoint, last_epoch, train_plain
 
-POPULATION_SIZE = 64  # members per population: large enough to amortize per-step overhead on CPU
+POPULATION_SIZE = "auto"  # members per population: as many as MEMORY_BUDGET_MB allows
+MEMORY_BUDGET_MB = 1024  # working memory of one population step (weights, optimizer state, activations)
 PLAIN_BATCH = 8  # plain-loop members per snapshot
+PopulationSize = Union[int, str]  # a number of members, or "auto"
 
 
 @dataclass(frozen=True)
 class BuildResult:
     run_id: str
-    model_ids: list[str]  # every checkpoint of the n members, stored before or now
+    model_ids: list[str]  # every checkpoint of the members asked for, stored before or now
     new_ids: list[str]  # the ones this call wrote
     snapshot_id: int
 
@@ -53,35 +61,93 @@ def plan_family(family: Family, n: int, seed: int, checkpoints: tuple[int, ...] 
     return [family.member(i, seed, info, checkpoints) for i in range(n)]
 
 
-def build_zoo(lake: Lake, family: str, n: int, seed: int = 0, checkpoints: tuple[int, ...] | None = None,
-              device: str = "cpu", progress: Callable[[int, int], None] | None = None,
-              population_size: int = POPULATION_SIZE) -> BuildResult:
-    """Train and store members 0..n-1 of ``family`` (skipping stored ones). ``progress(done, total)``
-    counts member-epochs of the members still to train."""
+def plan_build(lake: Lake, family: str, n: int, seed: int = 0, checkpoints: tuple[int, ...] | None = None,
+               population_size: PopulationSize = POPULATION_SIZE,
+               memory_budget_mb: float = MEMORY_BUDGET_MB) -> list[list[int]]:
+    """The training units of a build: member indices of the members not stored yet, one list per
+    population (population families: one per architecture config, cut to ``population_size``) or per
+    plain-loop batch. Shards of a build train whole units, so a sharded build trains every member in
+    the very population a one-process build uses (same bits)."""
     fam = FAMILIES.get(family)
     if n < 0:
         raise BadConfig(f"--n must be >= 0 (got {n})")
     ARCHS.get(fam.arch)  # an architecture not registered yet: UnknownEntry naming it, before any work
+    plans = plan_family(fam, n, seed, checkpoints)
+    stored = _stored(lake, [checkpoint_id(fam.arch, p.arch_config, fam.dataset, p, e)
+                            for p in plans for e in p.train_config.checkpoints])
+    pending = [p for p in plans if not {checkpoint_id(fam.arch, p.arch_config, fam.dataset, p, e)
+                                        for e in p.train_config.checkpoints} <= stored]
+    if fam.arch not in POPULATIONS:
+        return [[p.index for p in pending[i:i + PLAIN_BATCH]] for i in range(0, len(pending), PLAIN_BATCH)]
+    # one population per architecture config: members with other batch sizes, data fractions, epochs,
+    # optimizers... train together (zoo.population masks the shorter ones)
+    key = lambda p: canonical_json(p.arch_config)
+    units = []
+    for _, group in itertools.groupby(sorted(pending, key=key), key=key):
+        members = sorted(group, key=lambda p: p.index)
+        size = _population_size(fam, members, population_size, memory_budget_mb)
+        units += [[p.index for p in members[i:i + size]] for i in range(0, len(members), size)]
+    return units
+
+
+def population_memory(arch: str, arch_config: dict, batch_size: int) -> int:
+    """Bytes one member adds to a population step (float32): weights, gradient, optimizer state and
+    temporaries (8 copies of its P parameters), and 12 floats per activation unit per example
+    (activations kept for backward, dropout masks, their gradients, per-member conv matrices)."""
+    built = build(arch, arch_config)
+    units = [0]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: units.append(out.numel()))
+             for m in built.module.modules() if not list(m.children())]
+    with torch.no_grad():
+        built.module(torch.zeros(1, *arch_config["input_shape"]))
+    for h in hooks:
+        h.remove()
+    return 4 * (8 * built.spec.n_params + 12 * batch_size * (sum(units) + math.prod(arch_config["input_shape"])))
+
+
+def _population_size(fam: Family, members: list[MemberPlan], size: PopulationSize, budget_mb: float) -> int:
+    if size != "auto":
+        if not str(size).isdigit() or int(size) < 1:
+            raise BadConfig(f"--population-size must be a positive number or 'auto' (got {size!r})")
+        return int(size)
+    per_member = population_memory(fam.arch, members[0].arch_config, max(p.train_config.batch_size for p in members))
+    return max(1, int(budget_mb * 2 ** 20 // per_member))
+
+
+def build_zoo(lake: Lake, family: str, n: int, seed: int = 0, checkpoints: tuple[int, ...] | None = None,
+              device: str = "cpu", progress: Callable[[int, int], None] | None = None,
+              population_size: PopulationSize = POPULATION_SIZE, memory_budget_mb: float = MEMORY_BUDGET_MB,
+              units: list[list[int]] | None = None, shard: tuple[int, int] | None = None) -> BuildResult:
+    """Train and store members 0..n-1 of ``family`` (skipping stored ones). ``progress(done, total)``
+    counts member-epochs of the members still to train.
+
+    ``units`` (from ``plan_build``) and ``shard=(i, count)`` make this call one shard of a build: it
+    trains exactly those populations, reports only their members, and keeps its own ``runs`` row."""
+    fam = FAMILIES.get(family)
+    if units is None:
+        units = plan_build(lake, family, n, seed, checkpoints, population_size, memory_budget_mb)
     splits = load_dataset(fam.dataset, fam.dataset_seed)
     plans = plan_family(fam, n, seed, checkpoints)
     ids = {p.index: {e: checkpoint_id(fam.arch, p.arch_config, fam.dataset, p, e) for e in p.train_config.checkpoints}
            for p in plans}
-    all_ids = [i for p in plans for i in ids[p.index].values()]
-    stored = _stored(lake, all_ids)
-    pending = [p for p in plans if not set(ids[p.index].values()) <= stored]
-    run_id = stable_hash({"build": family, "n": n, "seed": seed, "checkpoints": list(checkpoints or [])})
-    if not pending:
+    mine = plans if shard is None else [plans[i] for u in units for i in sorted(u)]
+    all_ids = [i for p in mine for i in ids[p.index].values()]
+    key = {"build": family, "n": n, "seed": seed, "checkpoints": list(checkpoints or [])}
+    run_id = stable_hash(key if shard is None else {**key, "shard": list(shard)})
+    if not units:
         return BuildResult(run_id, all_ids, [], lake.current_snapshot())
 
     config = {"family": family, "n": n, "seed": seed, "checkpoints": list(checkpoints or fam.checkpoints),
-              "device": device, "dataset": fam.dataset, "arch": fam.arch}
+              "device": device, "dataset": fam.dataset, "arch": fam.arch,
+              "populations": [len(u) for u in units], **({"shard": list(shard)} if shard else {})}
     write_run(lake, run_id, "build", config, "running")
     started, new_ids, diverged = time.time(), [], 0
+    pending = [plans[i] for u in units for i in u]
     total = sum(last_epoch(p.train_config) for p in pending)
     done = 0
     try:
-        for chunk, trained in _train_chunks(fam, pending, splits, device, population_size,
-                                            lambda d: progress(done + d, total) if progress else None):
+        for chunk, trained in _train_units(fam, [[plans[i] for i in u] for u in units], splits, device,
+                                           lambda d: progress(done + d, total) if progress else None):
             batch = []
             for plan, cps in zip(chunk, trained):
                 if not all(_finite(c.state) for c in cps):
@@ -98,7 +164,7 @@ def build_zoo(lake: Lake, family: str, n: int, seed: int = 0, checkpoints: tuple
         raise
     seconds = time.time() - started
     snap = lake.current_snapshot()
-    metrics = {"members": n, "trained": len(pending), "diverged": diverged, "new_models": len(new_ids),
+    metrics = {"members": len(mine), "trained": len(pending), "diverged": diverged, "new_models": len(new_ids),
                "seconds": round(seconds, 3), "seconds_per_member": round(seconds / len(pending), 4)}
     write_run(lake, run_id, "build", config, "completed", metrics, snapshot_id=snap)
     return BuildResult(run_id, all_ids, new_ids, lake.current_snapshot())
@@ -126,25 +192,15 @@ def _record(fam: Family, plan: MemberPlan, cp: Checkpoint, model_id: str) -> tup
     return rec, cp.state
 
 
-def _train_chunks(fam: Family, pending: list[MemberPlan], splits, device: str, population_size: int,
-                  progress: Callable[[int], None]):
-    """Yield (plans, their checkpoints) chunk by chunk: populations of one shape, or plain-loop batches."""
-    if fam.arch in POPULATIONS:
-        # one population per (architecture config, epochs, batch size, data fraction); members differ in
-        # everything else. Mixed sizes would train correctly (masked steps) but every member would pay for
-        # the longest epoch and the largest batch.
-        key = lambda p: (canonical_json(p.arch_config), last_epoch(p.train_config), p.train_config.batch_size,
-                         p.train_config.train_fraction)
-        groups = itertools.groupby(sorted(pending, key=key), key=key)
-        for _, members in groups:
-            members = sorted(members, key=lambda p: p.index)
-            for i in range(0, len(members), population_size):
-                chunk = members[i:i + population_size]
-                pop = Population(fam.arch, chunk[0].arch_config, [Member(p.train_config, p.seed) for p in chunk], device)
-                yield chunk, train_population(pop, splits, device, lambda e, _t: progress(e * len(chunk)))
-        return
-    for i in range(0, len(pending), PLAIN_BATCH):
-        chunk = pending[i:i + PLAIN_BATCH]
+def _train_units(fam: Family, units: list[list[MemberPlan]], splits, device: str, progress: Callable[[int], None]):
+    """Yield (plans, their checkpoints) unit by unit: one population, or one plain-loop batch."""
+    for chunk in units:
+        if fam.arch in POPULATIONS:
+            pop = Population(fam.arch, chunk[0].arch_config, [Member(p.train_config, p.seed) for p in chunk], device)
+            # progress in member-epochs: every member counts up to its own last epoch
+            lasts = [last_epoch(p.train_config) for p in chunk]
+            yield chunk, train_population(pop, splits, device, lambda e, _t: progress(sum(min(e, x) for x in lasts)))
+            continue
         trained = []
         for j, p in enumerate(chunk):
             spec = build(fam.arch, p.arch_config).spec

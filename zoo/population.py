@@ -1,11 +1,17 @@
-"""Population training: G members of one architecture and shape train together as one network.
+"""Population training: G members of one architecture config train together as one network.
 
 All members' weights live in one flat buffer ``flat`` of shape (G, P) (P = parameters per member, in
-the registered module's state-dict order), so the forward pass is batched matmuls (MLP) or im2col +
-batched matmuls / grouped convolutions (CNN), and the optimizer is one vectorized update for all
-members: each member keeps its own optimizer kind (sgd/adam/rmsprop, torch's update rules), learning
+the registered module's state-dict order), so the forward pass is batched matmuls (MLP) or batched
+convolution kernels (CNN, zoo.population_archs), and the optimizer is a dozen vectorized in-place ops over the (G, P) buffer for
+all members: each keeps its own optimizer kind (sgd/adam/rmsprop, torch's update rules), learning
 rate and L2. Each member also keeps its own seed, initialization, training subset, label noise, data
-order (its own permutation per epoch), dropout rate and batch size (shorter batches are masked).
+order (its own permutation per epoch), dropout rate, batch size and number of steps per epoch.
+
+Mixed members in one population: inside ``train_population`` the members are held sorted by their
+steps per epoch (most first), so the members still stepping at step s of an epoch are a prefix of the
+buffer and a step computes on ``flat[:k]`` only; shorter batches are padded and masked out of the
+loss (their gradients are exact zeros). Members past their last checkpoint stay frozen. A member's
+result therefore does not depend on who else is in its population.
 
 ``POPULATIONS`` maps an architecture name to its batched forward; architectures without an entry train
 with the plain loop (zoo.train.train_plain).
@@ -23,17 +29,18 @@ from core.errors import ZooError
 from core.registry import Registry
 from core.spec import WeightSpec
 from zoo.archs import build
-from zoo.archs.basic import ACTIVATIONS
 from zoo.datasets import Splits
 from zoo.sampling import OPTIMIZERS, TrainConfig, stream
 from zoo.train import Checkpoint, Progress, epoch_orders, init_state, last_epoch, member_data
 
-# forward(pop, params, x, train) -> logits (G, B, K); params: name -> (G, *shape) views of flat
+# forward(pop, params, x, train) -> logits (G', B, K); params: name -> (G', *shape) views of flat, where
+# G' <= G is the number of members stepping now (a prefix); x: (G', B, *input_shape). Call pop.drop(h,
+# train) after every hidden activation; it knows which members and rows are real.
 Forward = Callable[["Population", Mapping[str, torch.Tensor], torch.Tensor, bool], torch.Tensor]
 POPULATIONS: Registry[Forward] = Registry("population architecture")
 
-_ACT = {name: cls() for name, cls in ACTIVATIONS.items()}
 ADAM_BETAS, ADAM_EPS, RMS_ALPHA, RMS_EPS = (0.9, 0.999), 1e-8, 0.99, 1e-8  # torch defaults
+DROP_LEVELS = 65536  # dropout masks compare 16 random bits: a rate p drops round(p * 65536) of 65536 levels
 
 
 @dataclass(frozen=True)
@@ -44,42 +51,62 @@ class Member:
 
 class Population:
     def __init__(self, arch: str, arch_config: Mapping, members: Sequence[Member], device: str = "cpu",
-                 conv_impl: str = "grouped"):
+                 conv_impl: str = "auto"):
         if not members:
             raise ZooError("a population needs at least one member")
         self.forward_fn = POPULATIONS.get(arch)
         self.arch, self.arch_config, self.members, self.device = arch, dict(arch_config), list(members), device
-        self.conv_impl = conv_impl  # "grouped" (groups=G conv2d, channels last) or "unfold" (im2col + bmm)
+        self.conv_impl = conv_impl  # conv kernels: zoo.population_archs.CONV_IMPLS ("auto" picks per layer)
         built = build(arch, arch_config)
         self.spec: WeightSpec = built.spec
-        template = built.module.state_dict()
-        self.layout = [(k, tuple(v.shape), v.numel()) for k, v in template.items()]
-        g = len(members)
+        self.layout = [(k, tuple(v.shape), v.numel()) for k, v in built.module.state_dict().items()]
         states = [init_state(arch, arch_config, self.spec, m.train_config, m.seed) for m in members]
         self.flat = torch.stack([torch.cat([s[k].reshape(-1).float() for k, _, _ in self.layout]) for s in states])
-        self.flat = self.flat.to(device).requires_grad_(True)  # (G, P)
-        col = lambda f: torch.tensor([f(m.train_config) for m in members], dtype=torch.float32, device=device)
-        self.lr, self.l2 = col(lambda t: t.lr)[:, None], col(lambda t: t.l2)[:, None]  # (G, 1)
-        self.dropout = col(lambda t: t.dropout)  # (G,)
-        self.opt_code = torch.tensor([OPTIMIZERS.index(m.train_config.optimizer) for m in members], device=device)
-        self.steps = torch.zeros(g, device=device)  # optimizer steps taken per member (Adam bias correction)
-        zeros = lambda: torch.zeros_like(self.flat, requires_grad=False)
-        self.exp_avg, self.exp_avg_sq, self.square_avg = zeros(), zeros(), zeros()
+        self.flat = self.flat.to(device)  # (G, P)
+        self.exp_avg = torch.zeros_like(self.flat)  # Adam's first moment
+        self.sq_avg = torch.zeros_like(self.flat)  # Adam's exp_avg_sq or RMSprop's square_avg (one buffer)
+        self.steps = torch.zeros(len(members), 1, device=device)  # optimizer steps per member (bias correction)
         # each member draws its dropout masks from its own stream, so its weights do not depend on which
-        # other members share its population (resumed builds regroup members)
+        # other members share its population
         self.gens = [stream(m.seed, "dropout") for m in members]
-        self.rates = [m.train_config.dropout for m in members]
-        self.batch_counts: list[int] | None = None  # real examples per member in this step (None: all)
+        self._coefficients()
+        self.batch_counts: list[int] | None = None  # real examples per stepping member (None: all rows)
+
+    def _coefficients(self) -> None:
+        """Per-member (G, 1) columns that turn one update formula into SGD, Adam or RMSprop."""
+        col = lambda f: torch.tensor([[float(f(m.train_config))] for m in self.members], device=self.device)
+        code = [OPTIMIZERS.index(m.train_config.optimizer) for m in self.members]
+        is_ = lambda o: torch.tensor([[float(c == OPTIMIZERS.index(o))] for c in code], device=self.device)
+        adam, rms, sgd = is_("adam"), is_("rmsprop"), is_("sgd")
+        self.lr, self.l2 = col(lambda t: t.lr), col(lambda t: t.l2)
+        self.dropout = col(lambda t: t.dropout)[:, 0]  # (G,)
+        self.rates = [m.train_config.dropout for m in self.members]
+        levels = [round(r * DROP_LEVELS) for r in self.rates]  # dropped levels of 65536
+        self.drop_threshold = torch.tensor([[lv - 32768] for lv in levels], dtype=torch.int16, device=self.device)
+        self.drop_scale = torch.tensor([[DROP_LEVELS / (DROP_LEVELS - lv)] for lv in levels], device=self.device)
+        self.adam, self.not_adam, self.sgd = adam, 1 - adam, sgd
+        self.decay = adam * ADAM_BETAS[1] + rms * RMS_ALPHA + sgd  # second-moment decay; 1 (unused) for SGD
+        self.eps = (adam + rms) * ADAM_EPS + sgd  # SGD divides by sqrt(0) + 1 (ADAM_EPS == RMS_EPS)
+
+    def permute(self, order: Sequence[int]) -> None:
+        """Reorder the members (and everything per member) in place: member i becomes ``order[i]``."""
+        idx = torch.as_tensor(list(order), device=self.device)
+        for name in ("flat", "exp_avg", "sq_avg", "steps"):
+            setattr(self, name, getattr(self, name)[idx].contiguous())
+        self.members = [self.members[i] for i in order]
+        self.gens = [self.gens[i] for i in order]
+        self._coefficients()
 
     @property
     def size(self) -> int:
         return len(self.members)
 
-    def params(self) -> dict[str, torch.Tensor]:
-        """Views of ``flat``: name -> (G, *shape)."""
+    def params(self, flat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Views of ``flat`` (default: every member's weights): name -> (G', *shape)."""
+        flat = self.flat if flat is None else flat
         out, o = {}, 0
         for name, shape, n in self.layout:
-            out[name] = self.flat[:, o:o + n].view(self.size, *shape)
+            out[name] = flat[:, o:o + n].view(flat.shape[0], *shape)
             o += n
         return out
 
@@ -88,42 +115,53 @@ class Population:
         return self.forward_fn(self, self.params(), x, train)
 
     def drop(self, h: torch.Tensor, train: bool) -> torch.Tensor:
-        """Per-member inverted dropout on h (G, B, ...)."""
-        if not train or not bool((self.dropout > 0).any()):
+        """Per-member inverted dropout on h (G', B, ...). Member m draws 16 random bits per unit of its
+        real rows from its own stream (4 units per 64-bit draw: ~5x cheaper than float uniforms), so
+        its masks do not depend on its population; its rate is used to 1/65536 (``DROP_LEVELS``)."""
+        k, b = h.shape[:2]
+        if not train or max(self.rates[:k]) <= 0:
             return h
-        u = torch.ones(h.shape)  # (G, B, ...) uniform draws; members without dropout keep all units
-        counts = self.batch_counts or [h.shape[1]] * self.size
+        feat = h[0, 0].numel()
+        bits = torch.full((k, b * feat), 32767, dtype=torch.int16)  # 32767: kept at any rate
+        counts = self.batch_counts or [b] * k
         for m, (gm, rate, n) in enumerate(zip(self.gens, self.rates, counts)):
-            if rate > 0 and n > 0:  # draw for the member's real examples only, as the plain loop does
-                torch.rand((n, *h.shape[2:]), generator=gm, out=u[m, :n])
-        p = self.dropout.view(-1, *([1] * (h.dim() - 1)))
-        scale = (u.to(h.device) >= p) / (1 - p)  # 0 or 1/(1-p): one multiply forward and backward
-        return h * scale
+            if rate > 0 and n > 0:
+                words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n * feat + 3) // 4,), dtype=torch.int64, generator=gm)
+                bits[m, :n * feat] = words.view(torch.int16)[:n * feat]
+        keep = bits.to(h.device) >= self.drop_threshold[:k]  # (G', B*F) bool
+        scale = keep.to(h.dtype).mul_(self.drop_scale[:k])  # 0 or 1/(1-p): one multiply each way
+        return h * scale.view(h.shape)
 
     @torch.no_grad()
-    def update(self, grad: torch.Tensor, active: torch.Tensor | None) -> None:
-        """One optimizer step for every (active) member, torch's SGD/Adam/RMSprop rules with weight decay."""
-        p = self.flat
-        act = None if active is None else active[:, None]
-        self.steps += 1 if active is None else active.float()
-        g = grad + self.l2 * p
+    def update(self, k: int, grad: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """One optimizer step for members 0..k-1 (those in ``active`` (k,) bool, if given) with torch's
+        SGD/Adam/RMSprop rules and weight decay: a dozen in-place ops over the (k, P) slice."""
+        if active is None or bool(active.all()):
+            rows = slice(0, k)
+            state = [self.flat[rows], self.exp_avg[rows], self.sq_avg[rows], self.steps[rows]]  # views
+            self._step(rows, grad, *state)
+            return
+        rows = active.nonzero()[:, 0]  # step a compacted copy of the active members, scatter it back
+        state = [self.flat[rows], self.exp_avg[rows], self.sq_avg[rows], self.steps[rows]]
+        self._step(rows, grad[rows], *state)
+        for full, part in zip((self.flat, self.exp_avg, self.sq_avg, self.steps), state):
+            full.index_copy_(0, rows, part)
+
+    def _step(self, rows: slice | torch.Tensor, grad: torch.Tensor, p: torch.Tensor, m: torch.Tensor,
+              v: torch.Tensor, t: torch.Tensor) -> None:
+        """In place on p (weights), m (first moment), v (second moment), t (steps, (n, 1))."""
         b1, b2 = ADAM_BETAS
-        exp_avg = self.exp_avg.lerp(g, 1 - b1)
-        exp_avg_sq = self.exp_avg_sq * b2 + (1 - b2) * g * g
-        square_avg = self.square_avg * RMS_ALPHA + (1 - RMS_ALPHA) * g * g
-        t = self.steps.clamp(min=1)[:, None]
+        adam, not_adam, sgd = self.adam[rows], self.not_adam[rows], self.sgd[rows]  # (n, 1) each
+        decay = self.decay[rows]
+        t += 1
+        g = torch.addcmul(grad, self.l2[rows], p)  # weight decay as torch adds it: grad + l2 * p
+        m.lerp_(g, 1 - b1)
+        v.mul_(decay).addcmul_(g * (1 - decay), g)
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-        u_adam = exp_avg / (exp_avg_sq.sqrt() / bc2.sqrt() + ADAM_EPS) / bc1
-        u_rms = g / (square_avg.sqrt() + RMS_EPS)
-        code = self.opt_code[:, None]
-        u = torch.where(code == 0, g, torch.where(code == 1, u_adam, u_rms))
-        new = p - self.lr * u
-        if act is not None:
-            new = torch.where(act, new, p)
-            exp_avg, exp_avg_sq = torch.where(act, exp_avg, self.exp_avg), torch.where(act, exp_avg_sq, self.exp_avg_sq)
-            square_avg = torch.where(act, square_avg, self.square_avg)
-        p.copy_(new)
-        self.exp_avg, self.exp_avg_sq, self.square_avg = exp_avg, exp_avg_sq, square_avg
+        # Adam: m / bc1 / (sqrt(v / bc2) + eps); RMSprop: g / (sqrt(v) + eps); SGD: g / (sqrt(0 * v) + 1)
+        num = torch.addcmul(g.mul_(not_adam), m, adam / bc1)
+        denom = v.mul(adam / bc2 + not_adam * (1 - sgd)).sqrt_().add_(self.eps[rows])
+        p.addcdiv_(num.mul_(-self.lr[rows]), denom)
 
     def extract(self, m: int) -> dict[str, torch.Tensor]:
         """Member m as a standard state dict of the registered architecture (CPU copies)."""
@@ -140,101 +178,82 @@ class Population:
 
 def train_population(pop: Population, splits: Splits, device: str = "cpu",
                      progress: Progress | None = None) -> list[list[Checkpoint]]:
-    """Train every member of ``pop`` for its epochs; returns each member's checkpoints in epoch order."""
+    """Train every member of ``pop`` for its epochs; returns each member's checkpoints in the order of
+    ``pop.members`` (the population is back in that order afterwards)."""
+    given = list(pop.members)
+    datas = [member_data(splits.y_train, splits.info.n_classes, m.train_config, m.seed) for m in given]
+    per_epoch = [math.ceil(len(d.indices) / m.train_config.batch_size) for d, m in zip(datas, given)]
+    order = sorted(range(pop.size), key=lambda i: -per_epoch[i])  # stable: most steps first
+    pop.permute(order)
+    try:
+        out = _train_sorted(pop, splits, [datas[i] for i in order], device, progress)
+    finally:
+        pop.permute(sorted(range(pop.size), key=order.__getitem__))  # the inverse permutation
+        pop.batch_counts = None
+    back: list[list[Checkpoint]] = [[] for _ in given]
+    for pos, i in enumerate(order):
+        back[i] = out[pos]
+    return back
+
+
+def _train_sorted(pop: Population, splits: Splits, datas: list, device: str,
+                  progress: Progress | None) -> list[list[Checkpoint]]:
     tcs = [m.train_config for m in pop.members]
-    epochs = max(last_epoch(t) for t in tcs)  # members whose last checkpoint is earlier just idle
-    g, bmax = pop.size, max(t.batch_size for t in tcs)
-    datas = [member_data(splits.y_train, splits.info.n_classes, t, m.seed) for t, m in zip(tcs, pop.members)]
+    lasts = torch.tensor([last_epoch(t) for t in tcs])
+    epochs = int(lasts.max())  # members whose last checkpoint is earlier stay frozen
     orders = [epoch_orders(d, epochs, m.seed) for d, m in zip(datas, pop.members)]
     x_all = splits.x_train.to(device)
     y_all = torch.stack([d.labels for d in datas]).to(device)  # (G, N_train): each member's noisy labels
-    out: list[list[Checkpoint]] = [[] for _ in range(g)]
-    step_count = [0] * g
-    if any(0 in t.checkpoints for t in tcs):
-        for m, t in enumerate(tcs):
-            if 0 in t.checkpoints:
-                out[m].append(Checkpoint(0, 0, pop.extract(m)))
+    out: list[list[Checkpoint]] = [[Checkpoint(0, 0, pop.extract(m))] if 0 in t.checkpoints else []
+                                   for m, t in enumerate(tcs)]
+    step_count = torch.zeros(pop.size, dtype=torch.int64)
     for epoch in range(1, epochs + 1):
-        idx, valid = _epoch_batches([next(o) for o in orders], [t.batch_size for t in tcs], bmax)
-        for m, t in enumerate(tcs):
-            if epoch > last_epoch(t):
-                valid[:, m] = False  # past its last checkpoint: the member idles
-        idx, valid = idx.to(device), valid.to(device)  # (T, G, B)
-        uniform = bool(valid.all())
-        for s in range(idx.shape[0]):
-            bi, bv = idx[s], valid[s]  # (G, B)
-            pop.batch_counts = None if uniform else bv.sum(1).tolist()
-            logits = pop.logits(x_all[bi], train=True)  # (G, B, K)
-            ce = F.cross_entropy(logits.flatten(0, 1), y_all.gather(1, bi).flatten(), reduction="none").view(g, -1)
-            if uniform:
-                loss = ce.mean(1).sum()  # members' mean losses; their gradients do not mix
-                active = None
-            else:
-                w = bv.float()
-                loss = ((ce * w).sum(1) / w.sum(1).clamp(min=1)).sum()
-                active = bv.any(1)
-            (grad,) = torch.autograd.grad(loss, pop.flat)
-            pop.update(grad, active)
-            for m in range(g):
-                step_count[m] += 1 if active is None or bool(active[m]) else 0
+        idx, counts = _epoch_batches([next(o) for o in orders], [t.batch_size for t in tcs])  # (G, T, B), (G, T)
+        running = lasts >= epoch  # (G,) members still training this epoch
+        counts[~running] = 0
+        for s in range(idx.shape[1]):
+            cnt = counts[:, s]
+            k = int((cnt > 0).nonzero().max()) + 1 if bool((cnt > 0).any()) else 0
+            if k == 0:
+                continue
+            cnt = cnt[:k]
+            bmax = int(cnt.max())
+            bi = idx[:k, s, :bmax].to(device)  # (k, B)
+            valid = (torch.arange(bmax)[None, :] < cnt[:, None]).to(device)  # (k, B)
+            pop.batch_counts = cnt.tolist()  # real rows of the k members stepping (pop.drop reads them)
+            # one leaf per parameter (views of flat[:k] would each scatter a full (k, P) gradient)
+            leaves = {n: v.detach().requires_grad_(True) for n, v in pop.params(pop.flat[:k]).items()}
+            logits = pop.forward_fn(pop, leaves, x_all[bi], True)  # (k, B, K)
+            ce = F.cross_entropy(logits.flatten(0, 1), y_all[:k].gather(1, bi).flatten(), reduction="none")
+            ce = torch.where(valid, ce.view(k, bmax), 0.0)
+            # each member's mean loss over its real rows; members' gradients do not mix
+            loss = (ce.sum(1) / cnt.clamp(min=1).to(ce)).sum()
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            grad = torch.cat([gr.reshape(k, -1) for gr in grads], dim=1)  # (k, P) in layout order
+            active = cnt > 0
+            pop.update(k, grad, None if bool(active.all()) else active.to(device))
+            step_count[:k] += active.long()
         for m, t in enumerate(tcs):
             if epoch in t.checkpoints:
-                out[m].append(Checkpoint(epoch, step_count[m], pop.extract(m)))
+                out[m].append(Checkpoint(epoch, int(step_count[m]), pop.extract(m)))
         if progress is not None:
             progress(epoch, epochs)
-    pop.batch_counts = None
     return out
 
 
-def _epoch_batches(orders: list[torch.Tensor], batch_sizes: list[int], bmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-member orders -> (T, G, B) indices and validity; members with fewer or shorter batches are padded."""
-    steps = max(math.ceil(len(o) / b) for o, b in zip(orders, batch_sizes))
-    idx = torch.zeros(len(orders), steps, bmax, dtype=torch.int64)
-    valid = torch.zeros(len(orders), steps, bmax, dtype=torch.bool)
-    for m, (o, b) in enumerate(zip(orders, batch_sizes)):
-        for s, chunk in enumerate(o.split(b)):
-            idx[m, s, :len(chunk)] = chunk
-            valid[m, s, :len(chunk)] = True
-    return idx.transpose(0, 1).contiguous(), valid.transpose(0, 1).contiguous()
+def _epoch_batches(orders: list[torch.Tensor], batch_sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member orders -> (G, T, B) indices and (G, T) real rows per step (0: the member idles)."""
+    steps = [math.ceil(len(o) / b) for o, b in zip(orders, batch_sizes)]
+    t_max, b_max = max(steps), max(batch_sizes)
+    idx = torch.zeros(len(orders), t_max, b_max, dtype=torch.int64)
+    counts = torch.zeros(len(orders), t_max, dtype=torch.int64)
+    for m, (o, b, t) in enumerate(zip(orders, batch_sizes, steps)):
+        padded = torch.zeros(t * b, dtype=torch.int64)
+        padded[:len(o)] = o
+        idx[m, :t, :b] = padded.view(t, b)
+        counts[m, :t] = b
+        counts[m, t - 1] = len(o) - (t - 1) * b  # the last batch may be short (no drop_last)
+    return idx, counts
 
 
-def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """h (G, B, in), w (G, out, in), b (G, out) -> (G, B, out)."""
-    return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-
-
-@POPULATIONS.register("mlp")
-def _mlp(pop: Population, p: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> torch.Tensor:
-    act = _ACT[pop.arch_config.get("activation", "relu")]
-    h = x.flatten(2)  # (G, B, F)
-    for i in range(int(pop.arch_config.get("depth", 2))):
-        h = pop.drop(act(_linear(h, p[f"layers.{i}.weight"], p[f"layers.{i}.bias"])), train)
-    return _linear(h, p["head.weight"], p["head.bias"])
-
-
-@POPULATIONS.register("cnn")
-def _cnn(pop: Population, p: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> torch.Tensor:
-    act = _ACT[pop.arch_config.get("activation", "relu")]
-    h = x.permute(0, 1, 3, 4, 2)  # channels last: (G, B, H, W, C); free for one input channel
-    for i in range(int(pop.arch_config.get("n_layers", 3))):
-        w, bias = p[f"convs.{i}.weight"], p[f"convs.{i}.bias"]  # (G, Co, Ci, 3, 3), (G, Co)
-        h = pop.drop(act(_conv(h, w, bias, pop.conv_impl)), train)
-    return _linear(h.mean(dim=(2, 3)), p["head.weight"], p["head.bias"])
-
-
-def _conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
-    """3x3, stride 2, padding 1 convolution of every member, channels last: (G, B, H, W, Ci) -> (G, B, H', W', Co)."""
-    g, b, hh, ww, ci = h.shape
-    co = w.shape[1]
-    ho, wo = (hh + 1) // 2, (ww + 1) // 2
-    if impl == "grouped":
-        # (B, H, W, G*Ci) seen as an NCHW tensor in channels-last memory format: no copies either way
-        xin = h.permute(1, 2, 3, 0, 4).reshape(b, hh, ww, g * ci).permute(0, 3, 1, 2)
-        y = F.conv2d(xin, w.reshape(g * co, ci, 3, 3), bias.reshape(-1), stride=2, padding=1, groups=g)
-        return y.permute(0, 2, 3, 1).reshape(b, ho, wo, g, co).permute(3, 0, 1, 2, 4)  # (G, B, H', W', Co)
-    # im2col by strided views (F.unfold's im2col is slow on CPU for many small images)
-    xp = F.pad(h.reshape(g * b, hh, ww, ci), (0, 0, 1, 1, 1, 1))  # zero padding 1 on H and W
-    cols = xp.unfold(1, 3, 2).unfold(2, 3, 2)  # (G*B, H', W', Ci, 3, 3): taps ordered like the weight
-    cols = cols.reshape(g, b * ho * wo, ci * 9)
-    y = torch.baddbmm(bias.unsqueeze(1), cols, w.reshape(g, co, ci * 9).transpose(1, 2))  # (G, B*H'*W', Co)
-    return y.view(g, b, ho, wo, co)
+from zoo.population_archs import _conv, _linear  # noqa: E402,F401  (fill the registry; helpers for forwards)

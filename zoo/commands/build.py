@@ -36,6 +36,13 @@ def build_cmd(family: str = typer.Option(..., "--family", "-f", help="Zoo family
               checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Epochs to store, e.g. 5,10,20"),
               device: str = typer.Option("cpu", "--device", help="torch device"),
               threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)"),
+              population_size: str = typer.Option("auto", "--population-size",
+                                                  help="Members per population, or 'auto' (a memory budget)"),
+              memory_mb: float = typer.Option(1024, "--memory-mb", help="Memory budget of one population step (auto)"),
+              shards: int = typer.Option(1, "--shards", help="Split the build into this many tasks (runs the build_zoo flow)"),
+              runner: str = typer.Option("threads", "--runner", help="Task runner for shards: threads | dask"),
+              dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Existing Dask scheduler"),
+              workers: int = typer.Option(2, "--workers", help="Threads or Dask LocalCluster workers for shards"),
               lake: Optional[str] = LakeOption) -> None:
     """Train members of a zoo family and store every checkpoint (re-running resumes, never duplicates)."""
     import torch
@@ -48,12 +55,27 @@ def build_cmd(family: str = typer.Option(..., "--family", "-f", help="Zoo family
     if threads:
         torch.set_num_threads(threads)
     started = time.time()
+    if shards > 1:  # the flow deals whole populations to tasks on the runner, each its own snapshots
+        import os
+
+        from flows.build import build_zoo as build_flow
+        from storage.lake import DEFAULT_LAKE
+
+        location = str(lake or os.environ.get("ZOO_LAKE") or DEFAULT_LAKE)
+        Lake.open(location, create=True).close()
+        out = build_flow(family=family, n=n, seed=seed, checkpoints=list(cps) if cps else None,
+                         lake=location, device=device, population_size=population_size, memory_mb=memory_mb,
+                         shards=shards, runner=runner, dask_address=dask_address, workers=workers)
+        console.print(f"build {out['run_id']}: {len(out['new_ids'])} new models in {len(out['shards'])} shards, "
+                      f"snapshot {out['snapshot_id']}, {time.time() - started:.1f} s")
+        return
     with Lake.open(lake, create=True) as lk, Progress(
             TextColumn(f"building {family}"), BarColumn(), MofNCompleteColumn(), TextColumn("member-epochs"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("build", total=None)
         result = build_zoo(lk, family, n, seed=seed, checkpoints=cps, device=device,
-                           progress=lambda done, total: bar.update(task, completed=done, total=total))
+                           progress=lambda done, total: bar.update(task, completed=done, total=total),
+                           population_size=population_size, memory_budget_mb=memory_mb)
     console.print(f"build {result.run_id}: {len(result.new_ids)} new models, "
                   f"{len(result.model_ids) - len(result.new_ids)} already stored, snapshot {result.snapshot_id}, "
                   f"{time.time() - started:.1f} s")

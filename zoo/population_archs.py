@@ -1,0 +1,154 @@
+"""Batched forwards of the fixed-shape architectures (``mlp``, ``cnn``) for zoo.population.
+
+Every forward takes views of G' members' weights and their own batches and returns (G', B, K) logits.
+The CNN's 3x3 stride-2 convolutions pick a kernel per layer shape (``conv_impl="auto"``), because the
+fastest one differs by layer (measured with bench/zoo_build.py-sized populations, 1 thread):
+
+- the first layer (data: no input gradient): im2col over rows only, (G, B*H', 3*W*Ci), times a dense
+  (3*W*Ci, W'*Co) matrix per member for the columns (2.7x fewer MACs than the dense matrix on 8x8);
+- small inputs (<= 8x8 positions): a dense (H*W*Ci, H'*W'*Co) matrix per member built from the
+  kernel, then batched matmuls: the zeros it multiplies (2-7x the conv's MACs on 8x8 digits) cost
+  less than im2col copies or grouped-convolution kernels on such tiny images (256 digits-cnn
+  members, one step, same run: dense 295 ms, grouped 470 ms, im2col layer 1 + grouped 367 ms);
+- larger inputs: a grouped convolution (groups=G, channels last).
+``"unfold"`` (im2col by strided views + batched matmuls) is kept as a reference kernel for tests.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from zoo.archs.basic import ACTIVATIONS
+from zoo.population import POPULATIONS, Population
+
+_ACT = {name: cls() for name, cls in ACTIVATIONS.items()}
+CONV_IMPLS = ("auto", "grouped", "unfold", "dense", "rows")
+
+
+def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h (G, B, in), w (G, out, in), b (G, out) -> (G, B, out)."""
+    return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+
+@POPULATIONS.register("mlp")
+def _mlp(pop: Population, p: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> torch.Tensor:
+    act = _ACT[pop.arch_config.get("activation", "relu")]
+    h = x.flatten(2)  # (G, B, F)
+    for i in range(int(pop.arch_config.get("depth", 2))):
+        h = pop.drop(act(_linear(h, p[f"layers.{i}.weight"], p[f"layers.{i}.bias"])), train)
+    return _linear(h, p["head.weight"], p["head.bias"])
+
+
+@POPULATIONS.register("cnn")
+def _cnn(pop: Population, p: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> torch.Tensor:
+    act = _ACT[pop.arch_config.get("activation", "relu")]
+    h = x.permute(0, 1, 3, 4, 2)  # channels last: (G, B, H, W, C); free for one input channel
+    for i in range(int(pop.arch_config.get("n_layers", 3))):
+        w, bias = p[f"convs.{i}.weight"], p[f"convs.{i}.bias"]  # (G, Co, Ci, 3, 3), (G, Co)
+        h = pop.drop(act(_conv(h, w, bias, pop.conv_impl)), train)
+    return _linear(h.mean(dim=(2, 3)), p["head.weight"], p["head.bias"])
+
+
+def _conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
+    """3x3, stride 2, padding 1 convolution of every member, channels last: (G, B, H, W, Ci) -> (G, B, H', W', Co)."""
+    g, b, hh, ww, ci = h.shape
+    co = w.shape[1]
+    ho, wo = (hh + 1) // 2, (ww + 1) // 2
+    if impl == "auto":
+        impl = "rows" if not h.requires_grad and ww <= 32 else "dense" if hh * ww <= 64 else "grouped"
+    if impl == "grouped":
+        # (B, H, W, G*Ci) seen as an NCHW tensor in channels-last memory format: no copies either way
+        xin = h.permute(1, 2, 3, 0, 4).reshape(b, hh, ww, g * ci).permute(0, 3, 1, 2)
+        y = F.conv2d(xin, w.reshape(g * co, ci, 3, 3), bias.reshape(-1), stride=2, padding=1, groups=g)
+        return y.permute(0, 2, 3, 1).reshape(b, ho, wo, g, co).permute(3, 0, 1, 2, 4)  # (G, B, H', W', Co)
+    if impl == "dense":
+        table = _tap_table(hh, ww)
+        dense = _DenseConv.apply(w, table, _one_hot(hh, ww))  # (G, H*W*Ci, H'*W'*Co)
+        y = torch.baddbmm(bias.repeat(1, ho * wo).unsqueeze(1), h.reshape(g, b, hh * ww * ci), dense)
+        return y.view(g, b, ho, wo, co)
+    if impl == "rows":
+        # im2col over rows only: each output row reads 3 input rows (k, B*H', 3*W*Ci), then one dense
+        # (3*W*Ci, W'*Co) matrix per member does the columns; a strided view, so kept for inputs
+        # without gradient (the data), where its copy needs no backward
+        rows = F.pad(h, (0, 0, 0, 0, 1, 1)).unfold(2, 3, 2)  # (G, B, H', W, Ci, 3)
+        rows = rows.permute(0, 1, 2, 5, 3, 4).reshape(g, b * ho, 3 * ww * ci)
+        dense = _DenseConv.apply(w, _row_table(ww), _one_hot_of(_row_table(ww)))  # (G, 3*W*Ci, W'*Co)
+        y = torch.baddbmm(bias.repeat(1, wo).unsqueeze(1), rows, dense)
+        return y.view(g, b, ho, wo, co)
+    if impl != "unfold":
+        raise ValueError(f"unknown conv_impl {impl!r} (known: {', '.join(CONV_IMPLS)})")
+    # im2col by strided views (F.unfold's im2col is slow on CPU for many small images)
+    xp = F.pad(h.reshape(g * b, hh, ww, ci), (0, 0, 1, 1, 1, 1))  # zero padding 1 on H and W
+    cols = xp.unfold(1, 3, 2).unfold(2, 3, 2)  # (G*B, H', W', Ci, 3, 3): taps ordered like the weight
+    cols = cols.reshape(g, b * ho * wo, ci * 9)
+    y = torch.baddbmm(bias.unsqueeze(1), cols, w.reshape(g, co, ci * 9).transpose(1, 2))  # (G, B*H'*W', Co)
+    return y.view(g, b, ho, wo, co)
+
+
+@lru_cache(maxsize=None)
+def _tap_table(hh: int, ww: int) -> torch.Tensor:
+    """(H*W, H'*W') int64: the kernel tap (kh*3 + kw) joining input and output positions, 9 for none."""
+    ho, wo = (hh + 1) // 2, (ww + 1) // 2
+    t = torch.full((hh, ww, ho, wo), 9, dtype=torch.int64)
+    for i in range(ho):
+        for j in range(wo):
+            for kh in range(3):
+                for kw in range(3):
+                    r, c = 2 * i - 1 + kh, 2 * j - 1 + kw
+                    if 0 <= r < hh and 0 <= c < ww:
+                        t[r, c, i, j] = kh * 3 + kw
+    return t.view(hh * ww, ho * wo)
+
+
+@lru_cache(maxsize=None)
+def _row_table(ww: int) -> torch.Tensor:
+    """(3*W, W') int64: tap joining (kernel row kh, input column c) and output column j, 9 for none."""
+    wo = (ww + 1) // 2
+    t = torch.full((3, ww, wo), 9, dtype=torch.int64)
+    for kh in range(3):
+        for j in range(wo):
+            for kw in range(3):
+                if 0 <= 2 * j - 1 + kw < ww:
+                    t[kh, 2 * j - 1 + kw, j] = kh * 3 + kw
+    return t.view(3 * ww, wo)
+
+
+def _one_hot(hh: int, ww: int) -> torch.Tensor:
+    return _one_hot_of(_tap_table(hh, ww))
+
+
+_ONE_HOT: dict[int, torch.Tensor] = {}
+
+
+def _one_hot_of(table: torch.Tensor) -> torch.Tensor:
+    """(pin*pout, 9) float: which tap each (input, output) pair of ``table`` uses (none: a zero row)."""
+    key = id(table)  # tables are cached, so their ids are stable
+    if key not in _ONE_HOT:
+        _ONE_HOT[key] = F.one_hot(table.reshape(-1), 10)[:, :9].float()
+    return _ONE_HOT[key]
+
+
+class _DenseConv(torch.autograd.Function):
+    """Kernel (G, Co, Ci, 3, 3) -> dense matrix (G, H*W*Ci, H'*W'*Co), rows (position, channel) like
+    channels-last activations. Backward sums each tap's blocks with one matmul against the one-hot table."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, table: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+        g, co, ci = w.shape[:3]
+        pin, pout = table.shape
+        blocks = torch.cat([w.reshape(g, co, ci, 9).permute(0, 3, 2, 1), w.new_zeros(g, 1, ci, co)], 1)  # (G, 10, Ci, Co)
+        dense = blocks.index_select(1, table.reshape(-1).to(w.device)).view(g, pin, pout, ci, co).transpose(2, 3)
+        ctx.save_for_backward(one_hot)
+        ctx.dims = (g, co, ci, pin, pout)
+        return dense.reshape(g, pin * ci, pout * co)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (one_hot,) = ctx.saved_tensors
+        g, co, ci, pin, pout = ctx.dims
+        per_pair = grad.reshape(g, pin, ci, pout, co).permute(0, 2, 4, 1, 3).reshape(g, ci * co, pin * pout)
+        taps = per_pair @ one_hot.to(grad)  # (G, Ci*Co, 9)
+        return taps.view(g, ci, co, 3, 3).permute(0, 2, 1, 3, 4), None, None
