@@ -238,3 +238,6 @@ def _conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, impl: str) -> to
     cols = cols.reshape(g, b * ho * wo, ci * 9)
     y = torch.baddbmm(bias.unsqueeze(1), cols, w.reshape(g, co, ci * 9).transpose(1, 2))  # (G, B*H'*W', Co)
     return y.view(g, b, ho, wo, co)
+
+
+from zoo import population_1d  # noqa: E402,F401  (registers the 1-D architectures' forwards)
