@@ -45,7 +45,7 @@ def test_every_sequence_population_arch_has_a_config_here():
 def test_population_of_one_matches_the_plain_loop(mnist1d, arch, optimizer):
     cfg = arch_config(arch, mnist1d)
     tc = TrainConfig(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 2e-3, l2=1e-4, init="xavier",
-                     train_fraction=0.5, label_noise=0.1, dropout=0.2, batch_size=48, epochs=2,
+                     train_fraction=0.5, label_noise=0.1, batch_size=48, epochs=2,
                      checkpoints=(0, 1, 2))
     plain = train_plain(arch, cfg, build(arch, cfg).spec, mnist1d, tc, seed=5)
     pop = train_population(Population(arch, cfg, [Member(tc, 5)]), mnist1d)[0]

@@ -45,7 +45,7 @@ SUITES.register("benchmark")(BuildSuite(
      ("bench-digits-wild", 2000)),
     ("performance", "efficiency", "weight_stats", "pgd"),
     "benchmark-v1",
-    # PGD (4 budgets x 10 steps) on all 10,000 mnist1d-10k test examples costs ~1 s per small model on one
+    # PGD (4 budgets x 10 steps) on all 20,000 mnist1d-20k test examples costs ~1 s per small model on one
     # core, more than training it; a fixed seeded subset of 1,000 examples (robust-accuracy sd ~1.5%)
     # keeps labeling below training time
     label_params=(("pgd", (("n_examples", 1000),)),)))

@@ -58,4 +58,4 @@ def reliability_cmd(lake: Optional[str]) -> None:
         table.add_row(fam, f("n_runs", "{}"), f("n_models", "{}"), f("n_test", "{}"), f("split_half_tau"),
                       f("bootstrap_tau"), quart, f("frac_under_20", "{:.0%}"), f("build_s", "{:.0f}"),
                       f("label_s", "{:.0f}"))
-    Console().print(table)
+    Console(width=max(160, Console().width)).print(table)  # never truncate the numbers
