@@ -89,6 +89,14 @@ def test_suite_builds_labels_tags_and_stores_reliability_then_resumes(lake, tiny
     assert lake.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 6
 
 
+def test_a_sample_or_one_family_never_gets_the_suite_tag(tiny_suite) -> None:
+    from zoo.suite import suite_tag
+
+    assert suite_tag(tiny_suite, None) == "tiny-v1"
+    assert suite_tag(tiny_suite, 64) == "tiny-v1-n64"
+    assert suite_tag(tiny_suite, 64, "bench-mnist1d-mlp") == "tiny-v1-n64-bench-mnist1d-mlp"
+
+
 def test_reliability_is_printed_by_the_cli(lake_dir) -> None:
     from storage.lake import Lake
     from zoo.suite import FamilyTiming, record_reliability
@@ -108,6 +116,6 @@ def test_cli_refuses_an_unknown_suite_and_a_family_with_a_suite(tmp_path) -> Non
     bad = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--suite", "nope", "--lake", lake],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "nope" in bad.stderr and "benchmark" in bad.stderr
-    both = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--suite", "benchmark", "--family",
-                           "digits-mlp", "--lake", lake], capture_output=True, text=True)
-    assert both.returncode == 2 and "exclude" in both.stderr
+    other = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--suite", "benchmark", "--family",
+                            "digits-mlp", "--n", "2", "--lake", lake], capture_output=True, text=True)
+    assert other.returncode == 2 and "digits-mlp" in other.stderr and "not in suite" in other.stderr

@@ -30,7 +30,8 @@ def parse_checkpoints(text: Optional[str]) -> tuple[int, ...] | None:
         raise BadConfig(f"--checkpoints must be comma-separated epochs such as 5,10,20 (got {text!r})") from None
 
 
-def build_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help="Zoo family (see `zoo families`)"),
+def build_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help="Zoo family (see `zoo families`); "
+                                                  "with --suite: only this family of the suite"),
               n: Optional[int] = typer.Option(None, "--n", help="Number of members (0..n-1; stored ones are skipped)"),
               suite: Optional[str] = typer.Option(None, "--suite", help="Build, label and tag a whole suite "
                                                   "(benchmark); --n then overrides its sizes"),

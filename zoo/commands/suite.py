@@ -22,8 +22,6 @@ def build_suite_cmd(suite: Optional[str], family: Optional[str], n: Optional[int
 
     if suite is None:
         raise ZooError("zoo build needs --family (with --n) or --suite")
-    if family is not None:
-        raise ZooError("--family and --suite exclude each other")
     SUITES.get(suite)  # unknown suite: one clear line before the lake is touched
     if threads:
         torch.set_num_threads(threads)
@@ -32,7 +30,7 @@ def build_suite_cmd(suite: Optional[str], family: Optional[str], n: Optional[int
             TextColumn("{task.description:<32}"), BarColumn(), TaskProgressColumn(), TextColumn("work units"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task(f"suite {suite}", total=None)
-        result = build_suite(lk, suite, n, device=device,
+        result = build_suite(lk, suite, n, device=device, only=family,
                              progress=lambda desc, done, total: bar.update(task, description=desc, completed=done,
                                                                            total=total),
                              log=lambda msg: bar.console.print(msg, markup=False, highlight=False))
