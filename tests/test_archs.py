@@ -10,6 +10,7 @@ from core.spec import LAYER_KINDS, WeightSpec, break_coupling, permute, random_p
 from zoo.archs import ARCHS, build, load_module
 
 IMAGE = {"input_shape": [1, 8, 8], "n_classes": 10}
+SEQUENCE = {"input_shape": [1, 40], "n_classes": 10}  # MNIST-1D
 # the smallest config of each entry; an entry missing here is tested with IMAGE
 BASE = {
     "mlp": {**IMAGE, "width": 8, "depth": 2},
@@ -26,6 +27,9 @@ BASE = {
                                "hidden_dim": 16, "max_position_embeddings": 8, "num_labels": 3}},
     "module": {**IMAGE, "factory": "zoo.archs.basic:MLP", "kwargs": {"in_features": 64, "width": 8, "depth": 2,
                                                                    "n_classes": 10, "act": "tanh", "dropout": 0.0}},
+    "cnn1d": {**SEQUENCE, "channels": 6, "n_layers": 3, "kernel_size": 5},
+    "wildcnn1d": {**SEQUENCE, "channels": [4, 6, 6], "kernel_sizes": [3, 5, 7], "strides": [2, 1, 1],
+                  "activation": "gelu"},
 }
 
 
@@ -48,6 +52,10 @@ VARIANTS = [
                  "activation": "silu"}),
     ("wildcnn", {**IMAGE, "channels": [5, 5, 4], "kernel_sizes": [7, 3, 3], "residual": True, "norm": "layer",
                  "activation": "tanh"}),
+    ("wildcnn1d", {**SEQUENCE, "channels": [4, 5, 5, 5], "kernel_sizes": [3, 3, 5, 3], "strides": [1, 1, 1, 2],
+                   "residual": True, "norm": "batch", "activation": "silu"}),
+    ("wildcnn1d", {**SEQUENCE, "channels": [5, 5, 4], "kernel_sizes": [7, 3, 3], "strides": [1, 1, 1],
+                   "residual": True, "norm": "layer", "activation": "tanh"}),
     ("resnet", {**IMAGE, "block": "bottleneck", "channels": [2, 4, 4, 4]}),
     ("resnet", {"input_shape": [3, 8, 8], "n_classes": 4, "stem_type": ""}),
     ("vit", {"input_shape": [3, 8, 8], "n_classes": 5, "global_pool": "avg", "patch_size": 4, "embed_dim": 8}),
@@ -62,7 +70,17 @@ def sampled_wildcnns(seeds: range) -> list[tuple[str, dict]]:
     return [("wildcnn", sample_wildcnn(WildCNNSpace(), s, (1, 8, 8), 10)) for s in seeds]
 
 
-CASES = [(name, BASE.get(name, IMAGE)) for name in ARCHS.names()] + VARIANTS + sampled_wildcnns(range(3))
+def sampled_benchmark_wilds(seeds: range) -> list[tuple[str, dict]]:
+    """Configs exactly as the benchmark wild families sample them (1-D on MNIST-1D, 2-D on digits)."""
+    from zoo.families import DIGITS_WILD_SPACE, WILD1D_SPACE
+    from zoo.sampling import sample_wildcnn, sample_wildcnn1d
+
+    return ([("wildcnn1d", sample_wildcnn1d(WILD1D_SPACE, s, (1, 40), 10)) for s in seeds]
+            + [("wildcnn", sample_wildcnn(DIGITS_WILD_SPACE, s, (1, 8, 8), 10)) for s in seeds])
+
+
+CASES = ([(name, BASE.get(name, IMAGE)) for name in ARCHS.names()] + VARIANTS + sampled_wildcnns(range(3))
+         + sampled_benchmark_wilds(range(3)))
 IDS = [f"{a}-{i}" for i, (a, _) in enumerate(CASES)]
 
 
@@ -157,6 +175,7 @@ def test_store_round_trip_gives_identical_logits(arch: str, config: dict, lake) 
 
 @pytest.mark.parametrize("arch,config", CASES, ids=IDS)
 def test_spec_permutations_are_symmetries(arch: str, config: dict, rng: torch.Generator) -> None:
+    torch.manual_seed(0)  # timm/HF constructors draw from the global RNG: an init independent of test order
     built = build(arch, config)
     state = perturbed(built.module.state_dict())
     x = example_input(config)

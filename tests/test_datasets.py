@@ -13,7 +13,7 @@ import torch
 from core.errors import DatasetUnavailable, UnknownEntry
 from zoo.datasets import DATASETS, SplitMismatch, load_dataset
 
-EMBEDDED = ["digits", "mnist1d", "arrests"]
+EMBEDDED = ["digits", "mnist1d", "mnist1d-20k", "arrests"]
 DOWNLOADABLE = [n for n in DATASETS.names() if n not in EMBEDDED]
 
 
@@ -90,6 +90,18 @@ def test_split_made_for_other_data_is_refused(cache) -> None:
     stored_split("toy", 0, 10, fingerprint(np.arange(10)))
     with pytest.raises(SplitMismatch, match="toy"):
         stored_split("toy", 0, 10, fingerprint(np.arange(1, 11)))
+
+
+def test_mnist1d_20k_has_a_large_fixed_test_set_and_leaves_mnist1d_alone(cache) -> None:
+    big, small = load_dataset("mnist1d-20k", 0), load_dataset("mnist1d", 0)
+    assert (len(big.y_train), len(big.y_val), len(big.y_test)) == (3000, 1000, 20000)
+    assert (len(small.y_train), len(small.y_val), len(small.y_test)) == (3000, 1000, 1000)
+    assert big.y_test.bincount(minlength=10).min() > 1800  # every class well represented
+    assert big.info.name == "mnist1d-20k" and small.info.name == "mnist1d"
+    assert (cache / "splits" / "mnist1d-20k-seed0.npz").exists() and (cache / "splits" / "mnist1d-seed0.npz").exists()
+    # no training example reappears in the test set
+    seen = {tuple(r.tolist()) for r in big.x_train[:, 0].numpy().round(5)}
+    assert not any(tuple(r.tolist()) in seen for r in big.x_test[:, 0].numpy().round(5))
 
 
 def test_arrests_sensitive_features_match_the_inputs(cache) -> None:

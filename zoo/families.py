@@ -8,13 +8,14 @@ train as populations; the others (heterogeneous or large) train one by one with 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
 from core.registry import Registry
 from zoo.datasets import DatasetInfo
-from zoo.sampling import (TrainConfig, TrainSpace, WildCNNSpace, member_seed, sample_train_config,
-                          sample_wildcnn)
+from zoo.sampling import (TrainConfig, TrainSpace, WildCNN1dSpace, WildCNNSpace, member_seed,
+                          sample_train_config, sample_wildcnn, sample_wildcnn1d)
 
 # (member seed, dataset info) -> the architecture's own config keys (input_shape/n_classes added later)
 ArchSampler = Callable[[int, DatasetInfo], dict]
@@ -76,3 +77,53 @@ _TINY = TrainSpace(optimizers=("adam",), lr=(3e-4, 3e-3), l2=(1e-8, 1e-4), inits
 _register(Family("resnet", "digits", "resnet", _TINY, checkpoints=(1, 3)))
 _register(Family("vit", "digits", "vit", _TINY, checkpoints=(1, 3)))
 _register(Family("transformer", "mnist1d", "transformer", _TINY, checkpoints=(1, 3)))
+
+
+# --- Benchmark families (``zoo build --suite benchmark``) --------------------------------------------
+# Designed so that test-accuracy labels can tell predictors apart: (1) the labels are measured on a
+# large test set (mnist1d-20k: 20,000 examples) so re-measuring them ranks the models the same way
+# (split-half Kendall tau), and (2) the hyperparameters spread accuracy over a wide range while few
+# members stay at chance level (ranking models at chance is ranking noise).
+#
+# Why these ranges (narrowed from the Small CNN Zoo ranges of TrainSpace's defaults):
+# - lr (1e-3, 3e-2) for Adam/RMSprop, 10x that for SGD (no momentum): in a 64-run sample with one range
+#   for all, SGD members had median test accuracy 0.20 on mnist1d (10k test) (Adam 0.32); below 1e-3 SGD barely
+#   moves in 20 epochs of ~50 steps; above ~3e-2 Adam/RMSprop diverge or collapse to one class.
+# - init scale: std (0.01, 0.3) for normal inits, gain (0.5, 2) otherwise: the default lower end
+#   (std 1e-3) gives vanishing signals that SGD cannot recover from within the budget.
+# - dropout <= 0.5, label noise <= 0.3, data fractions 0.1-1: the knobs that spread accuracy (and the
+#   generalization gap) from well-trained to weak, without pushing members to chance.
+# - l2 <= 1e-3: the default upper end (1e-2) with Adam's lr pins weights near zero.
+BENCH_SPACE = TrainSpace(lr=(1e-3, 3e-2), l2=(1e-8, 1e-3), init_scale_normal=(0.01, 0.3), dropout=(0.0, 0.5),
+                         label_noise=(0.0, 0.3), batch_sizes=(32, 64, 128), epochs=20, sgd_lr_scale=10.0)
+BENCH_CHECKPOINTS = (5, 20)  # an early and a final checkpoint: 2 models per training run
+
+# MLP on MNIST-1D: 40 inputs -> 2 x 64 -> 10; activation sampled (an MLP reaches ~60-75% here, a CNN
+# ~90%+, so the two families cover different accuracy ranges).
+_register(Family("bench-mnist1d-mlp", "mnist1d-20k", "mlp", BENCH_SPACE,
+                 arch_sampler=lambda s, info: {"width": 64, "depth": 2,
+                                               "activation": ("relu", "tanh", "gelu")[s % 3]},
+                 checkpoints=BENCH_CHECKPOINTS))
+# Small-CNN-Zoo shape in 1-D: 3 conv1d blocks (16 channels, kernel 5, stride 2: 40 -> 20 -> 10 -> 5
+# steps) + global average pooling + linear head (2,858 parameters); activation sampled.
+_register(Family("bench-mnist1d-cnn", "mnist1d-20k", "cnn1d", BENCH_SPACE,
+                 arch_sampler=lambda s, info: {"channels": 16, "n_layers": 3, "kernel_size": 5,
+                                               "activation": ("relu", "tanh", "gelu")[s % 3]},
+                 checkpoints=BENCH_CHECKPOINTS))
+# Heterogeneous 1-D CNNs. Sigmoid is left out (deep sigmoid stacks do not train in 20 epochs) and depth
+# stops at 5; widths 4-48, kernels 3/5/7, strides 1/2, residual and norm as in wildcnn.
+WILD1D_SPACE = WildCNN1dSpace(WildCNNSpace(layers=(2, 5), channels=(4, 48),
+                                           activations=("relu", "gelu", "tanh", "leaky_relu", "silu")))
+_register(Family("bench-mnist1d-wild", "mnist1d-20k", "wildcnn1d", BENCH_SPACE,
+                 arch_sampler=lambda s, info: sample_wildcnn1d(WILD1D_SPACE, s, info.input_shape, info.n_classes),
+                 checkpoints=BENCH_CHECKPOINTS))
+# wildcnn on digits, trainable: the `wildcnn` family leaves ~70% of members under 20% test accuracy
+# (sigmoid stacks, tiny init scales, 10 epochs on 108 examples at data fraction 0.1, lr 5e-4 SGD).
+# Here: no sigmoid, 2-4 layers of 8-48 channels, the benchmark training ranges, data fractions
+# >= 0.25, 20 epochs. Its test split has only 360 examples, so its labels stay noisier than mnist1d-20k's.
+DIGITS_WILD_SPACE = WildCNNSpace(layers=(2, 4), channels=(8, 48),
+                                 activations=("relu", "gelu", "tanh", "leaky_relu", "silu"))
+_register(Family("bench-digits-wild", "digits", "wildcnn",
+                 dataclasses.replace(BENCH_SPACE, train_fractions=(0.25, 0.5, 1.0)),
+                 arch_sampler=lambda s, info: sample_wildcnn(DIGITS_WILD_SPACE, s, info.input_shape, info.n_classes),
+                 checkpoints=BENCH_CHECKPOINTS))

@@ -82,6 +82,7 @@ class TrainSpace:
     label_noise: tuple[float, float] = (0.0, 0.2)  # uniform
     batch_sizes: tuple[int, ...] = (64,)
     epochs: int = 20
+    sgd_lr_scale: float = 1.0  # SGD members' lr is the drawn lr times this (plain SGD needs larger steps)
 
 
 def member_seed(family: str, index: int, seed: int) -> int:
@@ -110,9 +111,11 @@ def sample_train_config(space: TrainSpace, seed: int, checkpoints: tuple[int, ..
     g = stream(seed, "train_config")
     init = _choice(g, space.inits)
     scale_range = space.init_scale_normal if init in ("normal", "truncated_normal") else space.init_gain
+    optimizer = _choice(g, space.optimizers)
+    lr = _log_uniform(g, *space.lr)
     return TrainConfig(
-        optimizer=_choice(g, space.optimizers),
-        lr=_log_uniform(g, *space.lr),
+        optimizer=optimizer,
+        lr=lr * space.sgd_lr_scale if optimizer == "sgd" else lr,
         l2=_log_uniform(g, *space.l2),
         init=init,
         init_scale=_log_uniform(g, *scale_range),
@@ -157,3 +160,20 @@ def sample_wildcnn(space: WildCNNSpace, seed: int, input_shape: Sequence[int], n
         "input_shape": list(input_shape),
         "n_classes": int(n_classes),
     }
+
+
+@dataclass(frozen=True)
+class WildCNN1dSpace:
+    """Architecture ranges of a heterogeneous 1-D CNN family (``wildcnn1d``): the ``wildcnn`` keys plus
+    ``strides`` (one per layer, drawn from ``strides``), so members also differ in how fast they shrink
+    the sequence."""
+
+    base: WildCNNSpace = WildCNNSpace()
+    strides: tuple[int, ...] = (1, 2)
+
+
+def sample_wildcnn1d(space: WildCNN1dSpace, seed: int, input_shape: Sequence[int], n_classes: int) -> dict:
+    cfg = sample_wildcnn(space.base, seed, input_shape, n_classes)
+    g = stream(seed, "arch_strides")  # its own stream: the wildcnn keys are those sample_wildcnn draws
+    cfg["strides"] = [int(_choice(g, space.strides)) for _ in cfg["channels"]]
+    return cfg

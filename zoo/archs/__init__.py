@@ -12,6 +12,7 @@ same group must be permuted with the same permutation):
 
 - ``mlp``: ``h{i}``: hidden neurons of layer ``i``.
 - ``cnn``: ``c{i}``: output channels of conv layer ``i``.
+- ``cnn1d`` / ``wildcnn1d`` (zoo.archs.conv1d): as ``cnn`` / ``wildcnn``, over sequences (N, C, L).
 - ``wildcnn``: ``c{i}``: channels of conv layer ``i``, carried by its conv (out axis), its norm's
   weight/bias/running stats, and the next layer's in axis. A residual chain (consecutive layers with
   equal channel counts, ``residual=True``) shares the group of the chain's first layer.
@@ -72,4 +73,4 @@ def load_module(record: "ModelRecord", state: Mapping[str, torch.Tensor], device
     return built.module.to(device).eval()
 
 
-from zoo.archs import basic, hf, outside, timm_models, wild  # noqa: E402,F401  (fill the registry)
+from zoo.archs import basic, conv1d, hf, outside, timm_models, wild  # noqa: E402,F401  (fill the registry)

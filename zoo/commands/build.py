@@ -30,8 +30,11 @@ def parse_checkpoints(text: Optional[str]) -> tuple[int, ...] | None:
         raise BadConfig(f"--checkpoints must be comma-separated epochs such as 5,10,20 (got {text!r})") from None
 
 
-def build_cmd(family: str = typer.Option(..., "--family", "-f", help="Zoo family (see `zoo families`)"),
-              n: int = typer.Option(..., "--n", help="Number of members (0..n-1; stored ones are skipped)"),
+def build_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help="Zoo family (see `zoo families`); "
+                                                  "with --suite: only this family of the suite"),
+              n: Optional[int] = typer.Option(None, "--n", help="Number of members (0..n-1; stored ones are skipped)"),
+              suite: Optional[str] = typer.Option(None, "--suite", help="Build, label and tag a whole suite "
+                                                  "(benchmark); --n then overrides its sizes"),
               seed: int = typer.Option(0, "--seed", help="Build seed: member i is a pure function of (family, i, seed)"),
               checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Epochs to store, e.g. 5,10,20"),
               device: str = typer.Option("cpu", "--device", help="torch device"),
@@ -50,6 +53,12 @@ def build_cmd(family: str = typer.Option(..., "--family", "-f", help="Zoo family
     from zoo.build import build_zoo
     from zoo.families import FAMILIES
 
+    if suite is not None or family is None:
+        from zoo.commands.suite import build_suite_cmd  # a suite: its own module (zoo.suite)
+
+        return build_suite_cmd(suite, family, n, device, threads, lake)
+    if n is None:
+        raise typer.BadParameter("--n is required with --family", param_hint="--n")
     FAMILIES.get(family)  # unknown family: one clear line before the lake is touched
     cps = parse_checkpoints(checkpoints)
     if threads:
@@ -81,9 +90,15 @@ def build_cmd(family: str = typer.Option(..., "--family", "-f", help="Zoo family
                   f"{time.time() - started:.1f} s")
 
 
-def families_cmd() -> None:
+def families_cmd(reliability: bool = typer.Option(False, "--reliability", help="Print each family's stored label "
+                                                 "reliability (split-half / bootstrap tau) from the lake"),
+                 lake: Optional[str] = LakeOption) -> None:
     """List the zoo families: dataset, architecture, default checkpoints."""
     from zoo.families import FAMILIES
 
+    if reliability:
+        from zoo.commands.suite import reliability_cmd
+
+        return reliability_cmd(lake)
     for name, fam in FAMILIES.items():
         typer.echo(f"{name}\t{fam.dataset}\t{fam.arch}\tcheckpoints={list(fam.checkpoints)}\tepochs={fam.space.epochs}")

@@ -1,0 +1,121 @@
+"""Benchmark zoos: the benchmark families, the suite build (resumable, labeled, tagged, reliability
+stored as a runs row) and ``zoo families --reliability``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from zoo.families import FAMILIES
+from zoo.sampling import TrainSpace, sample_train_config
+from zoo.suite import SUITES, BuildSuite, build_suite, format_reliability, stored_reliability
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+BENCH = [f for f, _ in SUITES.get("benchmark").families]
+
+
+@pytest.fixture
+def tiny_suite():
+    """A registered 3-run suite of the cheapest benchmark family, PGD on 40 examples."""
+    s = BuildSuite("tiny-test", (("bench-mnist1d-mlp", 3),), ("performance", "pgd"), "tiny-v1",
+                   label_params=(("pgd", (("n_examples", 40),)),))
+    SUITES.register("tiny-test")(s)
+    yield s
+    SUITES._entries.pop("tiny-test")
+
+
+def test_benchmark_suite_is_benchmark_sized() -> None:
+    s = SUITES.get("benchmark")
+    assert s.tag == "benchmark-v1" and set(s.properties) == {"performance", "efficiency", "weight_stats", "pgd"}
+    assert all(n >= 2000 for _, n in s.families)
+    assert sum(n * len(FAMILIES.get(f).checkpoints) for f, n in s.families) >= 10000
+    datasets = {FAMILIES.get(f).dataset for f in BENCH}
+    assert datasets == {"mnist1d-20k", "digits"}
+    assert {FAMILIES.get(f).arch for f in BENCH} == {"mlp", "cnn1d", "wildcnn1d", "wildcnn"}
+
+
+@pytest.mark.parametrize("family", BENCH)
+def test_benchmark_members_are_pure_and_heterogeneous_where_wild(family: str) -> None:
+    from zoo.datasets import load_dataset
+
+    fam = FAMILIES.get(family)
+    info = load_dataset(fam.dataset, fam.dataset_seed).info
+    plans = [fam.member(i, 0, info) for i in range(12)]
+    assert plans == [fam.member(i, 0, info) for i in range(12)]
+    assert all(len(p.train_config.checkpoints) == 2 for p in plans)
+    archs = {json.dumps(p.arch_config, sort_keys=True) for p in plans}
+    assert len(archs) >= (10 if fam.arch.startswith("wild") else 2)
+    assert all(p.arch_config.get("activation") != "sigmoid" for p in plans)
+
+
+def test_sgd_lr_scale_multiplies_only_sgd_learning_rates() -> None:
+    base, scaled = TrainSpace(), dataclasses.replace(TrainSpace(), sgd_lr_scale=10.0)
+    seen = set()
+    for seed in range(30):
+        a, b = sample_train_config(base, seed), sample_train_config(scaled, seed)
+        seen.add(a.optimizer)
+        assert b.lr == pytest.approx(a.lr * (10.0 if a.optimizer == "sgd" else 1.0), rel=1e-12)
+        assert dataclasses.replace(b, lr=a.lr) == a
+    assert seen == {"sgd", "adam", "rmsprop"}
+
+
+def test_suite_builds_labels_tags_and_stores_reliability_then_resumes(lake, tiny_suite) -> None:
+    calls: list[tuple[str, int, int]] = []
+    res = build_suite(lake, "tiny-test", progress=lambda d, a, b: calls.append((d, a, b)))
+    assert res.tag == "tiny-v1" and lake.resolve("tiny-v1") == res.snapshot_id
+    (fam,) = res.families
+    assert fam.models == 6  # 3 runs x checkpoints (5, 20)
+    n_labels = lake.fetch("SELECT count(DISTINCT model_id) FROM lake.main.labels WHERE property = 'test_accuracy'")
+    assert n_labels[0][0] == 6
+    params = lake.fetch("SELECT DISTINCT params FROM lake.main.labels WHERE labeler = 'pgd'")
+    assert [json.loads(p)["n_examples"] for (p,) in params] == [40]  # the suite's override is stored
+    rel = stored_reliability(lake)["bench-mnist1d-mlp"]
+    assert rel["n_models"] == 6 and rel["n_test"] == 20000 and rel["n_runs"] == 3
+    assert -1 <= rel["split_half_tau"] <= 1 and -1 <= rel["bootstrap_tau"] <= 1
+    assert rel["acc_q1"] <= rel["acc_median"] <= rel["acc_q3"] and 0 <= rel["frac_under_20"] <= 1
+    assert "split-half tau" in format_reliability(rel)
+    done, total = calls[-1][1], calls[-1][2]
+    assert done == total == 3 * 20 + 6  # member-epochs + models labeled
+    assert all(a <= b for (_, a, _), (_, b, _) in zip(calls, calls[1:]))  # one bar, never going back
+    # re-running resumes: nothing new is trained or labeled
+    before = lake.fetch("SELECT count(*) FROM lake.main.labels")[0][0]
+    again = build_suite(lake, "tiny-test")
+    assert again.families[0].models == 6
+    assert lake.fetch("SELECT count(*) FROM lake.main.labels")[0][0] == before
+    assert lake.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 6
+
+
+def test_a_sample_or_one_family_never_gets_the_suite_tag(tiny_suite) -> None:
+    from zoo.suite import suite_tag
+
+    assert suite_tag(tiny_suite, None) == "tiny-v1"
+    assert suite_tag(tiny_suite, 64) == "tiny-v1-n64"
+    assert suite_tag(tiny_suite, 64, "bench-mnist1d-mlp") == "tiny-v1-n64-bench-mnist1d-mlp"
+
+
+def test_reliability_is_printed_by_the_cli(lake_dir) -> None:
+    from storage.lake import Lake
+    from zoo.suite import FamilyTiming, record_reliability
+
+    with Lake.open(lake_dir, create=True) as lk:
+        rel = {"n_models": 40, "n_test": 20000, "bootstrap_tau": 0.981, "split_half_tau": 0.962, "n_runs": 20,
+               "acc_q1": 0.3, "acc_median": 0.5, "acc_q3": 0.7, "frac_under_20": 0.05}
+        record_reliability(lk, "benchmark", FamilyTiming("bench-mnist1d-cnn", 20, 40, 12.0, 3.0, 1.0, rel))
+    out = subprocess.run([sys.executable, "-m", "zoo.cli", "families", "--reliability", "--lake", str(lake_dir)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "bench-mnist1d-cnn" in out.stdout and "0.962" in out.stdout and "0.981" in out.stdout
+
+
+def test_cli_refuses_an_unknown_suite_and_a_family_with_a_suite(tmp_path) -> None:
+    lake = str(tmp_path / "l")
+    bad = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--suite", "nope", "--lake", lake],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "nope" in bad.stderr and "benchmark" in bad.stderr
+    other = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--suite", "benchmark", "--family",
+                            "digits-mlp", "--n", "2", "--lake", lake], capture_output=True, text=True)
+    assert other.returncode == 2 and "digits-mlp" in other.stderr and "not in suite" in other.stderr

@@ -1,0 +1,204 @@
+"""Build suites: several families built, labeled, measured for label reliability and tagged as one.
+
+    zoo build --suite benchmark            # every benchmark family at benchmark size, tagged benchmark-v1
+    zoo build --suite benchmark --n 64     # a sample of each family, tagged benchmark-v1-n64
+    zoo build --suite benchmark --n 64 --family bench-mnist1d-cnn   # one family's sample
+
+Resumable: ``build_zoo`` skips stored members and ``label_zoo`` labels only what lacks a current label,
+so re-running an interrupted suite continues where it stopped. Per family the suite records how long
+building and labeling took and the family's label reliability (``label_reliability``) as a ``runs``
+row (kind ``reliability``), which ``zoo families --reliability`` prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from core.errors import ZooError
+from core.hashing import stable_hash
+from core.registry import Registry
+from storage.lake import Lake
+from storage.writes import write_run
+
+
+@dataclass(frozen=True)
+class BuildSuite:
+    name: str
+    families: tuple[tuple[str, int], ...]  # (family, training runs) in build order
+    properties: tuple[str, ...]  # labeled on every model of the suite
+    tag: str  # the snapshot tag of a full-size build (a build with --n gets "<tag>-n<n>")
+    seed: int = 0
+    # per property, parameter overrides for this suite's labels (stored with every label as its params)
+    label_params: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+
+
+SUITES: Registry[BuildSuite] = Registry("build suite")
+SUITES.register("benchmark")(BuildSuite(
+    "benchmark",
+    # 2,000 training runs x 2 checkpoints per family: 16,000 models; 2,000 runs give random splits of
+    # >= 300 test models per family with room for training sets of >= 1,000 runs
+    (("bench-mnist1d-mlp", 2000), ("bench-mnist1d-cnn", 2000), ("bench-mnist1d-wild", 2000),
+     ("bench-digits-wild", 2000)),
+    ("performance", "efficiency", "weight_stats", "pgd"),
+    "benchmark-v1",
+    # PGD (4 budgets x 10 steps, forward + backward) is the labeling cost: on 1,000 examples it took ~2 s per
+    # cnn1d model on the loaded 2-core machine (measured, 64-run sample), more than training the model; a
+    # fixed seeded subset of 256 test examples (robust-accuracy sd <= 3%) keeps labeling below training
+    label_params=(("pgd", (("n_examples", 256),)),)))
+
+# (phase description, done, total) for one progress bar over the whole suite
+SuiteProgress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class FamilyTiming:
+    family: str
+    n: int
+    models: int
+    build_s: float
+    label_s: float
+    reliability_s: float
+    reliability: dict
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    suite: str
+    tag: str
+    snapshot_id: int
+    families: list[FamilyTiming]
+
+
+def suite_tag(suite: BuildSuite, n: int | None, only: str | None = None) -> str:
+    """The full suite at its sizes gets the suite's tag; a sample or one family gets a tag saying so."""
+    return suite.tag + ("" if n is None else f"-n{n}") + ("" if only is None else f"-{only}")
+
+
+def build_suite(lake: Lake, suite: str, n: int | None = None, device: str = "cpu", label_batch: int = 64,
+                progress: SuiteProgress | None = None, log: Callable[[str], None] | None = None,
+                only: str | None = None) -> SuiteResult:
+    """Build, label and measure every family of ``suite`` (``n`` runs each instead of the suite's sizes;
+    ``only``: just that family of the suite)."""
+    from labeling.registry import resolve
+    from zoo.build import build_zoo, plan_family
+    from zoo.families import FAMILIES
+    from zoo.train import last_epoch
+
+    s = SUITES.get(suite)
+    if n is not None and n < 1:
+        raise ZooError(f"--n must be >= 1 for a suite build (got {n})")
+    sizes = [(fam, n if n is not None else size) for fam, size in s.families if only in (None, fam)]
+    if not sizes:
+        raise ZooError(f"family {only!r} is not in suite {suite!r} ({', '.join(f for f, _ in s.families)})")
+    for fam, _ in sizes:
+        FAMILIES.get(fam)
+    resolve(list(s.properties))  # unknown properties fail before any work
+    # one unit of work = one member-epoch trained or one model labeled
+    plans = {fam: plan_family(FAMILIES.get(fam), size, s.seed) for fam, size in sizes}
+    work = {fam: (sum(last_epoch(p.train_config) for p in plans[fam]),
+                  sum(len(p.train_config.checkpoints) for p in plans[fam])) for fam, _ in sizes}
+    total, offset = sum(a + b for a, b in work.values()), 0
+    out: list[FamilyTiming] = []
+    for fam, size in sizes:
+        epochs, models = work[fam]
+        t0 = time.time()
+        res = build_zoo(lake, fam, size, seed=s.seed, device=device,
+                        progress=lambda d, t, o=offset: progress and progress(f"build {fam}", o + epochs - t + d, total))
+        t1 = time.time()
+        offset += epochs
+        labeled = label_family(lake, s, fam, device, label_batch,
+                               lambda d, t, o=offset: progress and progress(f"label {fam}", o + models - t + d, total))
+        t2 = time.time()
+        offset += models
+        if progress:
+            progress(f"reliability {fam}", offset, total)
+        rel = family_reliability(lake, fam)
+        t3 = time.time()
+        timing = FamilyTiming(fam, size, len(res.model_ids), round(t1 - t0, 1), round(t2 - t1, 1), round(t3 - t2, 1), rel)
+        record_reliability(lake, s.name, timing)
+        out.append(timing)
+        if log:
+            log(f"{fam}: {size} runs, {len(res.model_ids)} models ({len(res.new_ids)} new), build {t1 - t0:.0f} s, "
+                f"label {t2 - t1:.0f} s ({labeled} models), reliability {t3 - t2:.0f} s: "
+                f"{format_reliability(rel)}")
+    tag = suite_tag(s, n, only)
+    snap = lake.tag(tag)
+    return SuiteResult(s.name, tag, snap, out)
+
+
+def label_family(lake: Lake, suite: BuildSuite, family: str, device: str, batch_size: int,
+                 progress: Callable[[int, int], None] | None = None) -> int:
+    """Label the family's models lacking a current label of a suite property (with the suite's parameter
+    overrides), one snapshot per batch; returns how many models were labeled."""
+    from labeling.run import label_models, plan
+
+    overrides = dict(suite.label_params)
+    batches = plan(lake, list(suite.properties), f"family = '{family}'", batch_size)
+    total, done = sum(len(ids) for ids, _ in batches), 0
+    for ids, props in batches:
+        props = [dataclasses.replace(p, params=dataclasses.replace(p.params, **dict(overrides[p.name])))
+                 if p.name in overrides else p for p in props]
+        label_models(lake, ids, props, device, seed=suite.seed)
+        done += len(ids)
+        if progress is not None:
+            progress(done, total)
+    return total
+
+
+def family_reliability(lake: Lake, family: str) -> dict:
+    """Test-accuracy label reliability of a family (all its labeled checkpoints) plus the spread of test
+    accuracy over its final checkpoints: quartiles and the share under 20% (members left untrained)."""
+    from weightnet.data import load_samples
+    from weightnet.eval.reliability import label_reliability
+
+    samples = load_samples(lake, f"family = '{family}'", ("test_accuracy",))
+    if not samples:
+        return {"n_models": 0}
+    rel, notes = label_reliability(samples, min_models=2)
+    out = dict(rel.get(family, {"n_models": len(samples)}))
+    if notes:
+        out["notes"] = notes
+    last: dict[str, tuple[int, float]] = {}
+    epochs = dict(lake.fetch("SELECT model_id, epoch FROM lake.main.models WHERE family = ?", [family]))
+    for smp in samples:  # the final checkpoint of each training run
+        e = int(epochs.get(smp.model_id) or 0)
+        if smp.run_id not in last or e > last[smp.run_id][0]:
+            last[smp.run_id] = (e, smp.labels["test_accuracy"])
+    acc = np.array([a for _, a in last.values()])
+    q = np.quantile(acc, [0.25, 0.5, 0.75])
+    out.update(n_runs=len(acc), acc_q1=float(q[0]), acc_median=float(q[1]), acc_q3=float(q[2]),
+               frac_under_20=float((acc < 0.2).mean()))
+    return out
+
+
+def record_reliability(lake: Lake, suite: str, t: FamilyTiming) -> None:
+    """One ``runs`` row per (suite, family, snapshot): the family's reliability and wall times."""
+    snap = lake.current_snapshot()
+    run_id = "reliability-" + stable_hash({"suite": suite, "family": t.family, "n": t.n, "snapshot": snap})
+    metrics = {**t.reliability, "models": t.models, "build_s": t.build_s, "label_s": t.label_s,
+               "reliability_s": t.reliability_s}
+    write_run(lake, run_id, "reliability", {"suite": suite, "family": t.family, "n": t.n}, "completed", metrics,
+              snapshot_id=snap)
+
+
+def stored_reliability(lake: Lake) -> dict[str, dict]:
+    """family -> metrics of its latest ``reliability`` run row."""
+    rows = lake.fetch("SELECT config, metrics FROM lake.main.runs WHERE kind = 'reliability' "
+                      "ORDER BY snapshot_id")
+    out: dict[str, dict] = {}
+    for config, metrics in rows:
+        out[json.loads(config)["family"]] = json.loads(metrics)
+    return out
+
+
+def format_reliability(r: dict) -> str:
+    if "split_half_tau" not in r:
+        return f"{r.get('n_models', 0)} models, reliability not measured"
+    return (f"split-half tau {r['split_half_tau']:.3f}, bootstrap tau {r['bootstrap_tau']:.3f} "
+            f"({r['n_models']} models, n_test {r['n_test']}); test acc q1/median/q3 "
+            f"{r['acc_q1']:.3f}/{r['acc_median']:.3f}/{r['acc_q3']:.3f}, {100 * r['frac_under_20']:.0f}% under 20%")
