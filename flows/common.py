@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -87,35 +87,13 @@ def _file_lock(location: str) -> threading.RLock | None:
 @contextmanager
 def lake_at(location: str, *, read_only: bool = False, create: bool = False, at: str | int | None = None,
             wait_s: float = 900.0) -> Iterator[Lake]:
-    """Open the lake for the duration of the block. With a DuckDB-file catalog, threads of this process
-    take turns and other processes' locks are waited for (up to ``wait_s``); SQLite/PostgreSQL catalogs
-    admit concurrent writers."""
+    """Open the lake for the duration of the block. Waiting out another process's lock or a busy catalog
+    (up to ``wait_s``) is ``Lake.open``'s job; with a DuckDB-file catalog, which one process attaches
+    once, the threads of this process also take turns."""
     lock = _file_lock(location)
-    if lock is None:
-        with _open_waiting(location, read_only, create, at, wait_s) as lake:
-            yield lake
-        return
-    with lock, _open_waiting(location, read_only, create, at, wait_s) as lake:
+    with lock or nullcontext(), Lake.open(location, read_only=read_only, create=create, at=at,
+                                          lock_timeout=wait_s) as lake:
         yield lake
-
-
-@contextmanager
-def _open_waiting(location: str, read_only: bool, create: bool, at: str | int | None, wait_s: float) -> Iterator[Lake]:
-    deadline = time.monotonic() + wait_s
-    delay = 0.2
-    while True:
-        try:
-            lake = Lake.open(location, read_only=read_only, create=create, at=at)
-            break
-        except ZooError as exc:
-            if not is_transient(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 3.0)
-    try:
-        yield lake
-    finally:
-        lake.close()
 
 
 def lake_stamp(location: str) -> str:

@@ -511,11 +511,3 @@ class Lake:
         self.commit(body, f"tag {name} -> {sid}", {"tag": name, "snapshot_id": sid})
         return sid
 
-
-@contextmanager
-def open_lake(location: str | os.PathLike | LakeConfig | None = None, **kw: Any) -> Iterator[Lake]:
-    lake = Lake.open(location, **kw)
-    try:
-        yield lake
-    finally:
-        lake.close()

@@ -268,10 +268,6 @@ def read_weights(lake: Lake, model_ids: Iterable[str]) -> dict[str, dict[str, to
     return out
 
 
-def read_state_dict(lake: Lake, model_id: str) -> dict[str, torch.Tensor]:
-    return read_weights(lake, [model_id])[model_id]
-
-
 # --- labels, predictions, runs -----------------------------------------------------------------
 def write_labels(lake: Lake, labels: Sequence[Label], message: str, extra: dict | None = None) -> int:
     """Upsert labels on (model_id, property) in one snapshot; returns how many rows were written."""

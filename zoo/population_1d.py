@@ -11,7 +11,8 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from zoo.population import _ACT, POPULATIONS, Population, _linear
+from zoo.population import POPULATIONS, Population
+from zoo.population_archs import _ACT, _linear
 
 
 def grouped_conv1d(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
