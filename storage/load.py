@@ -84,7 +84,7 @@ def _in_process_reader(location: str, size: int, stop: threading.Event,
 def _sql_reader(location: str, size: int, stop: threading.Event, env: dict,
                 record: Callable[[str, float | None], None]) -> None:
     last = -1
-    cmd = [sys.executable, "-m", "zoo.cli", "sql", consistency_sql(size), "--format", "json"]
+    cmd = [sys.executable, "-m", "cli", "sql", consistency_sql(size), "--format", "json"]
     while not stop.is_set():
         t0 = time.perf_counter()
         try:

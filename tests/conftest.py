@@ -163,11 +163,11 @@ class Proc:
 
 @pytest.fixture
 def zoo_cli(capsys, monkeypatch):
-    """zoo(*args, lake=...) runs the real entry point (zoo.cli.main) in this process: same error
+    """zoo(*args, lake=...) runs the real entry point (cli.main.main) in this process: same error
     handling and exit codes as the installed command, without a new interpreter per case."""
     import sys
 
-    from zoo.cli import main
+    from cli.main import main
 
     def run(*args: str, lake=None) -> Proc:
         monkeypatch.setenv("ZOO_LOCK_TIMEOUT", "20")

@@ -105,7 +105,7 @@ def test_reliability_is_printed_by_the_cli(lake_dir) -> None:
         rel = {"n_models": 40, "n_test": 20000, "bootstrap_tau": 0.981, "split_half_tau": 0.962, "n_runs": 20,
                "acc_q1": 0.3, "acc_median": 0.5, "acc_q3": 0.7, "frac_under_20": 0.05}
         record_reliability(lk, "benchmark", FamilyTiming("bench-mnist1d-cnn", 20, 40, 12.0, 3.0, 1.0, rel))
-    out = subprocess.run([sys.executable, "-m", "zoo.cli", "families", "--reliability", "--lake", str(lake_dir)],
+    out = subprocess.run([sys.executable, "-m", "cli", "families", "--reliability", "--lake", str(lake_dir)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "bench-mnist1d-cnn" in out.stdout and "0.962" in out.stdout and "0.981" in out.stdout
@@ -113,9 +113,9 @@ def test_reliability_is_printed_by_the_cli(lake_dir) -> None:
 
 def test_cli_refuses_an_unknown_suite_and_a_family_with_a_suite(tmp_path) -> None:
     lake = str(tmp_path / "l")
-    bad = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--suite", "nope", "--lake", lake],
+    bad = subprocess.run([sys.executable, "-m", "cli", "build", "--suite", "nope", "--lake", lake],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "nope" in bad.stderr and "benchmark" in bad.stderr
-    other = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--suite", "benchmark", "--family",
+    other = subprocess.run([sys.executable, "-m", "cli", "build", "--suite", "benchmark", "--family",
                             "digits-mlp", "--n", "2", "--lake", lake], capture_output=True, text=True)
     assert other.returncode == 2 and "digits-mlp" in other.stderr and "not in suite" in other.stderr

@@ -127,11 +127,11 @@ def test_every_family_builds_one_member(lake, family):
 
 def test_cli_builds_and_reports_errors_on_one_line(tmp_path):
     lake_dir = str(tmp_path / "cli-lake")
-    ok = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--family", "digits-mlp", "--n", "2",
+    ok = subprocess.run([sys.executable, "-m", "cli", "build", "--family", "digits-mlp", "--n", "2",
                          "--checkpoints", "1", "--lake", lake_dir, "--threads", "1"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "2 new models" in ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--family", "nope", "--n", "2",
+    bad = subprocess.run([sys.executable, "-m", "cli", "build", "--family", "nope", "--n", "2",
                           "--lake", lake_dir], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr
     with Lake.open(lake_dir, read_only=True) as lk:
@@ -187,7 +187,7 @@ def test_sharded_build_on_dask_equals_the_one_process_build(prefect_server, tmp_
 def test_cli_shards_on_threads(prefect_server, tmp_path):
     from typer.testing import CliRunner
 
-    from zoo.cli import app
+    from cli.main import app
 
     res = CliRunner().invoke(app, ["build", "--family", "digits-mlp", "--n", "3", "--checkpoints", "1",
                                    "--population-size", "1", "--shards", "2", "--runner", "threads",

@@ -13,7 +13,7 @@ from core.errors import LakeError
 from storage.files import state_from_safetensors
 from storage.lake import Lake
 from storage.writes import Label, read_weights, write_labels, write_models
-from zoo.cli import app
+from cli.main import app
 
 runner = CliRunner()
 

@@ -255,7 +255,7 @@ def test_cli_ingests_offline_from_the_hub_cache(hub, tmp_path) -> None:
            "ZOO_LAKE": str(tmp_path / "lake")}
     # three CLI invocations in one fresh process (imports dominate); each records its exit status
     script = (
-        "import json, sys\nfrom zoo.cli import main\ncodes = []\n"
+        "import json, sys\nfrom cli.main import main\ncodes = []\n"
         "for argv in json.loads(sys.argv[1]):\n"
         "    sys.argv = ['zoo', *argv]\n"
         "    try:\n        main(); codes.append(0)\n"

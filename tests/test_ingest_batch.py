@@ -15,7 +15,7 @@ from storage.files import state_to_safetensors
 from storage.lake import Lake
 from storage.writes import read_models
 from zoo.archs import build
-from zoo.cli import app
+from cli.main import app
 from zoo.ingest import ingest_file, prepare_file
 from zoo.ingest_batch import collect, ingest_many
 

@@ -228,7 +228,7 @@ def test_cli_ingest_torchvision_show_groups_and_predict(tmp_path, monkeypatch) -
     from storage.lake import Lake
     from storage.writes import Label, ModelRecord, write_labels, write_models
     from zoo.archs import build
-    from zoo.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
     lake_dir = tmp_path / "lake"
@@ -267,7 +267,7 @@ def test_cli_ingest_torchvision_show_groups_and_predict(tmp_path, monkeypatch) -
 def test_cli_ingests_a_program_and_a_module_file(tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from zoo.cli import app
+    from cli.main import app
 
     torch.manual_seed(0)
     model = SmallNet().eval()

@@ -153,7 +153,7 @@ def test_bad_input_is_refused_with_a_clear_error(zoo_lake):
 def test_cli_labels_and_sql_shows_the_labels(zoo_lake, lake_dir):
     from typer.testing import CliRunner
 
-    from zoo.cli import app
+    from cli.main import app
 
     zoo_lake.close()
     out = CliRunner().invoke(app, ["label", "--properties", "efficiency", "--lake", str(lake_dir), "--device", "cpu"])
@@ -164,7 +164,7 @@ def test_cli_labels_and_sql_shows_the_labels(zoo_lake, lake_dir):
     assert out.exit_code == 0 and out.output.strip().splitlines()[-1] == "5"
     out = CliRunner().invoke(app, ["label", "--properties", "efficiency", "--lake", str(lake_dir)])
     assert "nothing to label" in out.output
-    bad = subprocess.run([sys.executable, "-m", "zoo.cli", "label", "--properties", "nope", "--lake", str(lake_dir)],
+    bad = subprocess.run([sys.executable, "-m", "cli", "label", "--properties", "nope", "--lake", str(lake_dir)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown property 'nope'" in bad.stderr
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from core.errors import LakeError
 from storage.lake import Lake
 from storage.writes import Label, read_models, read_weights, write_labels, write_models
-from zoo.cli import app
+from cli.main import app
 
 
 def build_history(location: str, make_models) -> None:

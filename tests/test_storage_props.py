@@ -19,7 +19,7 @@ from storage.lake import Lake
 from storage.schema import TABLES
 from storage.stress import make_batch
 from storage.writes import write_models
-from zoo.cli import app
+from cli.main import app
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -185,7 +185,7 @@ def test_fit_is_deterministic_and_intervals_are_conformal(rng: torch.Generator) 
 def test_cli_train_and_predict(tiny_zoo, tmp_path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    from zoo.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
     cfg = tmp_path / "wn.json"

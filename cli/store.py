@@ -12,7 +12,7 @@ from rich.table import Table as RichTable
 
 from core.errors import LakeError
 from storage.lake import Lake
-from zoo.commands.common import AtOption, LakeOption
+from cli.common import AtOption, LakeOption
 
 console = Console()
 FORMATS = ("table", "csv", "json", "parquet")

@@ -1,4 +1,4 @@
-"""The ``zoo`` command. Each group of subcommands lives in ``zoo/commands/<name>.py`` and exposes
+"""The ``zoo`` command. Each group of subcommands lives in ``cli/<name>.py`` and exposes
 ``register(app)``; this module only assembles them and turns expected errors into one-line messages."""
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import typer
 from typer.exceptions import TyperException
 
 from core.errors import ZooError
-from zoo.commands import COMMAND_MODULES
+from cli import build, evaluate, ingest, label, store, weightnet_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="WeightNet Zoo: build, label and query a versioned zoo of neural-network weights.")
+
+COMMAND_MODULES = (store, build, ingest, label, weightnet_cmd, evaluate)
 
 for _module in COMMAND_MODULES:
     _module.register(app)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from zoo.commands.common import AtOption, LakeOption
+from cli.common import AtOption, LakeOption
 
 console = Console()
 wn = typer.Typer(help="Train WeightNet on the zoo and write its predictions back.", no_args_is_help=True)

@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from zoo.commands.common import AtOption, LakeOption
+from cli.common import AtOption, LakeOption
 
 console = Console()
 

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from core.errors import ZooError
 from storage.lake import Lake
-from zoo.commands.common import LakeOption
+from cli.common import LakeOption
 
 console = Console(stderr=True)
 ingest_app = typer.Typer(no_args_is_help=True, help="Ingest models from the Hugging Face Hub, timm, torchvision, or a file.")

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from storage.lake import Lake
-from zoo.commands.common import LakeOption
+from cli.common import LakeOption
 
 console = Console(stderr=True)
 
@@ -54,7 +54,7 @@ def build_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help=
     from zoo.families import FAMILIES
 
     if suite is not None or family is None:
-        from zoo.commands.suite import build_suite_cmd  # a suite: its own module (zoo.suite)
+        from cli.suite import build_suite_cmd  # a suite: its own module (zoo.suite)
 
         return build_suite_cmd(suite, family, n, device, threads, lake)
     if n is None:
@@ -97,7 +97,7 @@ def families_cmd(reliability: bool = typer.Option(False, "--reliability", help="
     from zoo.families import FAMILIES
 
     if reliability:
-        from zoo.commands.suite import reliability_cmd
+        from cli.suite import reliability_cmd
 
         return reliability_cmd(lake)
     for name, fam in FAMILIES.items():

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from zoo.commands.common import LakeOption
+from cli.common import LakeOption
 
 console = Console()
 
