@@ -53,6 +53,10 @@ class WeightNetConfig:
     # statistics, embedded by a small MLP and concatenated to the pooled encoding before the heads:
     # invariant by construction, and what makes StatNN strong on small zoos
     summary: bool = True
+    # learned probe inputs run through every rebuildable model (weightnet.probes): one token per probe,
+    # exactly invariant to permutations and function-preserving widening; 0 turns probe tokens off
+    probes: int = 16
+    weight_tokens: bool = True  # the per-unit weight tokens (off: probe tokens, CLS and the summary only)
     dropout: float = 0.1  # on the heads' input (pooled encoding + summary embedding)
     loss: str = "huber"  # regression loss on standardized targets
     rank_loss: float = 3.0  # weight of a pairwise logistic ranking loss within each batch (helps Kendall tau)
