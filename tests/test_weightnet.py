@@ -233,7 +233,8 @@ def test_ensemble_and_summary_survive_a_checkpoint(rng: torch.Generator, tmp_pat
     p = WeightNetPredictor(cfg)
     p.fit(samples[:8], samples[8:], ["y"], seed=1)
     assert len(p.members) == 2 and p.model.n_summary > 0
-    one = [m(p._batch(p.pipeline.many(samples), m))[0] for m in p.members]
+    handles = p.runner.handles(samples)  # each model's probe inputs (probe tokens)
+    one = [m(p._batch(p.pipeline.many(samples), m), handles)[0] for m in p.members]
     assert not torch.allclose(one[0], one[1])  # members differ (own seeds), the prediction is their mean
     mean = (torch.stack(one).mean(0)[:, 0] * p.target_std + p.target_mean).detach().numpy()
     assert np.allclose(p.predict(samples)["y"], mean, atol=1e-5)
@@ -307,10 +308,10 @@ def test_linear_calibration_rescales_without_reordering(rng: torch.Generator, tm
     assert torch.allclose(linear_calibration(2 * with_nan.nan_to_num(5.0), with_nan)[0], torch.tensor([0.5, 0.0]),
                           atol=1e-6)
     assert linear_calibration(y[:4], y[:4] * 3).tolist() == [[1.0, 0.0]]  # too few points
-    samples = _scaled_mlps(rng, 16, "c")
-    p = WeightNetPredictor(_small(TokenizerConfig(), epochs=2, ensemble=1))
+    samples = _scaled_mlps(rng, 22, "c")  # 12 validation models: 6 recalibrate (>= min_points), 6 calibrate
+    p = WeightNetPredictor(_small(TokenizerConfig(), epochs=6, ensemble=1))
     p.fit(samples[:10], samples[10:], ["y"], seed=0)
-    raw = WeightNetPredictor(_small(TokenizerConfig(), epochs=2, ensemble=1, calibrate=False))
+    raw = WeightNetPredictor(_small(TokenizerConfig(), epochs=6, ensemble=1, calibrate=False))
     raw.fit(samples[:10], samples[10:], ["y"], seed=0)
     a, b = p.calibration[0].tolist()
     assert a > 0 and (a, b) != (1.0, 0.0)
