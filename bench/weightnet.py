@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from weightnet.config import WeightNetConfig  # noqa: E402
 from weightnet.data import ZooSample  # noqa: E402
-from weightnet.model import WeightNetModel, WeightNetPredictor, buckets, collate  # noqa: E402
+from weightnet.model import WeightNetPredictor, buckets, collate  # noqa: E402
 from weightnet.tokenizers import layer_summary, tokenize  # noqa: E402
 from zoo.archs import build  # noqa: E402
 
@@ -46,15 +46,18 @@ def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def untrained(cfg: WeightNetConfig, n_summary: int) -> WeightNetPredictor:
-    """A predictor shaped like a trained one: ``cfg.ensemble`` members reading ``n_summary`` statistics."""
+def untrained(cfg: WeightNetConfig, n_summary: int, like: ZooSample | None = None) -> WeightNetPredictor:
+    """A predictor shaped like a trained one: ``cfg.ensemble`` members reading ``n_summary`` statistics
+    (and probe tokens on ``like``'s input space when the config has probes)."""
     p = WeightNetPredictor(cfg)
     p.targets = ["test_accuracy"]
     p.target_mean, p.target_std = torch.zeros(1), torch.ones(1)
+    if like is not None:
+        p._probe_setup(p.runner.handles([like]))
     with torch.random.fork_rng(devices=[]):
         for k in range(cfg.ensemble):
             torch.manual_seed(1000 * k)
-            p.members.append(WeightNetModel(cfg, 1, 0, n_summary).eval())
+            p.members.append(p._new_model(n_summary).eval())
     p.model = p.members[0]
     return p
 
@@ -90,7 +93,7 @@ def main() -> None:
     r18 = sample("resnet", {"input_shape": [3, 224, 224], "n_classes": 1000, "layers": [2, 2, 2, 2],
                             "channels": [64, 128, 256, 512]}, 0)
     before = rss_mib()
-    p = untrained(cfg, layer_summary(r18.state, r18.spec).numel())
+    p = untrained(cfg, layer_summary(r18.state, r18.spec).numel(), r18)
     p.predict([ZooSample("warm", "warm", "x", "resnet", {}, r18.spec, r18.state)])  # warm-up (one-off allocations)
     times = []
     for i in range(3):
@@ -101,7 +104,7 @@ def main() -> None:
     t_tok = best_of(3, lambda: tokenize(r18.state, r18.spec, cfg.tokenizer))
     t_sum = best_of(3, lambda: layer_summary(r18.state, r18.spec))
     tok = p.pipeline.one(r18)
-    t_enc = best_of(3, lambda: p._predict_tokens([tok]))
+    t_enc = best_of(3, lambda: p._predict_tokens([tok], p.runner.handles([r18])))
     print(f"resnet18-size ({r18.spec.n_params / 1e6:.1f}M params, {len(tok)} tokens, {cfg.ensemble} members): "
           f"predict {min(times):.2f} s (best of 3; target < 2 s: {min(times) / 2:.2f} x target; tokenize "
           f"{t_tok:.2f} s of which layer_summary {t_sum:.2f} s, encoder {t_enc:.3f} s; baseline matmul {base:.0f} "
@@ -111,14 +114,15 @@ def main() -> None:
     base = matmul_gflops()
     cnn_cfg = {"input_shape": [1, 8, 8], "n_classes": 10, "channels": 16, "n_layers": 3}
     cnns = [sample("cnn", cnn_cfg, i) for i in range(args.n_digits)]
-    p = untrained(cfg, layer_summary(cnns[0].state, cnns[0].spec).numel())
+    p = untrained(cfg, layer_summary(cnns[0].state, cnns[0].spec).numel(), cnns[0])
     t = time.perf_counter()
     toks = p.pipeline.many(cnns)
     t_tok = time.perf_counter() - t
-    t_fwd = best_of(2, lambda: p._predict_tokens(toks, batch_size=256))
+    handles = p.runner.handles(cnns)
+    t_fwd = best_of(2, lambda: p._predict_tokens(toks, handles, batch_size=256))
     members = p.members
     p.members = members[:1]
-    t_one = best_of(2, lambda: p._predict_tokens(toks, batch_size=256))
+    t_one = best_of(2, lambda: p._predict_tokens(toks, handles, batch_size=256))
     p.members = members
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         p.model(collate(toks[:256], p.model.n_summary))

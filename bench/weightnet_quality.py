@@ -54,7 +54,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{len(samples)} models; target {args.target}; split {args.split}; seeds {seeds}")
     for name, make in makers.items():
-        taus, secs = [], []
+        taus, secs, covs = [], [], []
         for seed in seeds:
             train, val, test = split_samples(samples, args.split, seed)
             pred = make()
@@ -64,8 +64,12 @@ def main() -> None:
             p = pred.predict(test)[args.target]
             y = np.array([s.labels[args.target] for s in test])
             taus.append(float(kendalltau(p, y).statistic))
+            if hasattr(pred, "predict_interval"):  # split-conformal 90% intervals: share of test models covered
+                lo, hi = pred.predict_interval(test, alpha=0.1)[args.target]
+                covs.append(float(np.mean((y >= lo) & (y <= hi))))
+        cov = f"  90% coverage {np.mean(covs):.3f}" if covs else ""
         print(f"{name:28s} tau {np.mean(taus):.3f} +- {np.std(taus):.3f}  per seed {['%.3f' % t for t in taus]}"
-              f"  fit {np.mean(secs):.1f}s", flush=True)
+              f"  fit {np.mean(secs):.1f}s{cov}  n_test {len(test)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,8 @@ def test_models_that_cannot_be_rebuilt_fall_back_to_weight_tokens(rng: torch.Gen
     p = WeightNetPredictor(WeightNetConfig(d_model=16, heads=2, epochs=1, ensemble=1, probes=4))
     p.fit(train, [], ["y"], seed=0)
     assert p.runner.handle(alien) is None
+    assert ProbeRunner(max_flops=100.0).handle(s) is None  # too costly to probe (an MLP here: ~2e3 FLOPs)
+    assert ProbeRunner(max_flops=1e4).handle(s) is not None
     _, has = p.model.probe_tokens(p.runner.handles([s, alien]))
     assert has.tolist() == [True, False]
     pred = p.predict([s, alien])["y"]

@@ -56,6 +56,9 @@ class WeightNetConfig:
     # learned probe inputs run through every rebuildable model (weightnet.probes): one token per probe,
     # exactly invariant to permutations and function-preserving widening; 0 turns probe tokens off
     probes: int = 16
+    # models whose forward pass on one example costs more FLOPs get no probe tokens (weight tokens only):
+    # probes run once per ensemble member at prediction time (ResNet-18 at 224x224: 3.6e9 -> skipped)
+    probe_max_flops: float = 5e7
     weight_tokens: bool = True  # the per-unit weight tokens (off: probe tokens, CLS and the summary only)
     dropout: float = 0.1  # on the heads' input (pooled encoding + summary embedding)
     loss: str = "huber"  # regression loss on standardized targets

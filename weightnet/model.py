@@ -207,7 +207,7 @@ class WeightNetPredictor:
         self.target_std = torch.ones(0)
         self.conformal = Conformal()  # calibration residuals (split conformal)
         self.seen_ids: tuple[str, ...] = ()  # models the fit used (training + early stopping/recalibration)
-        self.runner = ProbeRunner()
+        self.runner = ProbeRunner(self.config.probe_max_flops)
         self.probe_shape: tuple[int, ...] | None = None
         self.probe_out = 0
         self.calibration = torch.zeros(0, 2)  # (n_targets, 2): prediction -> a * prediction + b

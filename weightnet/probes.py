@@ -11,6 +11,7 @@ an unknown source, another input space) gets no probe tokens and is read from it
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -35,9 +36,11 @@ class ProbeHandle:
 class ProbeRunner:
     """Rebuilds one module per (arch, arch_config) and runs probes through many models' states."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_flops: float = math.inf) -> None:
+        self.max_flops = max_flops  # a model whose forward on one example costs more gets no probe tokens
         # key -> (module in eval mode, {tensor name: shape}) or None when the architecture cannot be rebuilt
         self._modules: dict[str, tuple[torch.nn.Module, dict[str, tuple[int, ...]]] | None] = {}
+        self._flops: dict[str, float] = {}  # key -> FLOPs of one forward pass on one example
 
     def _module(self, arch: str, arch_config: Mapping) -> tuple[str, tuple[torch.nn.Module, dict] | None]:
         key = json.dumps([arch, arch_config], sort_keys=True, default=str)
@@ -50,6 +53,7 @@ class ProbeRunner:
                 for p in module.parameters():
                     p.requires_grad_(False)
                 self._modules[key] = (module, names)
+                self._flops[key] = _example_flops(module, arch_config)
             except Exception:  # any failure to rebuild means: no probe tokens for this model (weight tokens only)
                 self._modules[key] = None
         return key, self._modules[key]
@@ -59,7 +63,7 @@ class ProbeRunner:
         if not shape:
             return None
         key, built = self._module(sample.arch, sample.arch_config)
-        if built is None:
+        if built is None or self._flops.get(key, math.inf) > self.max_flops:
             return None
         _, names = built
         if any(n not in sample.state or tuple(sample.state[n].shape) != shp for n, shp in names.items()):
@@ -102,6 +106,19 @@ class ProbeRunner:
             out = out.index_put((index,), torch.cat(values).to(out.dtype))
             has[index] = True
         return out, has
+
+
+def _example_flops(module: torch.nn.Module, arch_config: Mapping) -> float:
+    """FLOPs of one forward pass on one zero example (torch's counter: 2 per multiply-add); inf on failure."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        x = torch.zeros((1, *[int(d) for d in arch_config["input_shape"]]))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(x)
+        return float(counter.get_total_flops())
+    except Exception:
+        return math.inf
 
 
 def _stacked_forward(module: torch.nn.Module, stacked: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
