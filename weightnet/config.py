@@ -33,6 +33,11 @@ class TokenizerConfig:
     # when the training models share one tensor layout, else pooled (resolved by WeightNetPredictor.prepare;
     # measured: layers 0.637 vs pooled 0.556 tau on one layout, pooled +0.09-0.10 on held-out families)
     summary: str = "auto"
+    # per-unit statistics as fan-in sums (mean, std, |x|, rms, min, max times the unit's entry count) and
+    # summary statistics times the layer's fan-in, width-dependent metadata zeroed: unchanged by
+    # function-preserving widening for every tensor whose input axis is widened (Net2Wider divides those
+    # entries by the factor and repeats them). Off by default: not yet measured against the default
+    width_invariant: bool = False
 
     @property
     def id(self) -> str:
