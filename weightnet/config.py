@@ -36,8 +36,9 @@ class TokenizerConfig:
     # per-unit statistics as fan-in sums (mean, std, |x|, rms, min, max times the unit's entry count) and
     # summary statistics times the layer's fan-in, width-dependent metadata zeroed: unchanged by
     # function-preserving widening for every tensor whose input axis is widened (Net2Wider divides those
-    # entries by the factor and repeats them). Off by default: not yet measured against the default
-    width_invariant: bool = False
+    # entries by the factor and repeats them). Measured with probes on 600 digits CNNs + MLPs
+    # (docs/weightnet.md): R2 unchanged on 2x/4x widened test models (was -0.03 to -0.9), tau up too
+    width_invariant: bool = True
 
     @property
     def id(self) -> str:
