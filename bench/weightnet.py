@@ -129,7 +129,7 @@ def main() -> None:
     t_tok = best_of(3, lambda: tokenize(r18.state, r18.spec, cfg.tokenizer))
     t_sum = best_of(3, lambda: layer_summary(r18.state, r18.spec))
     tok = p.pipeline.one(r18)
-    t_enc = best_of(3, lambda: p._predict_tokens([tok]))
+    t_enc = best_of(3, lambda: p._predict_tokens([tok], p.runner.handles([r18])))
     print(f"resnet18-size ({r18.spec.n_params / 1e6:.1f}M params, {len(tok)} tokens, {cfg.ensemble} members): "
           f"predict {min(times):.2f} s (best of 3; target < 2 s: {min(times) / 2:.2f} x target; tokenize "
           f"{t_tok:.2f} s of which layer_summary {t_sum:.2f} s, encoder {t_enc:.3f} s; baseline matmul {base:.0f} "
@@ -143,10 +143,11 @@ def main() -> None:
     t = time.perf_counter()
     toks = p.pipeline.many(cnns)
     t_tok = time.perf_counter() - t
-    t_fwd = best_of(2, lambda: p._predict_tokens(toks, batch_size=256))
+    handles = p.runner.handles(cnns)
+    t_fwd = best_of(2, lambda: p._predict_tokens(toks, handles, batch_size=256))
     members = p.members
     p.members = members[:1]
-    t_one = best_of(2, lambda: p._predict_tokens(toks, batch_size=256))
+    t_one = best_of(2, lambda: p._predict_tokens(toks, handles, batch_size=256))
     p.members = members
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         p.model(collate(toks[:256], p.model.n_summary))

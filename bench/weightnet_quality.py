@@ -28,7 +28,12 @@ from storage.lake import Lake  # noqa: E402
 from weightnet.baselines import BASELINES  # noqa: E402
 from weightnet.config import WeightNetConfig  # noqa: E402
 from weightnet.data import load_samples, split_samples  # noqa: E402
+from weightnet.eval.widen import widen  # noqa: E402
 from weightnet.model import WeightNetPredictor  # noqa: E402
+
+
+def r2(y: np.ndarray, p: np.ndarray) -> float:
+    return float(1 - np.mean((y - p) ** 2) / np.var(y)) if np.var(y) > 0 else float("nan")
 
 
 def weightnet_variant(overrides: dict):
@@ -57,6 +62,7 @@ def main() -> None:
     ap.add_argument("--split", default="random", help="random | family:NAME | arch:NAME | width:MAX")
     ap.add_argument("--only", default="weightnet,statnn-gbt,statnn-mlp,nfn")
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON WeightNetConfig overrides")
+    ap.add_argument("--widen", default="", help="also score the test models widened by these factors (e.g. 2,4)")
     args = ap.parse_args()
     if args.quick:
         args.lake = quick_lake(tempfile.mkdtemp(prefix="wn-quality-") + "/lake")
@@ -73,9 +79,11 @@ def main() -> None:
         name, js = v.split("=", 1)
         makers[name] = weightnet_variant(json.loads(js))
     seeds = [int(s) for s in args.seeds.split(",")]
+    factors = [int(f) for f in args.widen.split(",") if f]
     print(f"{len(samples)} models in {args.lake}; target {args.target}; split {args.split}; seeds {seeds}")
     for name, make in makers.items():
-        taus, secs = [], []
+        taus, secs, covs, r2s = [], [], [], []
+        wide: dict[int, list[tuple[float, float]]] = {f: [] for f in factors}  # factor -> (tau, r2) per seed
         for seed in seeds:
             train, val, test = split_samples(samples, args.split, seed)
             pred = make()
@@ -85,8 +93,21 @@ def main() -> None:
             p = pred.predict(test)[args.target]
             y = np.array([s.labels[args.target] for s in test])
             taus.append(float(kendalltau(p, y).statistic))
+            r2s.append(r2(y, p))
+            for f in factors:  # function-preserving widening: the labels are unchanged
+                pw = pred.predict([widen(s, f) for s in test])[args.target]
+                wide[f].append((float(kendalltau(pw, y).statistic), r2(y, pw)))
+            print(f"  {name} seed {seed}: tau {taus[-1]:.3f} r2 {r2s[-1]:.3f} fit {secs[-1]:.0f}s"
+                  + "".join(f" x{f}: tau {wide[f][-1][0]:.3f} r2 {wide[f][-1][1]:.3f}" for f in factors), flush=True)
+            if hasattr(pred, "predict_interval"):  # split-conformal 90% intervals: share of test models covered
+                lo, hi = pred.predict_interval(test, alpha=0.1)[args.target]
+                covs.append(float(np.mean((y >= lo) & (y <= hi))))
+        cov = f"  90% coverage {np.mean(covs):.3f}" if covs else ""
         print(f"{name:28s} tau {np.mean(taus):.3f} +- {np.std(taus):.3f}  per seed {['%.3f' % t for t in taus]}"
-              f"  fit {np.mean(secs):.1f}s", flush=True)
+              f"  fit {np.mean(secs):.1f}s{cov}  n_test {len(test)}  r2 {np.mean(r2s):.3f}", flush=True)
+        for f, vals in wide.items():
+            print(f"{'':28s} widened x{f}: tau {np.mean([v[0] for v in vals]):.3f}  r2 {np.mean([v[1] for v in vals]):.3f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def test_layer_summary_is_invariant_and_sees_scale(arch: str, rng: torch.Generat
         assert torch.allclose(layer_summary(other, s.spec), a, atol=1e-6, rtol=1e-5)  # multisets per layer
     scaled = {k: v * 2 if v.is_floating_point() else v for k, v in s.state.items()}
     assert not torch.allclose(layer_summary(scaled, s.spec), a)
-    assert torch.equal(tokenize(s.state, s.spec, TokenizerConfig()).summary, a)
+    assert torch.equal(tokenize(s.state, s.spec, TokenizerConfig(width_invariant=False)).summary, a)
 
 
 def assert_stats_match_numpy(got: torch.Tensor, x: np.ndarray) -> None:
@@ -152,7 +152,7 @@ def test_pooled_summary_is_depth_free_invariant_and_pools_the_layer_stats(arch: 
     assert np.allclose(got.numpy(), want, rtol=1e-6, atol=1e-7)
     for other in (permute(s.state, s.spec, random_perms(s.spec, rng)), break_coupling(s.state, s.spec, rng)):
         assert torch.allclose(pooled_summary(other, s.spec), got, atol=1e-6, rtol=1e-5)
-    both = tokenize(s.state, s.spec, TokenizerConfig(summary="both")).summary
+    both = tokenize(s.state, s.spec, TokenizerConfig(summary="both", width_invariant=False)).summary
     assert torch.equal(both, torch.cat([got, layer_summary(s.state, s.spec)]))
     assert torch.equal(summarize(s.state, s.spec, "pooled"), got)
 

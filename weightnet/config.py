@@ -33,6 +33,12 @@ class TokenizerConfig:
     # when the training models share one tensor layout, else pooled (resolved by WeightNetPredictor.prepare;
     # measured: layers 0.637 vs pooled 0.556 tau on one layout, pooled +0.09-0.10 on held-out families)
     summary: str = "auto"
+    # per-unit statistics as fan-in sums (mean, std, |x|, rms, min, max times the unit's entry count) and
+    # summary statistics times the layer's fan-in, width-dependent metadata zeroed: unchanged by
+    # function-preserving widening for every tensor whose input axis is widened (Net2Wider divides those
+    # entries by the factor and repeats them). Measured with probes on 600 digits CNNs + MLPs
+    # (docs/weightnet.md): R2 unchanged on 2x/4x widened test models (was -0.03 to -0.9), tau up too
+    width_invariant: bool = True
 
     @property
     def id(self) -> str:
@@ -53,6 +59,13 @@ class WeightNetConfig:
     # statistics, embedded by a small MLP and concatenated to the pooled encoding before the heads:
     # invariant by construction, and what makes StatNN strong on small zoos
     summary: bool = True
+    # learned probe inputs run through every rebuildable model (weightnet.probes): one token per probe,
+    # exactly invariant to permutations and function-preserving widening; 0 turns probe tokens off
+    probes: int = 16
+    # models whose forward pass on one example costs more FLOPs get no probe tokens (weight tokens only):
+    # probes run once per ensemble member at prediction time (ResNet-18 at 224x224: 3.6e9 -> skipped)
+    probe_max_flops: float = 5e7
+    weight_tokens: bool = True  # the per-unit weight tokens (off: probe tokens, CLS and the summary only)
     dropout: float = 0.1  # on the heads' input (pooled encoding + summary embedding)
     loss: str = "huber"  # regression loss on standardized targets
     rank_loss: float = 3.0  # weight of a pairwise logistic ranking loss within each batch (helps Kendall tau)

@@ -21,8 +21,10 @@ from core.hashing import code_version
 from core.spec import LAYER_KINDS
 from weightnet.canonical import spec_key
 from weightnet.config import WeightNetConfig
+from weightnet.conformal import Conformal, clip_to_bounds, split_calibration
 from weightnet.data import ZooSample
 from weightnet.pipeline import TokenPipeline
+from weightnet.probes import ProbeHandle, ProbeRunner, probe_features
 from weightnet.tokenizers import MAX_DEPTH, MAX_POS, N_META, N_ROLES, Tokens, feature_dim
 
 Progress = Callable[[int, int], None]
@@ -79,10 +81,23 @@ class Block(nn.Module):
         return x + self.mlp(self.n2(x))
 
 
+Handles = Sequence["ProbeHandle | None"]
+
+
 class WeightNetModel(nn.Module):
-    def __init__(self, cfg: WeightNetConfig, n_regression: int, n_classification: int, n_summary: int = 0):
+    def __init__(self, cfg: WeightNetConfig, n_regression: int, n_classification: int, n_summary: int = 0,
+                 probe_shape: Sequence[int] | None = None, probe_out: int = 0):
         super().__init__()
         d, fdim = cfg.d_model, feature_dim(cfg.tokenizer)
+        self.weight_tokens = cfg.weight_tokens
+        # probe tokens need one input space (probe_shape: one example's shape) and its output width
+        self.probe_shape = tuple(int(x) for x in probe_shape) if cfg.probes and probe_shape and probe_out else None
+        self.probe_out = int(probe_out) if self.probe_shape else 0
+        self.runner: ProbeRunner | None = None  # set by the predictor (rebuilt modules are not parameters)
+        if self.probe_shape:
+            self.probes = nn.Parameter(torch.rand(cfg.probes, *self.probe_shape))  # uniform noise, then learned
+            self.probe_embed = nn.Linear(2 * self.probe_out, d)
+            self.probe_index = nn.Embedding(cfg.probes, d)  # probe i is one fixed (learned) input: not a set
         self.n_summary = n_summary if cfg.summary else 0
         self.register_buffer("sum_mean", torch.zeros(self.n_summary))
         self.register_buffer("sum_std", torch.ones(self.n_summary))
@@ -106,16 +121,27 @@ class WeightNetModel(nn.Module):
         self.regress = nn.Linear(d_head, n_regression)
         self.classify = nn.Linear(d_head, 2 * n_classification) if n_classification else None
 
-    def encode(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, T, ...) padded batch -> (B, d) pooled embedding."""
+    def probe_tokens(self, handles: Handles) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, P, 2 * probe_out) probe features, (B,) bool: the model could be run) for each handle."""
+        if self.probe_shape is None or self.runner is None:
+            raise ZooError("this WeightNet has no probe tokens (probes=0 or no rebuildable training model)")
+        logits, has = self.runner.outputs(self.probes, handles, self.probe_out)
+        return probe_features(logits), has
+
+    def encode(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
+        """(B, T, ...) padded batch (+ each model's probe handle) -> (B, d) pooled embedding."""
         f = ((b["features"] - self.feat_mean) / self.feat_std).clamp(-Z_CLIP, Z_CLIP)
         x = self.embed(f)
         if self.layer_type:
             x = x + self.kind(b["kind"]) + self.role(b["role"])
         if self.segment:
             x = x + self.meta(b["meta"]) + self.depth(b["depth"]) + self.position(b["position"])
-        mask = b["mask"]
-        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)  # (B, 1 + T, d)
+        mask = b["mask"] if self.weight_tokens else torch.zeros_like(b["mask"])  # off: every weight token masked
+        if self.probe_shape is not None and handles is not None and self.runner is not None:
+            feats, has = self.probe_tokens(handles)  # (B, P, F), (B,)
+            x = torch.cat([x, self.probe_embed(feats.to(x.device)) + self.probe_index.weight[None]], 1)
+            mask = torch.cat([mask, has[:, None].expand(-1, feats.shape[1]).to(mask.device)], 1)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)  # (B, 1 + T (+ P), d)
         mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
         for blk in self.blocks:
             x = blk(x, mask[:, None, None, :])
@@ -128,16 +154,16 @@ class WeightNetModel(nn.Module):
         logits = self.attn_query(tok).masked_fill(m == 0, float("-inf"))
         return (torch.softmax(logits, 1) * tok).sum(1)
 
-    def head_input(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    def head_input(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
         """(B, d) pooled encoding, concatenated with the (B, d) summary embedding when configured."""
-        z = self.encode(b)
+        z = self.encode(b, handles)
         if self.summary is not None:
             s = ((b["summary"] - self.sum_mean) / self.sum_std).clamp(-Z_CLIP, Z_CLIP)
             z = torch.cat([z, self.summary(s)], 1)
         return self.drop(z)
 
-    def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.head_input(b)
+    def forward(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.head_input(b, handles)
         cls = self.classify(z) if self.classify is not None else z[:, :0]
         return self.regress(z), cls
 
@@ -165,7 +191,8 @@ def linear_calibration(pred: torch.Tensor, y: torch.Tensor, min_points: int = 5)
 
 # --- the predictor ---------------------------------------------------------------------------------
 class WeightNetPredictor:
-    """weightnet.predictor.Predictor + predict_interval (split conformal on the validation set)."""
+    """weightnet.predictor.Predictor + predict_interval (split conformal on a calibration part of the
+    validation set that neither training, early stopping nor recalibration sees: weightnet.conformal)."""
 
     name = "weightnet"
 
@@ -178,7 +205,11 @@ class WeightNetPredictor:
         self.members: list[WeightNetModel] = []  # predictions average every member
         self.target_mean = torch.zeros(0)
         self.target_std = torch.ones(0)
-        self.residuals: dict[str, torch.Tensor] = {}  # sorted |val error| per property (conformal)
+        self.conformal = Conformal()  # calibration residuals (split conformal)
+        self.seen_ids: tuple[str, ...] = ()  # models the fit used (training + early stopping/recalibration)
+        self.runner = ProbeRunner(self.config.probe_max_flops)
+        self.probe_shape: tuple[int, ...] | None = None
+        self.probe_out = 0
         self.calibration = torch.zeros(0, 2)  # (n_targets, 2): prediction -> a * prediction + b
         self.history: list[dict] = []
 
@@ -190,6 +221,22 @@ class WeightNetPredictor:
     def _labels(self, samples: Sequence[ZooSample]) -> torch.Tensor:
         return torch.tensor([[s.labels.get(t, float("nan")) for t in self.targets] for s in samples],
                             dtype=torch.float32).reshape(len(samples), len(self.targets))
+
+    def _probe_setup(self, handles: Handles) -> None:
+        """The probes' input space: the most common input shape among rebuildable training models, and
+        its output width (models elsewhere get no probe tokens)."""
+        self.probe_shape, self.probe_out = None, 0
+        shapes = [h.input_shape for h in handles if h is not None]
+        if not self.config.probes or not shapes:
+            return
+        self.probe_shape = max(set(shapes), key=shapes.count)
+        self.probe_out = self.runner.out_dim(next(h for h in handles if h is not None and h.input_shape == self.probe_shape))
+
+    def _new_model(self, n_summary: int) -> "WeightNetModel":
+        m = WeightNetModel(self.config, len(self.targets), len(self.thresholds), n_summary, self.probe_shape,
+                           self.probe_out).to(self.device)
+        m.runner = self.runner
+        return m
 
     def _batch(self, toks: Sequence[Tokens], model: "WeightNetModel | None" = None) -> dict[str, torch.Tensor]:
         model = model or self.model
@@ -242,7 +289,11 @@ class WeightNetPredictor:
         self.targets = list(targets)
         self.prepare(train)
         cfg = self.config
+        val, calibration = split_calibration(val, seed)
+        self.seen_ids = tuple(s.model_id for s in list(train) + list(val))
         tr_tok, va_tok = self.pipeline.many(train), self.pipeline.many(val)
+        tr_h, va_h = self.runner.handles(train), self.runner.handles(val)
+        self._probe_setup(tr_h)
         y_tr, y_va = self._labels(train), self._labels(val)
         self.target_mean = torch.nanmean(y_tr, 0).nan_to_num(0.0)
         std = torch.tensor([float(np.nanstd(y_tr[:, j].numpy())) if y_tr.shape[0] > 1 else 1.0
@@ -250,27 +301,27 @@ class WeightNetPredictor:
         self.target_std = torch.where(torch.isfinite(std) & (std > 1e-8), std, torch.ones_like(std))
         self.history = []
         self.calibration = identity_calibration(len(self.targets))
-        self.members = [self._fit_member(seed + 1000 * k, k, tr_tok, va_tok, y_tr, y_va, progress)
+        self.members = [self._fit_member(seed + 1000 * k, k, (tr_tok, tr_h), (va_tok, va_h), y_tr, y_va, progress)
                         for k in range(cfg.ensemble)]
         self.model = self.members[0]
-        self.residuals = {}
-        if val:
-            pred = self._predict_tokens(va_tok)  # calibration is still the identity here
-            if cfg.calibrate:
-                self.calibration = linear_calibration(pred, y_va)
-                pred = pred * self.calibration[:, 0] + self.calibration[:, 1]
-            for j, t in enumerate(self.targets):
-                r = (pred[:, j] - y_va[:, j]).abs()
-                self.residuals[t] = torch.sort(r[~torch.isnan(r)]).values
+        if val and cfg.calibrate:  # calibration is still the identity here
+            self.calibration = linear_calibration(self._predict_tokens(va_tok, va_h), y_va)
+        self.conformal = Conformal()
+        if calibration:  # residuals on models no step of the fit has seen
+            y_cal = self._labels(calibration).numpy().astype(np.float64)
+            self.conformal = Conformal.fit(self.predict(calibration),
+                                           {t: y_cal[:, j] for j, t in enumerate(self.targets)},
+                                           [s.model_id for s in calibration])
 
-    def _fit_member(self, seed: int, k: int, tr_tok: Sequence[Tokens], va_tok: Sequence[Tokens], y_tr: torch.Tensor,
-                    y_va: torch.Tensor, progress: Progress | None) -> "WeightNetModel":
-        """One ensemble member from its own seed (init, batch order, dropout); early-stopped on val loss."""
+    def _fit_member(self, seed: int, k: int, tr: tuple[Sequence[Tokens], Handles], va: tuple[Sequence[Tokens], Handles],
+                    y_tr: torch.Tensor, y_va: torch.Tensor, progress: Progress | None) -> "WeightNetModel":
+        """One ensemble member from its own seed (init, probes, batch order, dropout); early-stopped on val loss."""
         cfg = self.config
+        (tr_tok, tr_h), (va_tok, va_h) = tr, va
         with torch.random.fork_rng(devices=[]):  # module init draws from the global RNG: seed it, then restore
             torch.manual_seed(seed)
             n_summary = max(t.summary.numel() for t in tr_tok)
-            model = WeightNetModel(cfg, len(self.targets), len(self.thresholds), n_summary).to(self.device)
+            model = self._new_model(n_summary)
         if model.n_summary:
             sums = collate(tr_tok, model.n_summary)["summary"]
             model.sum_mean.copy_(sums.mean(0))
@@ -292,7 +343,7 @@ class WeightNetPredictor:
                 model.train()
                 tr_loss = 0.0
                 for idx in buckets(lengths, cfg.batch_size, gen):
-                    reg, cls = model(self._batch([tr_tok[i] for i in idx], model))
+                    reg, cls = model(self._batch([tr_tok[i] for i in idx], model), [tr_h[i] for i in idx])
                     loss = self._loss(reg, cls, y_tr[idx].to(self.device))
                     opt.zero_grad()
                     loss.backward()
@@ -300,7 +351,7 @@ class WeightNetPredictor:
                     sched.step()
                     tr_loss += float(loss.detach()) * len(idx)
                 tr_loss /= len(tr_tok)
-                va_loss = self.evaluate_loss(va_tok, y_va, model) if va_tok else tr_loss
+                va_loss = self.evaluate_loss(va_tok, y_va, model, va_h) if va_tok else tr_loss
                 self.history.append({"member": k, "epoch": epoch, "train_loss": tr_loss, "val_loss": va_loss})
                 if progress is not None:
                     progress(k * cfg.epochs + epoch + 1, cfg.ensemble * cfg.epochs)
@@ -314,13 +365,15 @@ class WeightNetPredictor:
         return model.eval()
 
     @torch.no_grad()
-    def evaluate_loss(self, toks: Sequence[Tokens], y: torch.Tensor, model: "WeightNetModel | None" = None) -> float:
-        """Loss of one member (default: the ensemble's mean outputs) on tokens with labels y."""
+    def evaluate_loss(self, toks: Sequence[Tokens], y: torch.Tensor, model: "WeightNetModel | None" = None,
+                      handles: Handles | None = None) -> float:
+        """Loss of one member (default: the ensemble's mean outputs) on tokens (+ probe handles) with labels y."""
         members = [model] if model is not None else (self.members or [self.model])
         total = 0.0
         for idx in buckets([len(t) for t in toks], self.config.batch_size):
             b = self._batch([toks[i] for i in idx], members[0])  # members share the summary width
-            outs = [m.eval()(b) for m in members]
+            h = [handles[i] for i in idx] if handles is not None else None
+            outs = [m.eval()(b, h) for m in members]
             reg = torch.stack([o[0] for o in outs]).mean(0)
             cls = torch.stack([o[1] for o in outs]).mean(0)
             total += float(self._loss(reg, cls, y[idx].to(self.device))) * len(idx)
@@ -335,8 +388,9 @@ class WeightNetPredictor:
 
     # -- prediction --
     @torch.no_grad()
-    def _predict_tokens(self, toks: Sequence[Tokens], batch_size: int | None = None) -> torch.Tensor:
-        """(N, n_targets) de-standardized predictions."""
+    def _predict_tokens(self, toks: Sequence[Tokens], handles: Handles | None = None,
+                        batch_size: int | None = None) -> torch.Tensor:
+        """(N, n_targets) de-standardized, recalibrated predictions (not yet clipped to property ranges)."""
         if self.model is None:
             raise ZooError("WeightNet is not trained (call fit or load a checkpoint)")
         members = self.members or [self.model]
@@ -346,15 +400,16 @@ class WeightNetPredictor:
             # members: torch.func.vmap over stacked members measured 1.4x slower (no batching rule for
             # CPU flash attention), and the per-member Python overhead is ~1% at batch 256
             b = self._batch([toks[i] for i in idx], members[0])
-            reg = torch.stack([m.eval()(b)[0].float().cpu() for m in members]).mean(0)
+            h = [handles[i] for i in idx] if handles is not None else None
+            reg = torch.stack([m.eval()(b, h)[0].float().cpu() for m in members]).mean(0)
             out[idx] = reg * self.target_std + self.target_mean
         return out * self.calibration[:, 0] + self.calibration[:, 1]
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         if not samples:
             return {t: np.zeros(0) for t in self.targets}
-        pred = self._predict_tokens(self.pipeline.many(samples)).numpy()
-        return {t: pred[:, j].astype(np.float64) for j, t in enumerate(self.targets)}
+        pred = self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples)).numpy()
+        return {t: clip_to_bounds(t, pred[:, j].astype(np.float64)) for j, t in enumerate(self.targets)}
 
     @torch.no_grad()
     def embed(self, samples: Sequence[ZooSample]) -> np.ndarray:
@@ -362,18 +417,18 @@ class WeightNetPredictor:
         if self.model is None:
             raise ZooError("WeightNet is not trained (call fit or load a checkpoint)")
         self.model.eval()
-        toks = self.pipeline.many(samples)
-        return torch.cat([self.model.head_input(self._batch([t])).cpu() for t in toks]).numpy()
+        toks, handles = self.pipeline.many(samples), self.runner.handles(samples)
+        return torch.cat([self.model.head_input(self._batch([t]), [h]).cpu() for t, h in zip(toks, handles)]).numpy()
 
     @torch.no_grad()
     def predict_proba(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         """P(property > threshold) for each configured threshold, keyed 'property>threshold' (member mean)."""
         assert self.model is not None
-        toks = self.pipeline.many(samples)
+        toks, handles = self.pipeline.many(samples), self.runner.handles(samples)
         b = self._batch(toks)
         probs = []  # per member (N, n_thresholds)
         for m in self.members or [self.model]:
-            cls = m.eval()(b)[1].reshape(len(toks), -1, 2)
+            cls = m.eval()(b, handles)[1].reshape(len(toks), -1, 2)
             probs.append(torch.softmax(cls, 2)[:, :, 1])
         mean = torch.stack(probs).mean(0).cpu().numpy()
         return {f"{p}>{t:g}": mean[:, j] for j, (p, t) in enumerate(self.thresholds)}
@@ -385,27 +440,23 @@ class WeightNetPredictor:
         return attention_by_layer(self, samples)
 
     def interval_width(self, prop: str, alpha: float) -> float:
-        """Split-conformal half-width: the ceil((n+1)(1-alpha))-th smallest validation residual. With
-        fewer than 1/alpha - 1 validation models that rank does not exist; the largest residual is used
-        (finite, but below the nominal coverage guarantee). inf without any validation residual."""
-        r = self.residuals.get(prop)
-        if r is None or r.numel() == 0:
-            return float("inf")
-        k = min(math.ceil((r.numel() + 1) * (1 - alpha)), r.numel())
-        return float(r[k - 1])
+        """Split-conformal half-width before clipping to the property's range: the ceil((n+1)(1-alpha))-th
+        smallest calibration residual; inf when the calibration set is too small for that rank."""
+        return self.conformal.radius(prop, alpha)
 
     def predict_interval(self, samples: Sequence[ZooSample], alpha: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(lo, hi) per property: prediction +- the conformal half-width, clipped to the property's range."""
         alpha = self.config.alpha if alpha is None else alpha
-        pred = self.predict(samples)
-        return {t: (v - self.interval_width(t, alpha), v + self.interval_width(t, alpha)) for t, v in pred.items()}
+        return {t: self.conformal.interval(t, v, alpha) for t, v in self.predict(samples).items()}
 
     # -- checkpoints --
     def state(self) -> dict:
         assert self.model is not None
         return {"state_dict": self.model.state_dict(), "members": [m.state_dict() for m in self.members[1:]],
                 "config": self.config.to_dict(), "targets": list(self.targets),
-                "target_mean": self.target_mean, "target_std": self.target_std, "residuals": dict(self.residuals),
-                "calibration": self.calibration,
+                "target_mean": self.target_mean, "target_std": self.target_std, "conformal": self.conformal.state(),
+                "calibration": self.calibration, "seen_ids": list(self.seen_ids),
+                "probe_shape": list(self.probe_shape or []), "probe_out": self.probe_out,
                 "references": self.pipeline.references, "code_version": code_version(), "history": self.history}
 
     def save(self, path) -> None:
@@ -421,15 +472,17 @@ class WeightNetPredictor:
         p = cls(cfg, device, TokenPipeline(cfg.tokenizer, ck.get("references")))
         p.targets = list(ck["targets"])
         p.target_mean, p.target_std = ck["target_mean"], ck["target_std"]
-        p.residuals = dict(ck["residuals"])
+        p.conformal = Conformal.from_state(ck.get("conformal", {}))  # older checkpoints: no valid residuals
+        p.seen_ids = tuple(ck.get("seen_ids", ()))
         p.calibration = ck.get("calibration", identity_calibration(len(p.targets)))
         p.history = list(ck.get("history", []))
+        p.probe_shape, p.probe_out = tuple(ck.get("probe_shape", ())) or None, int(ck.get("probe_out", 0))
         n_summary = int(ck["state_dict"].get("sum_mean", torch.zeros(0)).numel())
-        p.model = WeightNetModel(cfg, len(p.targets), len(p.thresholds), n_summary).to(device)
+        p.model = p._new_model(n_summary)
         p.model.load_state_dict(ck["state_dict"])
         p.members = [p.model.eval()]
         for sd in ck.get("members", []):
-            m = WeightNetModel(cfg, len(p.targets), len(p.thresholds), n_summary).to(device)
+            m = p._new_model(n_summary)
             m.load_state_dict(sd)
             p.members.append(m.eval())
         return p

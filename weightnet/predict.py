@@ -43,11 +43,12 @@ def predict_zoo(lake: Lake, run_id: str, where: str | None = None, device: str =
         weights = read_weights(lake, [r.model_id for r in chunk])
         samples = [ZooSample(r.model_id, r.run_id or r.model_id, r.family, r.arch, r.arch_config, r.spec,
                              weights[r.model_id]) for r in chunk]
-        for prop, values in predictor.predict(samples).items():
-            half = predictor.interval_width(prop, predictor.config.alpha)  # inf without validation residuals
-            for s, v in zip(samples, values.tolist()):
-                lo, hi = (v - half, v + half) if half < float("inf") else (None, None)
-                preds.append(Prediction(s.model_id, prop, v, lo, hi, run_id))
+        pred = predictor.predict(samples)
+        intervals = predictor.predict_interval(samples)
+        for prop, values in pred.items():
+            finite = predictor.interval_width(prop, predictor.config.alpha) < float("inf")  # else: no calibration
+            for s, v, lo, hi in zip(samples, values.tolist(), *(x.tolist() for x in intervals[prop])):
+                preds.append(Prediction(s.model_id, prop, v, lo if finite else None, hi if finite else None, run_id))
         if progress is not None:
             progress(min(i + batch, len(records)), len(records))
     return write_predictions(lake, preds, f"weightnet predictions of run {run_id}", {"run_id": run_id})

@@ -72,7 +72,7 @@ def feature_dim(cfg: TokenizerConfig) -> int:
 
 def tokenize(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
     tok = TOKENIZERS.get(cfg.name)(state, spec, cfg)
-    return dataclasses.replace(tok, summary=summarize(state, spec, cfg.summary))
+    return dataclasses.replace(tok, summary=summarize(state, spec, cfg.summary, cfg.width_invariant))
 
 
 # --- whole-model summary (StatNN features) ---------------------------------------------------------
@@ -98,7 +98,7 @@ def _layer_stats(ts: list[torch.Tensor]) -> list[float]:
     return [float(mean), float(var)] + (v[lo] * (1 - w) + v[hi] * w).tolist()
 
 
-def per_layer_stats(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> np.ndarray:
+def per_layer_stats(state: Mapping[str, torch.Tensor], spec: WeightSpec, width_invariant: bool = False) -> np.ndarray:
     """(n_layers, 2 * N_SUMMARY) float64: per layer in spec order, mean, variance and 0/25/50/75/100%
     quantiles of all its weights, then of all its biases (zeros without bias), as in StatNN (Unterthiner
     et al. 2020). Statistics of a multiset of entries: invariant to every neuron permutation."""
@@ -113,7 +113,11 @@ def per_layer_stats(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> np.n
         row: list[float] = []
         for role in ("weight", "bias"):
             ts = layers[layer].get(role) or []
-            row += _layer_stats(ts) if ts else [0.0] * N_SUMMARY
+            stats = _layer_stats(ts) if ts else [0.0] * N_SUMMARY
+            if width_invariant and role == "weight" and ts:  # fan-in scaled: mean, quantiles x m, variance x m^2
+                m = ts[0].numel() / max(1, ts[0].shape[0])
+                stats = [stats[0] * m, stats[1] * m * m] + [q * m for q in stats[2:]]
+            row += stats
         rows.append(row)
     return np.array(rows, dtype=np.float64).reshape(len(rows), 2 * N_SUMMARY)
 
@@ -134,27 +138,31 @@ def pooled_summary(state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch
     return _pooled(per_layer_stats(state, spec), state, spec)
 
 
-def _pooled(per: np.ndarray, state: Mapping[str, torch.Tensor], spec: WeightSpec) -> torch.Tensor:
+def _pooled(per: np.ndarray, state: Mapping[str, torch.Tensor], spec: WeightSpec,
+            width_invariant: bool = False) -> torch.Tensor:
     """``pooled_summary`` from the model's ``per_layer_stats`` (computed once when both summaries are wanted)."""
     if per.shape[0] == 0:
         return torch.zeros(N_POOLED)
     n_params = sum(int(state[p.name].numel()) for p in spec.params if p.role != "buffer")
-    out = np.concatenate([per[0], per[-1], per.mean(0), per.min(0), per.max(0),
-                          [math.log1p(n_params), math.log1p(per.shape[0])]])
+    size = [0.0 if width_invariant else math.log1p(n_params), math.log1p(per.shape[0])]  # widening changes n_params
+    out = np.concatenate([per[0], per[-1], per.mean(0), per.min(0), per.max(0), size])
     return torch.tensor(out, dtype=torch.float32)
 
 
-def summarize(state: Mapping[str, torch.Tensor], spec: WeightSpec, kind: str) -> torch.Tensor:
+def summarize(state: Mapping[str, torch.Tensor], spec: WeightSpec, kind: str, width_invariant: bool = False) -> torch.Tensor:
     """The whole-model summary a TokenizerConfig asks for: ``layers``, ``pooled`` or ``both`` (pooled first,
     so its positions stay aligned across architectures whatever the layer count). ``auto`` is settled by
     ``WeightNetPredictor.prepare`` from the training set; for one model on its own it means ``layers``."""
+    if width_invariant and kind in ("layers", "pooled", "auto"):
+        per = per_layer_stats(state, spec, True)
+        return _pooled(per, state, spec, True) if kind == "pooled" else torch.tensor(per.reshape(-1), dtype=torch.float32)
     if kind == "layers":
         return layer_summary(state, spec)
     if kind == "pooled":
         return pooled_summary(state, spec)
     if kind == "both":
-        per = per_layer_stats(state, spec)
-        return torch.cat([_pooled(per, state, spec), torch.tensor(per.reshape(-1), dtype=torch.float32)])
+        per = per_layer_stats(state, spec, width_invariant)
+        return torch.cat([_pooled(per, state, spec, width_invariant), torch.tensor(per.reshape(-1), dtype=torch.float32)])
     if kind == "auto":  # one model has one layout; a predictor resolves auto over its training set first
         return layer_summary(state, spec)
     raise ZooError(f"unknown summary {kind!r} (known: layers, pooled, both, auto)")
@@ -230,7 +238,7 @@ def _bias_for(p: ParamSpec, spec: WeightSpec, state: Mapping[str, torch.Tensor])
     return None
 
 
-def _streams(state: Mapping[str, torch.Tensor], spec: WeightSpec, nq: int) -> list[_Stream]:
+def _streams(state: Mapping[str, torch.Tensor], spec: WeightSpec, nq: int, width_invariant: bool = False) -> list[_Stream]:
     out: list[_Stream] = []
     consumed: set[str] = set()
     for p in spec.params:
@@ -244,7 +252,10 @@ def _streams(state: Mapping[str, torch.Tensor], spec: WeightSpec, nq: int) -> li
             if g is None and ax != 0:
                 continue
             block = b if g is not None else 1
-            f = unit_features(_unit_slices(t, ax, block), nq)
+            slices = _unit_slices(t, ax, block)
+            f = unit_features(slices, nq)
+            if width_invariant:  # fan-in sums: Net2Wider divides entries by k and repeats them k times
+                f[:, :N_STATS] *= slices.shape[1]
             extra = torch.zeros(f.shape[0], 2)
             if ax == 0 and bias is not None:
                 extra[:, 0] = _unit_slices(state[bias.name], 0, block).double().mean(1).float()
@@ -277,10 +288,12 @@ def _partners(streams: list[_Stream]) -> list[torch.Tensor]:
     return out
 
 
-def _meta(p: ParamSpec, spec: WeightSpec, n_units: int, per_unit: int) -> list[float]:
+def _meta(p: ParamSpec, spec: WeightSpec, n_units: int, per_unit: int, width_invariant: bool = False) -> list[float]:
     kernel = math.prod(p.shape[2:]) if len(p.shape) > 2 else 1
     fan_in = math.prod(p.shape[1:]) if len(p.shape) > 1 else 1
     rel = p.layer / max(1, spec.n_layers - 1)
+    if width_invariant:  # fan-in, fan-out, units and entries per unit all grow with width
+        return [rel, math.log(kernel), 0.0, 0.0, 0.0, 0.0]
     return [rel, math.log(kernel), math.log(fan_in), math.log(p.shape[0]), math.log(max(1, n_units)),
             math.log(max(1, per_unit))]
 
@@ -305,7 +318,7 @@ def _group_ids(spec: WeightSpec) -> dict[str, int]:
 @TOKENIZERS.register("neuron")
 def neuron_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
     ordered = cfg.permutation != "invariant"
-    streams = _streams(state, spec, cfg.n_quantiles)
+    streams = _streams(state, spec, cfg.n_quantiles, cfg.width_invariant)
     budget = max(2, min(cfg.unit_budget, cfg.max_tokens // len(streams)))
     gids = _group_ids(spec)
     rows = []
@@ -314,7 +327,8 @@ def neuron_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: Toke
         f, idx = _pool(torch.cat([s.feats, partner], 1), budget, ordered or s.group is None)
         positions = idx + 1 if (ordered or s.group is None) else torch.zeros_like(idx)
         per_unit = s.param.numel // max(1, n)
-        rows.append((f, s.param, s.ax_role, positions, gids.get(s.group, 0), _meta(s.param, spec, n, per_unit)))
+        rows.append((f, s.param, s.ax_role, positions, gids.get(s.group, 0),
+                     _meta(s.param, spec, n, per_unit, cfg.width_invariant)))
     return _assemble(rows)
 
 
@@ -322,7 +336,7 @@ def neuron_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: Toke
 def layer_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: TokenizerConfig) -> Tokens:
     gids = _group_ids(spec)
     rows = []
-    streams = _streams(state, spec, cfg.n_quantiles)
+    streams = _streams(state, spec, cfg.n_quantiles, cfg.width_invariant)
     for s, partner in zip(streams, _partners(streams)):
         n = s.feats.shape[0]
         own, other = s.feats.double(), partner.double()
@@ -331,7 +345,7 @@ def layer_tokens(state: Mapping[str, torch.Tensor], spec: WeightSpec, cfg: Token
         corr = (a * b).mean(0) / (a.pow(2).mean(0).sqrt() * b.pow(2).mean(0).sqrt() + 1e-12)
         f = torch.cat([own.mean(0), own.std(0, correction=0), corr]).float()[None]
         rows.append((f, s.param, s.ax_role, torch.zeros(1, dtype=torch.long), gids.get(s.group, 0),
-                     _meta(s.param, spec, n, s.param.numel // max(1, n))))
+                     _meta(s.param, spec, n, s.param.numel // max(1, n), cfg.width_invariant)))
     return _assemble(rows)
 
 

@@ -44,9 +44,10 @@ def regression_metrics(pred: WeightNetPredictor, samples: Sequence[ZooSample]) -
     if not samples:
         return {}
     out = {}
+    intervals = pred.predict_interval(samples)
     for t, p in pred.predict(samples).items():
         half = pred.interval_width(t, pred.config.alpha)
-        lo, hi = p - half, p + half
+        lo, hi = intervals[t]
         y = np.array([s.labels.get(t, np.nan) for s in samples], dtype=np.float64)
         ok = np.isfinite(y)
         if not ok.any():
@@ -57,7 +58,7 @@ def regression_metrics(pred: WeightNetPredictor, samples: Sequence[ZooSample]) -
                   "r2": float(1 - (err ** 2).mean() / var) if var > 0 else float("nan"),
                   "spearman": float(spearmanr(p[ok], y[ok]).statistic) if ok.sum() > 2 and var > 0 else float("nan"),
                   "coverage": float(((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])).mean()),
-                  "interval_width": 2 * half, "n": int(ok.sum())}
+                  "interval_width": float(np.mean(hi[ok] - lo[ok])) if np.isfinite(half) else float("inf"), "n": int(ok.sum())}
     return out
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from core.errors import ZooError
+from weightnet.conformal import Conformal, clip_to_bounds, split_calibration
 from weightnet.data import ZooSample
 
 
@@ -26,38 +27,39 @@ def target_matrix(samples: Sequence[ZooSample], targets: Sequence[str]) -> np.nd
 
 
 class ConformalMixin:
-    """Split-conformal intervals from absolute validation residuals (Lei et al. 2018).
+    """Split-conformal intervals (weightnet.conformal) for a baseline.
 
-    Subclasses set ``self.targets`` and call ``self._calibrate(val)`` at the end of ``fit``.
+    ``fit`` first calls ``self._split_calibration(val, seed)``, fits on the training models and the first
+    part only (early stopping), then calls ``self._calibrate(calibration)``: the residuals come from
+    models the fit never saw. ``predict`` implementations return ``self._bounded(...)`` so bounded
+    properties stay inside their range.
     """
 
     targets: tuple[str, ...]
-    _radius: dict[str, np.ndarray]
+    conformal: Conformal
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _calibrate(self, val: Sequence[ZooSample]) -> None:
-        self._val_residuals: dict[str, np.ndarray] = {}
-        if not val:
+    @staticmethod
+    def _split_calibration(val: Sequence[ZooSample], seed: int) -> tuple[list[ZooSample], list[ZooSample]]:
+        return split_calibration(val, seed)
+
+    @staticmethod
+    def _bounded(pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {t: clip_to_bounds(t, v) for t, v in pred.items()}
+
+    def _calibrate(self, calibration: Sequence[ZooSample]) -> None:
+        self.conformal = Conformal()
+        if not calibration:
             return
-        pred = self.predict(val)
-        y = target_matrix(val, self.targets)
-        for j, t in enumerate(self.targets):
-            self._val_residuals[t] = np.sort(np.abs(y[:, j] - pred[t]))
+        y = target_matrix(calibration, self.targets)
+        self.conformal = Conformal.fit(self.predict(calibration), {t: y[:, j] for j, t in enumerate(self.targets)},
+                                       [s.model_id for s in calibration])
 
     def predict_interval(self, samples: Sequence[ZooSample], alpha: float = 0.1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        pred = self.predict(samples)
-        out = {}
-        for t, p in pred.items():
-            res = getattr(self, "_val_residuals", {}).get(t)
-            if res is None or res.size == 0:
-                q = math.inf
-            else:  # the ceil((n+1)(1-alpha))-th smallest residual; infinite when n is too small
-                k = math.ceil((res.size + 1) * (1 - alpha))
-                q = float(res[k - 1]) if k <= res.size else math.inf
-            out[t] = (p - q, p + q)
-        return out
+        conf = getattr(self, "conformal", Conformal())
+        return {t: conf.interval(t, p, alpha) for t, p in self.predict(samples).items()}
 
 
 class Standardizer:

@@ -82,6 +82,7 @@ class FeaturePredictor(ConformalMixin):
 
     def fit(self, train: Sequence[ZooSample], val: Sequence[ZooSample], targets: Sequence[str], seed: int) -> None:
         self.targets = tuple(targets)
+        val, calibration = self._split_calibration(val, seed)
         raw = [self.featurize(s) for s in train]
         self.width = max(v.size for v in raw)
         xtr = pad_matrix(raw, self.width)
@@ -102,7 +103,7 @@ class FeaturePredictor(ConformalMixin):
         else:
             self.net = self._fit_mlp(xtr, ytr, self._x(val) if val else None,
                                      self.ys(target_matrix(val, self.targets)) if val else None, seed)
-        self._calibrate(val)
+        self._calibrate(calibration)
 
     def _fit_mlp(self, xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, yva: np.ndarray | None, seed: int):
         c = self.config
@@ -139,4 +140,4 @@ class FeaturePredictor(ConformalMixin):
             with torch.no_grad(), one_thread():
                 z = self.net(torch.tensor(x, dtype=torch.float32, device=self.device)).cpu().double().numpy()
         y = self.ys.inverse(z)
-        return {t: y[:, j] for j, t in enumerate(self.targets)}
+        return self._bounded({t: y[:, j] for j, t in enumerate(self.targets)})

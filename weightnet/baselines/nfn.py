@@ -165,6 +165,7 @@ class NFNPredictor(ConformalMixin):
         if not train:
             raise ZooError("NFN baseline: empty training set")
         self.targets = tuple(targets)
+        val, calibration = self._split_calibration(val, seed)
         self.layout = layout(train[0].spec)
         self._check(list(train) + list(val))
         # one scalar scale per tensor (invariant): the training std of its entries
@@ -194,7 +195,7 @@ class NFNPredictor(ConformalMixin):
             self.net = NFN(self.layout, len(self.targets), c.hidden, c.n_layers, c.head_hidden).to(self.device)
         self.net = fit_torch(self.net, batches, lambda m, x: m(x), seed, epochs=c.epochs, lr=c.lr,
                              patience=c.patience)
-        self._calibrate(val)
+        self._calibrate(calibration)
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         self._check(samples)
@@ -203,7 +204,7 @@ class NFNPredictor(ConformalMixin):
             for grp in self._groups(samples):
                 z[grp] = self.net(self._inputs([samples[i].state for i in grp])).cpu().double().numpy()
         y = self.ys.inverse(z)
-        return {t: y[:, j] for j, t in enumerate(self.targets)}
+        return self._bounded({t: y[:, j] for j, t in enumerate(self.targets)})
 
 
 def supports(samples: Sequence[ZooSample]) -> bool:

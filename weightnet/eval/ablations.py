@@ -12,7 +12,7 @@ from weightnet.eval.predictors import resolve_overrides
 
 @dataclass(frozen=True)
 class Variant:
-    group: str  # permutation | tokenization | depth | heads | d_model | embeddings
+    group: str  # permutation | tokenization | inputs | depth | heads | d_model | embeddings
     label: str  # shown in the report
     overrides: tuple[tuple[str, object], ...]
 
@@ -32,11 +32,15 @@ ABLATIONS: tuple[Variant, ...] = (
     *(_v("depth", f"depth={d}", depth=d) for d in (1, 2, 4)),
     *(_v("heads", f"heads={h}", heads=h) for h in (1, 2, 4)),
     *(_v("d_model", f"d_model={d}", d_model=d) for d in (32, 64, 128)),
+    _v("inputs", "probes on", probes=16),
+    _v("inputs", "probes off", probes=0),
+    _v("inputs", "weight tokens off", weight_tokens=False),
+    _v("inputs", "summary off", summary=False),
     _v("embeddings", "segment+layer-type on", segment_embedding=True, layer_type_embedding=True),
     _v("embeddings", "segment+layer-type off", segment_embedding=False, layer_type_embedding=False),
 )
 
-SMALL_GROUPS = ("permutation", "tokenization")
+SMALL_GROUPS = ("permutation", "tokenization", "inputs")
 
 
 def plan(groups: tuple[str, ...] | None = None) -> tuple[list[Variant], list[str]]:

@@ -68,7 +68,7 @@ SUITES = {
                    interpret=True),
     "standard": Suite("standard", 8, 4, (WEIGHTNET, "statnn-gbt", "statnn-mlp", "nfn", "flat-mlp", "calc"),
                       pooled=True, held_out_family=True, widths=True, hparams=True,
-                      ablation_groups=("permutation", "tokenization", "depth", "heads", "d_model", "embeddings"),
+                      ablation_groups=("permutation", "tokenization", "inputs", "depth", "heads", "d_model", "embeddings"),
                       learning_curve=(0.25, 0.5, 1.0), interpret=True),
     "cross": Suite("cross", 1, 0, (WEIGHTNET, "statnn-gbt", "statnn-mlp", "nfn"), held_out_family=True,
                    zoos=("wildcnn",), max_held_out=len(PREFERRED_ZOOS)),

@@ -1,0 +1,133 @@
+"""Split-conformal intervals (weightnet.conformal) for WeightNet and every baseline: the coverage rate
+the theory gives is met over many seeded draws, the calibration models never influence the fit, and
+bounded properties stay inside their range."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures.eval_zoo import synthetic_samples
+from weightnet.baselines import BASELINES
+from weightnet.config import WeightNetConfig
+from weightnet.conformal import Conformal, clip_to_bounds, conformal_rank, property_bounds, split_calibration
+from weightnet.model import WeightNetPredictor
+
+LEARNED = [n for n in BASELINES.names() if n != "calc"]
+FAST = {"nfn": {"epochs": 30}, "statnn-mlp": {"epochs": 60}, "flat-mlp": {"epochs": 60}}
+
+
+def _coverage(n_cal: int, alpha: float, draws: int, rank_shift: int = 0) -> float:
+    """Mean test coverage over ``draws`` seeded draws: a fixed predictor (y_hat = x), labels y = x + noise
+    with heavy-tailed noise, n_cal calibration and 50 test points per draw. ``rank_shift`` mimics an
+    off-by-one implementation (the rank it uses is that much smaller)."""
+    rng = np.random.default_rng(1234)
+    covered = []
+    for _ in range(draws):
+        x = rng.normal(size=n_cal + 50)
+        y = x + rng.standard_t(3, size=x.size)
+        conf = Conformal.fit({"v": x[:n_cal]}, {"v": y[:n_cal]})
+        if rank_shift:
+            k = conformal_rank(n_cal, alpha) - rank_shift
+            q = conf.residuals["v"][k - 1]
+            lo, hi = x[n_cal:] - q, x[n_cal:] + q
+        else:
+            lo, hi = conf.interval("v", x[n_cal:], alpha)
+        covered.append(np.mean((y[n_cal:] >= lo) & (y[n_cal:] <= hi)))
+    return float(np.mean(covered))
+
+
+@pytest.mark.parametrize("n_cal,alpha", [(10, 0.1), (19, 0.1), (9, 0.2)])
+def test_coverage_matches_the_split_conformal_rate(n_cal: int, alpha: float) -> None:
+    # exchangeable continuous residuals: coverage is exactly k / (n + 1), k = ceil((n + 1)(1 - alpha))
+    k = conformal_rank(n_cal, alpha)
+    expected = k / (n_cal + 1)
+    draws = 3000
+    # per draw, coverage is Beta(k, n + 1 - k) distributed (one shared quantile) plus binomial noise over 50 points
+    var = k * (n_cal + 1 - k) / ((n_cal + 1) ** 2 * (n_cal + 2)) + expected * (1 - expected) / 50
+    se = math.sqrt(var / draws)
+    got = _coverage(n_cal, alpha, draws)
+    assert abs(got - expected) < 4 * se, (got, expected)
+    # the test has the power to see an off-by-one rank (what ceil(n (1 - alpha)) gives for these n)
+    wrong = _coverage(n_cal, alpha, draws, rank_shift=1)
+    assert abs(wrong - expected) > 8 * se, (wrong, expected)
+
+
+def test_too_few_calibration_models_give_infinite_intervals() -> None:
+    conf = Conformal.fit({"v": np.zeros(5)}, {"v": np.arange(5.0)})
+    assert conformal_rank(5, 0.1) is None and conf.radius("v", 0.1) == math.inf  # ceil(6 * 0.9) = 6 > 5
+    assert conf.radius("v", 0.2) == 4.0  # ceil(6 * 0.8) = 5: the largest residual
+    assert conf.radius("missing", 0.2) == math.inf
+    assert conformal_rank(9, 0.1) == 9  # (n + 1)(1 - alpha) = 9 exactly: float rounding must not make it 10
+
+
+def test_bounds_and_clipping() -> None:
+    assert property_bounds("test_accuracy") == (0.0, 1.0) and property_bounds("pgd_linf_2_255") == (0.0, 1.0)
+    assert property_bounds("gen_gap_accuracy") == (-1.0, 1.0)
+    assert property_bounds("test_loss") == (-math.inf, math.inf)
+    np.testing.assert_array_equal(clip_to_bounds("test_accuracy", np.array([-0.2, 0.5, 1.3])), [0.0, 0.5, 1.0])
+    conf = Conformal.fit({"test_accuracy": np.array([0.5, 0.5, 0.5])}, {"test_accuracy": np.array([0.4, 0.6, 0.7])})
+    lo, hi = conf.interval("test_accuracy", np.array([0.05, 0.98, 1.4]), 0.25)  # radius 0.2 (rank 3)
+    np.testing.assert_allclose(lo, [0.0, 0.78, 0.8])
+    np.testing.assert_allclose(hi, [0.25, 1.0, 1.0])
+
+
+def test_split_calibration_is_by_run_and_seeded() -> None:
+    val = synthetic_samples("mlp", 12, torch.Generator().manual_seed(0))
+    val = [type(s)(**{**s.__dict__, "run_id": f"run{i // 2}"}) for i, s in enumerate(val)]  # 2 checkpoints per run
+    fit, cal = split_calibration(val, seed=0)
+    assert len(cal) == 6 and {s.run_id for s in fit}.isdisjoint({s.run_id for s in cal})
+    assert [s.model_id for s in split_calibration(val, seed=0)[1]] == [s.model_id for s in cal]
+    assert split_calibration(val[:2], seed=0) == (val[:2], [])  # one run: nothing to calibrate on
+
+
+def _with_shifted_labels(samples, ids, shift):
+    return [type(s)(**{**s.__dict__, "labels": {k: v + shift for k, v in s.labels.items()}})
+            if s.model_id in ids else s for s in samples]
+
+
+def _make(name: str):
+    if name == "weightnet":
+        return WeightNetPredictor(WeightNetConfig(d_model=16, heads=2, depth=1, epochs=4, ensemble=1, probes=4))
+    return BASELINES.get(name)(**FAST.get(name, {}))
+
+
+@pytest.mark.parametrize("name", ["weightnet"] + LEARNED)
+def test_calibration_models_never_influence_the_fit(name: str) -> None:
+    """Shifting the calibration models' labels by 100 leaves every point prediction unchanged (the fit
+    never saw them: not in training, early stopping or recalibration) and widens the intervals. With the
+    old scheme (one validation set for everything) early stopping / recalibration moved the predictions."""
+    samples = synthetic_samples("mlp", 40, torch.Generator().manual_seed(5), shared_init=name == "flat-mlp")
+    train, val, test = samples[:20], samples[20:32], samples[32:]
+    a = _make(name)
+    a.fit(train, val, ["norm0"], seed=0)
+    cal_ids = set(a.conformal.calibration_ids)
+    assert len(cal_ids) == 6 and cal_ids < {s.model_id for s in val}
+    b = _make(name)
+    b.fit(train, _with_shifted_labels(val, cal_ids, 100.0), ["norm0"], seed=0)
+    np.testing.assert_array_equal(a.predict(test)["norm0"], b.predict(test)["norm0"])
+    lo_a, hi_a = a.predict_interval(test, alpha=0.2)["norm0"]
+    lo_b, hi_b = b.predict_interval(test, alpha=0.2)["norm0"]
+    assert np.all(hi_b - lo_b > hi_a - lo_a + 150)  # residuals of ~100 now bound the interval
+    assert np.all(np.isfinite(hi_a - lo_a))  # 6 calibration models suffice at alpha = 0.2 (rank 6)
+    if name == "weightnet":
+        assert cal_ids.isdisjoint(a.seen_ids)
+
+
+def test_bounded_predictions_stay_in_range() -> None:
+    """Accuracy-like labels near 1: linear recalibration extrapolates past 1 on far-away models; the
+    predictions and intervals are clipped to [0, 1]."""
+    samples = synthetic_samples("mlp", 30, torch.Generator().manual_seed(2))
+    samples = [type(s)(**{**s.__dict__, "labels": {"test_accuracy": min(1.0, 0.7 + 0.12 * s.labels["scale"])}})
+               for s in samples]
+    far = [type(s)(**{**s.__dict__, "model_id": s.model_id + "-far", "state": {k: 6 * v for k, v in s.state.items()}})
+           for s in samples[:10]]
+    for name in ("weightnet", "statnn-mlp"):
+        p = _make(name)
+        p.fit(samples[:18], samples[18:], ["test_accuracy"], seed=0)
+        pred = p.predict(samples + far)["test_accuracy"]
+        lo, hi = p.predict_interval(samples + far, alpha=0.2)["test_accuracy"]
+        assert np.all((pred >= 0) & (pred <= 1)), name
+        assert np.all((lo >= 0) & (hi <= 1) & (lo <= pred) & (pred <= hi)), name

@@ -1,0 +1,110 @@
+"""Probe tokens (weightnet.probes): learned inputs run through each rebuilt model. They depend only on the
+function a model computes, so hidden permutations and function-preserving widening leave them unchanged,
+while a permutation that is not a symmetry changes them; the probes are learned end to end; models
+that cannot be rebuilt fall back to weight tokens."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from core.spec import break_coupling, permute, random_perms
+from fixtures.weightnet_models import example_sample, hidden_groups, with_state
+from weightnet.config import WeightNetConfig
+from weightnet.eval.widen import widen
+from weightnet.model import WeightNetPredictor
+from weightnet.probes import ProbeRunner, init_probes
+from zoo.archs import ARCHS
+
+WIDENABLE = ("mlp", "cnn", "wildcnn")  # weightnet.eval.widen handles linear / conv / norm tensors
+
+
+def _outputs(runner: ProbeRunner, probes: torch.Tensor, samples, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        return runner.outputs(probes, runner.handles(samples), n_out)
+
+
+def assert_probe_tokens_close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
+    scale = max(1.0, float(a.abs().max()))
+    assert float((a - b).abs().max()) <= tol * scale, float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+def test_probe_outputs_are_permutation_invariant_and_see_broken_coupling(arch: str, rng: torch.Generator) -> None:
+    s = example_sample(arch, rng)
+    if not hidden_groups(s.spec):
+        pytest.skip(f"{arch} has no permutable group")
+    runner = ProbeRunner()
+    h = runner.handle(s)
+    assert h is not None, f"{arch} cannot be rebuilt"
+    probes = init_probes(8, h.input_shape, torch.Generator().manual_seed(1))
+    n_out = runner.out_dim(h)
+    perm = with_state(s, permute(s.state, s.spec, random_perms(s.spec, rng)), "perm")
+    broken = with_state(s, break_coupling(s.state, s.spec, rng), "broken")
+    out, has = _outputs(runner, probes, [s, perm, broken], n_out)
+    assert has.all() and out.shape == (3, 8, n_out)
+    assert_probe_tokens_close(out[0], out[1], 1e-5)
+    assert float((out[0] - out[2]).abs().max()) > 1e-3 * max(1.0, float(out[0].abs().max()))
+
+
+@pytest.mark.parametrize("arch", WIDENABLE)
+def test_probe_tokens_are_invariant_to_function_preserving_widening(arch: str, rng: torch.Generator) -> None:
+    s = example_sample(arch, rng)
+    p = WeightNetPredictor(WeightNetConfig(d_model=16, heads=2, epochs=1, ensemble=1, probes=8))
+    p.fit([example_sample(arch, rng, f"t{i}", {"y": float(i)}) for i in range(3)], [], ["y"], seed=0)
+    m = p.model
+    with torch.no_grad():
+        base, has = m.probe_tokens(p.runner.handles([s]))
+        assert has.all()
+        for factor in (2, 4, 8):
+            wide = widen(s, factor)
+            assert wide.spec.n_params > s.spec.n_params
+            tok, has_w = m.probe_tokens(p.runner.handles([wide]))
+            assert has_w.all()
+            assert_probe_tokens_close(base, tok, 1e-4)
+    # the encoder's probe part therefore sees the same model; weight tokens do change under widening
+    za = p.embed([s])
+    assert np.isfinite(za).all()
+
+
+def test_probes_are_learned_end_to_end_from_noise(rng: torch.Generator) -> None:
+    train = [example_sample("cnn", rng, f"t{i}", {"y": float(i % 3)}) for i in range(8)]
+    cfg = WeightNetConfig(d_model=16, heads=2, epochs=3, ensemble=1, probes=4, patience=10)
+    p = WeightNetPredictor(cfg)
+    p.fit(train, [], ["y"], seed=0)
+    with torch.random.fork_rng(devices=[]):  # the same seeded init the member started from
+        torch.manual_seed(0)
+        fresh = p._new_model(p.model.n_summary)
+    assert p.probe_shape == (1, 8, 8) and p.model.probes.shape == (4, 1, 8, 8)
+    assert float((fresh.probes - p.model.probes).detach().abs().max()) > 1e-4  # training moved them
+    assert 0 <= float(fresh.probes.min()) and float(fresh.probes.max()) < 1  # they started as uniform noise
+    # the gradient reaches the probes through the rebuilt models
+    m = p.model.train()
+    reg, _ = m(p._batch(p.pipeline.many(train)), p.runner.handles(train))
+    reg.sum().backward()
+    assert m.probes.grad is not None and float(m.probes.grad.abs().sum()) > 0
+
+
+def test_models_that_cannot_be_rebuilt_fall_back_to_weight_tokens(rng: torch.Generator, tmp_path) -> None:
+    train = [example_sample("mlp", rng, f"t{i}", {"y": float(i)}) for i in range(4)]
+    s = example_sample("mlp", rng, "x")
+    alien = dataclasses.replace(s, model_id="alien", arch="not-registered")
+    p = WeightNetPredictor(WeightNetConfig(d_model=16, heads=2, epochs=1, ensemble=1, probes=4))
+    p.fit(train, [], ["y"], seed=0)
+    assert p.runner.handle(alien) is None
+    assert ProbeRunner(max_flops=100.0).handle(s) is None  # too costly to probe (an MLP here: ~2e3 FLOPs)
+    assert ProbeRunner(max_flops=1e4).handle(s) is not None
+    _, has = p.model.probe_tokens(p.runner.handles([s, alien]))
+    assert has.tolist() == [True, False]
+    pred = p.predict([s, alien])["y"]
+    assert np.isfinite(pred).all() and pred[0] != pred[1]  # the probe tokens of s count
+    # probes survive a checkpoint
+    p.save(tmp_path / "p.pt")
+    q = WeightNetPredictor.load(tmp_path / "p.pt")
+    assert np.array_equal(q.predict([s, alien])["y"], pred)
+    # probes off: no probe parameters at all
+    off = WeightNetPredictor(WeightNetConfig(d_model=16, heads=2, epochs=1, ensemble=1, probes=0))
+    off.fit(train, [], ["y"], seed=0)
+    assert off.probe_shape is None and not hasattr(off.model, "probes")
