@@ -33,135 +33,19 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
 import duckdb
 
 from core.errors import LakeError
+from storage.catalog import (DEFAULT_LAKE, EXTENSIONS, LOCKED, MEMORY, MOVED, PRIVATE_FUNCTIONS,  # noqa: F401
+                             LakeConfig, create_wal_sqlite, extension_path, first_line, redact, s3_secret_sql)
 from storage.retry import CatalogBusy, Locked as _Locked, busy_budget, is_transient, with_retries  # noqa: F401
 from storage.schema import TABLES
 
 T = TypeVar("T")
-DEFAULT_LAKE = "lake"
-AUTHOR = "weightnet-zoo"
-
-
-@dataclass(frozen=True)
-class LakeConfig:
-    catalog: str  # duckdb | sqlite | postgres
-    target: str  # catalog file path (duckdb/sqlite) or libpq connection string (postgres)
-    data_path: str  # folder or object-store URL for Parquet files
-    data_path_explicit: bool = False  # from $ZOO_DATA_PATH (else derived from the lake folder)
-
-    @classmethod
-    def parse(cls, location: str | os.PathLike | None = None) -> "LakeConfig":
-        loc = str(location or os.environ.get("ZOO_LAKE") or DEFAULT_LAKE)
-        data_env = os.environ.get("ZOO_DATA_PATH")
-        if loc.startswith("postgres:"):
-            if not data_env:
-                raise LakeError("a PostgreSQL catalog needs ZOO_DATA_PATH (where the Parquet files live)")
-            return cls("postgres", loc[len("postgres:"):].strip(), data_env, True)
-        kind = "duckdb"
-        if loc.startswith("sqlite:"):
-            kind, loc = "sqlite", loc[len("sqlite:"):]
-        elif loc.startswith("duckdb:"):
-            loc = loc[len("duckdb:"):]
-        root = pathlib.Path(loc).expanduser().absolute()
-        target = root / ("zoo.sqlite" if kind == "sqlite" else "zoo.ducklake")
-        return cls(kind, str(target), data_env or str(root / "data"), bool(data_env))
-
-    @property
-    def display(self) -> str:
-        """Where the lake is, without credentials (never log a password)."""
-        if self.catalog == "postgres":
-            return redact("postgres:" + self.target)
-        return str(pathlib.Path(self.target).parent) if self.catalog == "duckdb" else f"sqlite:{pathlib.Path(self.target).parent}"
-
-    def __repr__(self) -> str:  # the dataclass repr would print a DSN's password
-        return f"LakeConfig({self.display!r}, data_path={redact(self.data_path)!r})"
-
-    @property
-    def object_store(self) -> bool:
-        return self.data_path.split("://", 1)[0].lower() in _OBJECT_SCHEMES if "://" in self.data_path else False
-
-    def exists(self) -> bool:
-        return self.catalog == "postgres" or pathlib.Path(self.target).is_file()
-
-    def attach_uri(self) -> str:
-        prefix = {"duckdb": "", "sqlite": "sqlite:", "postgres": "postgres:"}[self.catalog]
-        return f"ducklake:{prefix}{self.target}"
-
-
-def _extension(module: str, name: str) -> str:
-    """Path of a DuckDB extension shipped inside a pip package (never fetched from the network)."""
-    mod = __import__(module)
-    found = next(pathlib.Path(mod.__file__).parent.rglob(f"{name}.duckdb_extension"), None)
-    if found is None:
-        raise LakeError(f"the {module} package holds no {name} extension; reinstall it (pip install {module.replace('_', '-')})")
-    return str(found)
-
-
-_EXTENSIONS = {"sqlite": ("duckdb_extension_sqlite_scanner", "sqlite_scanner"),
-               "postgres": ("duckdb_extension_postgres_scanner", "postgres_scanner")}
-_OBJECT_SCHEMES = ("s3", "s3a", "gcs", "gs", "r2")
-_SECRET_ENV = ("ZOO_S3_SECRET", "ZOO_S3_KEY_ID", "ZOO_S3_SESSION_TOKEN")
-_PRIVATE_FUNCTIONS = ("duckdb_secrets", "which_secret")
-_LOCKED = ("could not set lock", "conflicting lock", "database is locked")
-_MOVED = re.compile(r'does not match existing data path in the catalog "([^"]*)"')
-# Give freed query buffers back after every few MB: reading a big model then needs ~1.7x its size, not
-# ~2.9x (bench/storage.py), because each tensor group's transient buffers are not kept by the allocator.
-_MEMORY = {"allocator_bulk_deallocation_flush_threshold": "4MB"}
-
-
-def redact(text: str) -> str:
-    """``text`` without passwords (libpq ``password=...``, URL ``user:pass@``) or the S3 secrets in the env."""
-    text = re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
-    text = re.sub(r"://[^\s@/]*:[^\s@]*@", "://***@", text)
-    for var in _SECRET_ENV:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
-def _first_line(exc: BaseException) -> str:
-    return redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-
-def _s3_secret_sql(data_path: str) -> str:
-    """CREATE SECRET for the object store from ``$ZOO_S3_*`` (never logged: it holds the secret)."""
-    env = os.environ
-    scheme, rest = data_path.split("://", 1)
-    kind = {"gs": "gcs", "gcs": "gcs", "r2": "r2"}.get(scheme.lower(), "s3")
-    opts = {"TYPE": kind, "KEY_ID": env.get("ZOO_S3_KEY_ID"), "SECRET": env.get("ZOO_S3_SECRET"),
-            "SESSION_TOKEN": env.get("ZOO_S3_SESSION_TOKEN"), "REGION": env.get("ZOO_S3_REGION"),
-            "ENDPOINT": env.get("ZOO_S3_ENDPOINT"), "URL_STYLE": env.get("ZOO_S3_URL_STYLE"),
-            "SCOPE": f"{scheme}://{rest.split('/', 1)[0]}"}
-    parts = []
-    for k, v in opts.items():
-        if v:
-            parts.append(f"{k} " + (kind if k == "TYPE" else "'" + str(v).replace("'", "''") + "'"))
-    use_ssl = env.get("ZOO_S3_USE_SSL")
-    if use_ssl is not None:
-        parts.append(f"USE_SSL {'true' if use_ssl.lower() in ('1', 'true', 'yes') else 'false'}")
-    return f"CREATE OR REPLACE SECRET zoo_data ({', '.join(parts)})"
-
-
-def _create_wal_sqlite(path: str) -> None:
-    """An empty SQLite catalog file in WAL mode (persistent; DuckLake then initializes it). In the default
-    rollback-journal mode a writer waiting to commit (PENDING) and readers holding SHARED locks deadlocked
-    under load (bench/faults.py sqlite-load: every process locked out for minutes); in WAL mode readers
-    never block the writer. WAL needs the catalog on a local disk (shared memory), as SQLite catalogs are."""
-    import sqlite3
-
-    con = sqlite3.connect(path)
-    try:
-        con.execute("PRAGMA journal_mode=WAL")
-    finally:
-        con.close()
+AUTHOR = "weightnet-zoo"  # the commit author of every snapshot this project writes
 
 
 class Lake:
@@ -196,27 +80,27 @@ class Lake:
                 raise LakeError(f"{cfg.display} is not a zoo lake (no catalog at {cfg.target}; run `zoo init`)")
             pathlib.Path(cfg.target).parent.mkdir(parents=True, exist_ok=True)
             if cfg.catalog == "sqlite":
-                _create_wal_sqlite(cfg.target)
+                create_wal_sqlite(cfg.target)
         if cfg.catalog != "postgres" and "://" not in cfg.data_path:
             pathlib.Path(cfg.data_path).mkdir(parents=True, exist_ok=True)
         lock_timeout = busy_budget(lock_timeout)
         lake = with_retries(lambda: cls._open_once(cfg, read_only, at), "cannot open lake (still locked by "
-                            "another process)", cfg.display, lock_timeout, describe=_first_line)
+                            "another process)", cfg.display, lock_timeout, describe=first_line)
         lake.busy_s = lock_timeout
         return lake
 
     @classmethod
     def _open_once(cls, cfg: LakeConfig, read_only: bool, at: str | int | None) -> "Lake":
         con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false",
-                                     "autoload_known_extensions": "false", **_MEMORY})
+                                     "autoload_known_extensions": "false", **MEMORY})
         try:
-            con.execute(f"LOAD '{_extension('duckdb_extension_ducklake', 'ducklake')}'")
-            if cfg.catalog in _EXTENSIONS:
-                con.execute(f"LOAD '{_extension(*_EXTENSIONS[cfg.catalog])}'")
+            con.execute(f"LOAD '{extension_path('duckdb_extension_ducklake', 'ducklake')}'")
+            if cfg.catalog in EXTENSIONS:
+                con.execute(f"LOAD '{extension_path(*EXTENSIONS[cfg.catalog])}'")
             if cfg.object_store:
-                con.execute(f"LOAD '{_extension('duckdb_extension_httpfs', 'httpfs')}'")
+                con.execute(f"LOAD '{extension_path('duckdb_extension_httpfs', 'httpfs')}'")
                 if any(os.environ.get(f"ZOO_S3_{k}") for k in ("KEY_ID", "SECRET", "ENDPOINT", "REGION")):
-                    con.execute(_s3_secret_sql(cfg.data_path))  # else: public bucket, no credentials
+                    con.execute(s3_secret_sql(cfg.data_path))  # else: public bucket, no credentials
             lake = cls(cfg, con, None, read_only)
             if at is not None:
                 snap = lake._resolve_with_fresh_attach(at)
@@ -228,9 +112,9 @@ class Lake:
                     lake.ensure_schema()
         except duckdb.Error as e:
             con.close()
-            if any(s in str(e).lower() for s in _LOCKED):
-                raise _Locked(_first_line(e)) from None
-            raise LakeError(f"cannot open lake {cfg.display}: {_first_line(e)}") from None
+            if any(s in str(e).lower() for s in LOCKED):
+                raise _Locked(first_line(e)) from None
+            raise LakeError(f"cannot open lake {cfg.display}: {first_line(e)}") from None
         except BaseException:
             con.close()
             raise
@@ -249,7 +133,7 @@ class Lake:
         try:
             self.con.execute(f"ATTACH '{uri}' AS lake ({', '.join(opts)})")
         except duckdb.Error as e:
-            recorded = _MOVED.search(str(e))
+            recorded = MOVED.search(str(e))
             if recorded is None or self.moved_from is not None:
                 raise
             self.moved_from = redact(recorded.group(1))
@@ -364,7 +248,7 @@ class Lake:
         try:
             return self.con.sql(query, params=params) if params else self.con.sql(query)
         except duckdb.Error as e:
-            raise LakeError(f"SQL error: {_first_line(e)}") from None
+            raise LakeError(f"SQL error: {first_line(e)}") from None
 
     def fetch(self, query: str, params: list | None = None) -> list[tuple]:
         return self.fetch_with_columns(query, params)[1]
@@ -380,7 +264,7 @@ class Lake:
         except duckdb.Error as e:
             if self._in_txn and is_transient(e):
                 raise  # the enclosing commit/read retries the whole transaction
-            raise LakeError(f"SQL error: {_first_line(e)}") from None
+            raise LakeError(f"SQL error: {first_line(e)}") from None
 
     def lock_down(self) -> None:
         """For untrusted SQL on a read-only lake: no file access beyond the lake's data files, no
@@ -411,19 +295,19 @@ class Lake:
         try:
             return self.retry(once, "SQL query")
         except duckdb.Error as e:
-            raise LakeError(f"SQL error: {_first_line(e)}") from None
+            raise LakeError(f"SQL error: {first_line(e)}") from None
 
     def _check_statement(self, query: str) -> None:
         try:
             statements = self.con.extract_statements(query)
         except duckdb.Error as e:
-            raise LakeError(f"SQL error: {_first_line(e)}") from None
+            raise LakeError(f"SQL error: {first_line(e)}") from None
         if not statements:
             raise LakeError("SQL error: empty query")
         if self.read_only:
             if len(statements) != 1:
                 raise LakeError(f"read-only SQL takes one statement, got {len(statements)} (pass --write to change the lake)")
-            if any(f in query.lower() for f in _PRIVATE_FUNCTIONS):
+            if any(f in query.lower() for f in PRIVATE_FUNCTIONS):
                 raise LakeError("read-only SQL may not read the connection's secrets")
             kind = statements[0].type
             if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
@@ -458,7 +342,7 @@ class Lake:
         return self._with_retries(once, what)
 
     def _with_retries(self, fn: Callable[[], T], what: str, **kw: Any) -> T:
-        return with_retries(fn, what, self.config.display, self.busy_s, describe=_first_line, **kw)
+        return with_retries(fn, what, self.config.display, self.busy_s, describe=first_line, **kw)
 
     def _rollback(self) -> None:
         try:
@@ -496,7 +380,7 @@ class Lake:
             return self._with_retries(once, f"write ({redact(message)})", attempts=retries + 1, undo=self._rollback,
                                       max_delay=2.0)
         except duckdb.Error as e:
-            raise LakeError(f"write failed ({redact(message)}): {_first_line(e)}") from None
+            raise LakeError(f"write failed ({redact(message)}): {first_line(e)}") from None
 
     def tag(self, name: str, snapshot: int | None = None) -> int:
         """Name a snapshot (the current one by default). Re-tagging moves the name."""
