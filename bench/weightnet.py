@@ -31,7 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from weightnet.config import WeightNetConfig  # noqa: E402
 from weightnet.data import ZooSample  # noqa: E402
-from weightnet.model import WeightNetPredictor, buckets, collate  # noqa: E402
+from weightnet.model import WeightNetPredictor  # noqa: E402
+from weightnet.network import buckets, collate  # noqa: E402
 from weightnet.tokenizers import layer_summary, tokenize  # noqa: E402
 from zoo.archs import build  # noqa: E402
 

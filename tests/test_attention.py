@@ -12,7 +12,8 @@ from fixtures.weightnet_models import example_sample, with_state
 from weightnet.attention import attention_by_layer, block_attention
 from weightnet.config import TokenizerConfig, WeightNetConfig
 from weightnet.eval import interpret
-from weightnet.model import Block, WeightNetPredictor
+from weightnet.model import WeightNetPredictor
+from weightnet.network import Block
 
 
 @pytest.fixture

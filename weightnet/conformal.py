@@ -101,3 +101,25 @@ class Conformal:
     def from_state(cls, d: Mapping) -> "Conformal":
         return cls({k: torch.as_tensor(v).double().numpy() for k, v in d.get("residuals", {}).items()},
                    tuple(d.get("calibration_ids", ())))
+
+
+# --- linear recalibration (fitted on the fit's own validation part, never the calibration part) ---
+def identity_calibration(n: int) -> torch.Tensor:
+    """(n, 2) rows (a, b) = (1, 0): predictions left as they are."""
+    return torch.tensor([[1.0, 0.0]] * n).reshape(n, 2)
+
+
+def linear_calibration(pred: torch.Tensor, y: torch.Tensor, min_points: int = 5) -> torch.Tensor:
+    """(N, P) predictions and labels -> (P, 2) rows (a, b) minimizing sum (a * pred + b - y)^2 per property,
+    with a > 0 (a ranking is never reversed). Too few labelled points, no spread in the predictions or a
+    non-positive slope leave that property as it is: (1, 0)."""
+    out = identity_calibration(pred.shape[1])
+    for j in range(pred.shape[1]):
+        ok = ~torch.isnan(y[:, j])
+        p, t = pred[ok, j].double(), y[ok, j].double()
+        if p.numel() < min_points or float(p.std()) < 1e-12:
+            continue
+        a = float(((p - p.mean()) * (t - t.mean())).sum() / ((p - p.mean()) ** 2).sum())
+        if a > 0:
+            out[j] = torch.tensor([a, float(t.mean() - a * p.mean())])
+    return out

@@ -1,8 +1,6 @@
-"""WeightNet: a pre-norm transformer encoder over weight tokens with multi-task heads.
-
-No positional information enters except the tokens' own ``position`` ids, which are 0 inside a
-permutable set, so with the ``invariant`` tokenizers the encoder sees each group's neurons as a set
-and pooling (CLS, mean or attention) is symmetric: predictions do not depend on neuron order.
+"""WeightNetPredictor: fitting (an ensemble of WeightNetModel members, early stopping on part of the
+validation set), prediction, recalibration and split-conformal intervals (weightnet.conformal), and
+checkpoint I/O. The network itself is weightnet.network.
 """
 from __future__ import annotations
 
@@ -14,179 +12,19 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from core.errors import ZooError
 from core.hashing import code_version
-from core.spec import LAYER_KINDS
 from weightnet.canonical import spec_key
 from weightnet.config import WeightNetConfig
-from weightnet.conformal import Conformal, clip_to_bounds, split_calibration
+from weightnet.conformal import Conformal, clip_to_bounds, identity_calibration, linear_calibration, split_calibration
 from weightnet.data import ZooSample
+from weightnet.network import Handles, WeightNetModel, buckets, collate
 from weightnet.pipeline import TokenPipeline
-from weightnet.probes import ProbeHandle, ProbeRunner, probe_features
-from weightnet.tokenizers import MAX_DEPTH, MAX_POS, N_META, N_ROLES, Tokens, feature_dim
+from weightnet.probes import ProbeRunner
+from weightnet.tokenizers import Tokens
 
 Progress = Callable[[int, int], None]
-# standardized features and summaries are clipped to +-Z_CLIP: a statistic (nearly) constant over the
-# training zoo has a tiny std, and an unseen architecture would otherwise feed the encoder values ~1e5
-Z_CLIP = 10.0
-
-
-# --- batching --------------------------------------------------------------------------------------
-def collate(tokens: Sequence[Tokens], summary_width: int | None = None) -> dict[str, torch.Tensor]:
-    """Pad to the longest: every field gets a leading batch axis; mask marks real tokens. Summaries are
-    zero-padded or truncated to ``summary_width`` (default: the longest)."""
-    T = max(len(t) for t in tokens)
-    S = max(t.summary.numel() for t in tokens) if summary_width is None else summary_width
-    out = {}
-    for name in ("features", "kind", "role", "depth", "meta", "position", "group", "mask"):
-        rows = []
-        for t in tokens:
-            x = getattr(t, name)
-            pad = [0, 0] * (x.dim() - 1) + [0, T - x.shape[0]]
-            rows.append(F.pad(x, pad) if x.dtype != torch.bool else F.pad(x, pad, value=False))
-        out[name] = torch.stack(rows)
-    out["summary"] = torch.stack([F.pad(t.summary.float()[:S], [0, S - min(S, t.summary.numel())]) for t in tokens])
-    return out
-
-
-def buckets(lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None) -> list[list[int]]:
-    """Batches of similar token counts (less padding); shuffled when a generator is given."""
-    idx = torch.randperm(len(lengths), generator=generator).tolist() if generator is not None else list(range(len(lengths)))
-    window = batch_size * 8
-    batches = []
-    for i in range(0, len(idx), window):
-        chunk = sorted(idx[i:i + window], key=lambda j: lengths[j])
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-    if generator is not None:
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-    return batches
-
-
-# --- network ---------------------------------------------------------------------------------------
-class Block(nn.Module):
-    def __init__(self, d: int, heads: int, mlp_ratio: int):
-        super().__init__()
-        self.heads = heads
-        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, T, d = x.shape  # mask: (B, 1, 1, T) True = attend
-        q, k, v = self.qkv(self.n1(x)).reshape(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, d/heads)
-        x = x + self.proj(a.transpose(1, 2).reshape(B, T, d))
-        return x + self.mlp(self.n2(x))
-
-
-Handles = Sequence["ProbeHandle | None"]
-
-
-class WeightNetModel(nn.Module):
-    def __init__(self, cfg: WeightNetConfig, n_regression: int, n_classification: int, n_summary: int = 0,
-                 probe_shape: Sequence[int] | None = None, probe_out: int = 0):
-        super().__init__()
-        d, fdim = cfg.d_model, feature_dim(cfg.tokenizer)
-        self.weight_tokens = cfg.weight_tokens
-        # probe tokens need one input space (probe_shape: one example's shape) and its output width
-        self.probe_shape = tuple(int(x) for x in probe_shape) if cfg.probes and probe_shape and probe_out else None
-        self.probe_out = int(probe_out) if self.probe_shape else 0
-        self.runner: ProbeRunner | None = None  # set by the predictor (rebuilt modules are not parameters)
-        if self.probe_shape:
-            self.probes = nn.Parameter(torch.rand(cfg.probes, *self.probe_shape))  # uniform noise, then learned
-            self.probe_embed = nn.Linear(2 * self.probe_out, d)
-            self.probe_index = nn.Embedding(cfg.probes, d)  # probe i is one fixed (learned) input: not a set
-        self.n_summary = n_summary if cfg.summary else 0
-        self.register_buffer("sum_mean", torch.zeros(self.n_summary))
-        self.register_buffer("sum_std", torch.ones(self.n_summary))
-        self.summary = nn.Sequential(nn.Linear(self.n_summary, d), nn.GELU(), nn.Linear(d, d)) if self.n_summary else None
-        self.drop = nn.Dropout(cfg.dropout)
-        d_head = 2 * d if self.n_summary else d
-        self.pooling = cfg.pooling
-        self.layer_type, self.segment = cfg.layer_type_embedding, cfg.segment_embedding
-        self.register_buffer("feat_mean", torch.zeros(fdim))
-        self.register_buffer("feat_std", torch.ones(fdim))
-        self.embed = nn.Linear(fdim, d)
-        self.meta = nn.Linear(N_META, d)
-        self.kind = nn.Embedding(len(LAYER_KINDS), d)
-        self.role = nn.Embedding(N_ROLES, d)
-        self.depth = nn.Embedding(MAX_DEPTH, d)
-        self.position = nn.Embedding(MAX_POS + 1, d)
-        self.cls = nn.Parameter(torch.zeros(1, 1, d))
-        self.attn_query = nn.Linear(d, 1)
-        self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(d)
-        self.regress = nn.Linear(d_head, n_regression)
-        self.classify = nn.Linear(d_head, 2 * n_classification) if n_classification else None
-
-    def probe_tokens(self, handles: Handles) -> tuple[torch.Tensor, torch.Tensor]:
-        """((B, P, 2 * probe_out) probe features, (B,) bool: the model could be run) for each handle."""
-        if self.probe_shape is None or self.runner is None:
-            raise ZooError("this WeightNet has no probe tokens (probes=0 or no rebuildable training model)")
-        logits, has = self.runner.outputs(self.probes, handles, self.probe_out)
-        return probe_features(logits), has
-
-    def encode(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
-        """(B, T, ...) padded batch (+ each model's probe handle) -> (B, d) pooled embedding."""
-        f = ((b["features"] - self.feat_mean) / self.feat_std).clamp(-Z_CLIP, Z_CLIP)
-        x = self.embed(f)
-        if self.layer_type:
-            x = x + self.kind(b["kind"]) + self.role(b["role"])
-        if self.segment:
-            x = x + self.meta(b["meta"]) + self.depth(b["depth"]) + self.position(b["position"])
-        mask = b["mask"] if self.weight_tokens else torch.zeros_like(b["mask"])  # off: every weight token masked
-        if self.probe_shape is not None and handles is not None and self.runner is not None:
-            feats, has = self.probe_tokens(handles)  # (B, P, F), (B,)
-            x = torch.cat([x, self.probe_embed(feats.to(x.device)) + self.probe_index.weight[None]], 1)
-            mask = torch.cat([mask, has[:, None].expand(-1, feats.shape[1]).to(mask.device)], 1)
-        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)  # (B, 1 + T (+ P), d)
-        mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
-        for blk in self.blocks:
-            x = blk(x, mask[:, None, None, :])
-        x = self.norm(x)
-        if self.pooling == "cls":
-            return x[:, 0]
-        tok, m = x[:, 1:], mask[:, 1:, None].to(x.dtype)
-        if self.pooling == "mean":
-            return (tok * m).sum(1) / m.sum(1).clamp_min(1)
-        logits = self.attn_query(tok).masked_fill(m == 0, float("-inf"))
-        return (torch.softmax(logits, 1) * tok).sum(1)
-
-    def head_input(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
-        """(B, d) pooled encoding, concatenated with the (B, d) summary embedding when configured."""
-        z = self.encode(b, handles)
-        if self.summary is not None:
-            s = ((b["summary"] - self.sum_mean) / self.sum_std).clamp(-Z_CLIP, Z_CLIP)
-            z = torch.cat([z, self.summary(s)], 1)
-        return self.drop(z)
-
-    def forward(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.head_input(b, handles)
-        cls = self.classify(z) if self.classify is not None else z[:, :0]
-        return self.regress(z), cls
-
-
-def identity_calibration(n: int) -> torch.Tensor:
-    """(n, 2) rows (a, b) = (1, 0): predictions left as they are."""
-    return torch.tensor([[1.0, 0.0]] * n).reshape(n, 2)
-
-
-def linear_calibration(pred: torch.Tensor, y: torch.Tensor, min_points: int = 5) -> torch.Tensor:
-    """(N, P) predictions and labels -> (P, 2) rows (a, b) minimizing sum (a * pred + b - y)^2 per property,
-    with a > 0 (a ranking is never reversed). Too few labelled points, no spread in the predictions or a
-    non-positive slope leave that property as it is: (1, 0)."""
-    out = identity_calibration(pred.shape[1])
-    for j in range(pred.shape[1]):
-        ok = ~torch.isnan(y[:, j])
-        p, t = pred[ok, j].double(), y[ok, j].double()
-        if p.numel() < min_points or float(p.std()) < 1e-12:
-            continue
-        a = float(((p - p.mean()) * (t - t.mean())).sum() / ((p - p.mean()) ** 2).sum())
-        if a > 0:
-            out[j] = torch.tensor([a, float(t.mean() - a * p.mean())])
-    return out
 
 
 # --- the predictor ---------------------------------------------------------------------------------
