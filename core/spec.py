@@ -228,21 +228,3 @@ def random_perms(spec: WeightSpec, generator: torch.Generator, groups: Iterable[
             perm = perm.roll(1)
         perms[g.name] = perm
     return perms
-
-
-def break_coupling(state: Mapping[str, torch.Tensor], spec: WeightSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Permute one group's axis in one tensor only: NOT a symmetry; used to show tests can fail.
-
-    Picks the first hidden group that couples at least two weight tensors and permutes it on the
-    first weight tensor only.
-    """
-    for g in spec.groups:
-        users = [p for p in spec.params if g.name in p.axes and p.role == "weight"]
-        if g.size > 1 and len(users) >= 2:
-            p = users[0]
-            ax = p.axes.index(g.name)
-            perm = random_perms(spec, generator, [g.name])[g.name]
-            out = dict(state)
-            out[p.name] = state[p.name].index_select(ax, _expand(perm, p.blocks[ax]))
-            return out
-    raise BadWeights("spec has no coupled permutation group to break")

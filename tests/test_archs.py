@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from core.errors import BadWeights, UnknownEntry
-from core.spec import LAYER_KINDS, WeightSpec, break_coupling, permute, random_perms
+from core.spec import LAYER_KINDS, WeightSpec, permute, random_perms
+from fixtures.symmetry import break_coupling
 from zoo.archs import ARCHS, build, load_module
 
 IMAGE = {"input_shape": [1, 8, 8], "n_classes": 10}

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core.errors import ZooError
-from core.spec import break_coupling, permute, random_perms
+from core.spec import permute, random_perms
+from fixtures.symmetry import break_coupling
 from fixtures.eval_zoo import synthetic_samples
 from weightnet.baselines import BASELINES
 from weightnet.baselines.calculators import flops

@@ -7,7 +7,8 @@ import torch
 from core.errors import BadWeights, UnknownEntry
 from core.hashing import stable_hash
 from core.registry import Registry
-from core.spec import ParamSpec, PermGroup, WeightSpec, break_coupling, permute, random_perms
+from core.spec import ParamSpec, PermGroup, WeightSpec, permute, random_perms
+from fixtures.symmetry import break_coupling
 
 
 def _two_layer_spec(hidden: int = 5) -> WeightSpec:

@@ -9,7 +9,8 @@ from torch import nn
 
 from core.infer import infer, infer_spec
 from core.infer.compare import canonical, differences
-from core.spec import WeightSpec, break_coupling, permute, random_perms
+from core.spec import WeightSpec, permute, random_perms
+from fixtures.symmetry import break_coupling
 from fixtures.real_models import REAL
 from zoo.archs import build
 from zoo.archs.outside import example_input

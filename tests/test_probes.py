@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.spec import break_coupling, permute, random_perms
-from fixtures.weightnet_models import example_sample, hidden_groups, with_state
+from core.spec import permute, random_perms
+from fixtures.symmetry import break_coupling
+from fixtures.weightnet_models import example_sample, hidden_groups, weightnet_archs, with_state
 from weightnet.config import WeightNetConfig
 from weightnet.eval.widen import widen
 from weightnet.model import WeightNetPredictor
 from weightnet.probes import ProbeRunner, init_probes
-from zoo.archs import ARCHS
 
 WIDENABLE = ("mlp", "cnn", "wildcnn")  # weightnet.eval.widen handles linear / conv / norm tensors
 
@@ -31,7 +31,7 @@ def assert_probe_tokens_close(a: torch.Tensor, b: torch.Tensor, tol: float) -> N
     assert float((a - b).abs().max()) <= tol * scale, float((a - b).abs().max())
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("arch", weightnet_archs())
 def test_probe_outputs_are_permutation_invariant_and_see_broken_coupling(arch: str, rng: torch.Generator) -> None:
     s = example_sample(arch, rng)
     if not hidden_groups(s.spec):

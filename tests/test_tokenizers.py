@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from core.errors import BadWeights, ZooError
-from core.spec import ParamSpec, PermGroup, WeightSpec, break_coupling, permute, random_perms
-from fixtures.weightnet_models import example_sample
+from core.spec import ParamSpec, PermGroup, WeightSpec, permute, random_perms
+from fixtures.symmetry import break_coupling
+from fixtures.weightnet_models import example_sample, weightnet_archs
 from weightnet import tokenizers
 from weightnet.config import TokenizerConfig, WeightNetConfig
 from weightnet.tokenizers import (N_POOLED, N_SUMMARY, TOKENIZERS, Tokens, feature_dim, layer_summary, per_layer_stats,
                                   pooled_summary, summarize, tokenize, unit_features)
-from zoo.archs import ARCHS
 
 
 def assert_same_token_set(a: Tokens, b: Tokens, atol: float = 1e-5) -> None:
@@ -27,7 +27,7 @@ def assert_same_token_set(a: Tokens, b: Tokens, atol: float = 1e-5) -> None:
     assert torch.allclose(rows(a), rows(b), atol=atol, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("arch", weightnet_archs())
 @pytest.mark.parametrize("name", TOKENIZERS.names())
 def test_every_arch_tokenizes(arch: str, name: str, rng: torch.Generator) -> None:
     s = example_sample(arch, rng)
@@ -40,7 +40,7 @@ def test_every_arch_tokenizes(arch: str, name: str, rng: torch.Generator) -> Non
         assert getattr(t, f).shape == (len(t),)
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("arch", weightnet_archs())
 @pytest.mark.parametrize("name", ["neuron", "layer"])
 def test_tokens_are_a_set_under_neuron_permutations(arch: str, name: str, rng: torch.Generator) -> None:
     s = example_sample(arch, rng)
@@ -49,7 +49,7 @@ def test_tokens_are_a_set_under_neuron_permutations(arch: str, name: str, rng: t
     assert_same_token_set(tokenize(s.state, s.spec, cfg), tokenize(permute(s.state, s.spec, perms), s.spec, cfg))
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("arch", weightnet_archs())
 def test_neuron_tokens_see_broken_coupling(arch: str, rng: torch.Generator) -> None:
     s = example_sample(arch, rng)
     cfg = TokenizerConfig()
@@ -100,7 +100,7 @@ def test_spec_without_float_tensors_is_refused() -> None:
         tokenize({"n": torch.tensor(3)}, spec, TokenizerConfig())
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("arch", weightnet_archs())
 def test_layer_summary_is_invariant_and_sees_scale(arch: str, rng: torch.Generator) -> None:
     s = example_sample(arch, rng)
     a = layer_summary(s.state, s.spec)
@@ -140,7 +140,7 @@ def test_layer_summary_matches_numpy_quantiles(n: int, ties: bool, rng: torch.Ge
     assert torch.equal(got[3], torch.zeros(N_SUMMARY))  # layer 1 has no bias
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("arch", weightnet_archs())
 def test_pooled_summary_is_depth_free_invariant_and_pools_the_layer_stats(arch: str, rng: torch.Generator) -> None:
     s = example_sample(arch, rng)
     per = per_layer_stats(s.state, s.spec)  # (layers, 2 * N_SUMMARY)

@@ -8,17 +8,18 @@ import pytest
 import torch
 
 from core.errors import ZooError
-from core.spec import break_coupling, permute, random_perms
-from fixtures.weightnet_models import example_sample, hidden_groups, with_state
+from core.spec import permute, random_perms
+from fixtures.symmetry import break_coupling
+from fixtures.weightnet_models import example_sample, hidden_groups, weightnet_archs, with_state
 from storage.lake import Lake
 from storage.writes import Label, ModelRecord, write_labels, write_models
-from weightnet import model as model_module
+from weightnet import network as network_module
 from weightnet.config import TokenizerConfig, WeightNetConfig
 from weightnet.data import DatasetConfig, ZooSample, load_samples
 from weightnet.model import WeightNetPredictor
 from weightnet.predict import predict_zoo
 from weightnet.train import train_weightnet
-from zoo.archs import ARCHS, build
+from zoo.archs import build
 
 HANDLING = {  # name -> tokenizer config: invariant attention (two tokenizers) and each canonicalization
     "invariant-neuron": TokenizerConfig(),
@@ -33,7 +34,7 @@ def _small(tok: TokenizerConfig, **kw) -> WeightNetConfig:
     return WeightNetConfig(tokenizer=tok, d_model=32, depth=2, heads=4, **kw)
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("arch", weightnet_archs())
 @pytest.mark.parametrize("handling", sorted(HANDLING))
 def test_predictions_are_invariant_to_neuron_permutations(arch: str, handling: str, rng: torch.Generator) -> None:
     base = example_sample(arch, rng)
@@ -188,7 +189,7 @@ def test_fit_is_deterministic_and_intervals_are_conformal(rng: torch.Generator) 
     np.testing.assert_allclose(hi - lo, 2 * r[1], rtol=1e-6)
     assert np.all(np.isinf(p.predict_interval(samples)["y"][1]))
     # trained on MLPs only, it still predicts every other registered architecture (conv, norm, attention...)
-    others = [example_sample(arch, rng, f"other-{arch}") for arch in ARCHS.names()]
+    others = [example_sample(arch, rng, f"other-{arch}") for arch in weightnet_archs()]
     assert np.all(np.isfinite(p.predict(others)["y"]))
 
 
@@ -253,11 +254,11 @@ def test_unseen_architectures_get_sane_predictions(rng: torch.Generator, monkeyp
     train = _scaled_mlps(rng, 12, "c", bias=0.1)
     p = WeightNetPredictor(_small(TokenizerConfig(), epochs=4, ensemble=2))
     p.fit(train[:8], train[8:], ["y"], seed=0)
-    others = [example_sample(arch, rng, f"other-{arch}") for arch in ARCHS.names() if arch != "mlp"]
+    others = [example_sample(arch, rng, f"other-{arch}") for arch in weightnet_archs() if arch != "mlp"]
     mean, std = float(p.target_mean[0]), float(p.target_std[0])
     pred = p.predict(others)["y"]
     assert np.all(np.isfinite(pred)) and np.all(np.abs(pred - mean) < 10 * std), (pred, mean, std)
-    monkeypatch.setattr(model_module, "Z_CLIP", float("inf"))  # the same predictor without clipping blows up
+    monkeypatch.setattr(network_module, "Z_CLIP", float("inf"))  # the same predictor without clipping blows up
     assert np.abs(p.predict(others)["y"] - mean).max() > 10 * std
 
 
@@ -271,7 +272,7 @@ def test_standardized_inputs_are_clipped(field: str, rng: torch.Generator) -> No
     b = p._batch(p.pipeline.many(train[:1]))
     far, edge = dict(b), dict(b)
     far[field] = torch.zeros_like(b[field]) + mean - 1e6 * std  # beyond the clip: same as exactly at it
-    edge[field] = torch.zeros_like(b[field]) + mean - model_module.Z_CLIP * std
+    edge[field] = torch.zeros_like(b[field]) + mean - network_module.Z_CLIP * std
     inside = dict(b, **{field: edge[field] + 0.5 * std})
     with torch.no_grad():
         assert torch.allclose(m.head_input(far), m.head_input(edge), atol=1e-6)
@@ -298,7 +299,7 @@ def test_auto_summary_is_per_layer_on_one_layout_and_pooled_across_architectures
 
 
 def test_linear_calibration_rescales_without_reordering(rng: torch.Generator, tmp_path) -> None:
-    from weightnet.model import linear_calibration
+    from weightnet.conformal import linear_calibration
 
     y = torch.rand(20, 1, generator=rng)
     ab = linear_calibration(torch.cat([2 * y + 1, -y, y[:, :1] * 0], 1), torch.cat([y, y, y], 1))
