@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from core.flops import count_flops
 from labeling.population import Population, population_logits
 from labeling.registry import ModelBatch, register_property
 from zoo.datasets import Splits
@@ -93,16 +94,6 @@ def fairness(batch: ModelBatch, splits: Splits, params: FairnessParams, device: 
 @dataclass(frozen=True)
 class EfficiencyParams:
     batch: int = 1  # FLOPs are counted for a forward pass over this many examples
-
-
-def count_flops(module: torch.nn.Module, example: torch.Tensor) -> int:
-    """Forward FLOPs (a multiply-add counts 2) from torch.utils.flop_counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        module(example)
-    return int(counter.get_total_flops())
 
 
 @register_property("efficiency", version=1, params=EfficiencyParams())

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 import labeling  # noqa: F401  (fills the registry)
+from core.flops import count_flops
 from core.spec import permute, random_perms
 from labeling.attacks import AutoAttackParams, PGDParams, autoattack, eps_name, pgd
 from labeling.corruption_robustness import CorruptionParams, corruption_robustness
 from labeling.corruptions import CORRUPTIONS, corrupt, corrupted_test_set
-from labeling.performance import count_flops, fairness, fairness_values, performance
+from labeling.performance import fairness, fairness_values, performance
 from labeling.population import Population, load_module, population_logits
 from labeling.registry import PROPERTIES, ModelBatch
 from labeling.weightstats import WeightStatsParams, matrix_stats, weight_stats

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from core.flops import count_flops
 from weightnet.data import ZooSample
 
 LOGP_FLOOR = -30.0  # log-probabilities are floored here (and divided by 10) before embedding
@@ -110,13 +111,8 @@ class ProbeRunner:
 
 def _example_flops(module: torch.nn.Module, arch_config: Mapping) -> float:
     """FLOPs of one forward pass on one zero example (torch's counter: 2 per multiply-add); inf on failure."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     try:
-        x = torch.zeros((1, *[int(d) for d in arch_config["input_shape"]]))
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(x)
-        return float(counter.get_total_flops())
+        return float(count_flops(module, torch.zeros((1, *[int(d) for d in arch_config["input_shape"]]))))
     except Exception:
         return math.inf
 

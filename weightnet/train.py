@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import pathlib
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.stats import spearmanr
 
+from core import settings
 from core.errors import ZooError
 from core.hashing import stable_hash
 from storage.lake import Lake
 from storage.writes import write_run
 from weightnet.config import WeightNetConfig
 from weightnet.data import DatasetConfig, ZooSample, load_samples, split_samples
+from weightnet.eval.metrics import score
 from weightnet.model import WeightNetPredictor
 
 Progress = Callable[[int, int], None]
@@ -30,7 +30,7 @@ class TrainResult:
 
 
 def default_runs_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("ZOO_RUNS") or "runs")
+    return settings.runs_root()
 
 
 def resolve_snapshot(lake: Lake, at: str | int | None) -> int:
@@ -40,7 +40,8 @@ def resolve_snapshot(lake: Lake, at: str | int | None) -> int:
 
 
 def regression_metrics(pred: WeightNetPredictor, samples: Sequence[ZooSample]) -> dict:
-    """Per target: mae, rmse, r2, spearman, interval coverage and mean width on ``samples``."""
+    """Per target: weightnet.eval.metrics.score (mae, rmse, r2, spearman, kendall tau, interval coverage)
+    and the mean interval width on ``samples``."""
     if not samples:
         return {}
     out = {}
@@ -52,13 +53,8 @@ def regression_metrics(pred: WeightNetPredictor, samples: Sequence[ZooSample]) -
         ok = np.isfinite(y)
         if not ok.any():
             continue
-        err = p[ok] - y[ok]
-        var = float(np.var(y[ok]))
-        out[t] = {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-                  "r2": float(1 - (err ** 2).mean() / var) if var > 0 else float("nan"),
-                  "spearman": float(spearmanr(p[ok], y[ok]).statistic) if ok.sum() > 2 and var > 0 else float("nan"),
-                  "coverage": float(((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])).mean()),
-                  "interval_width": float(np.mean(hi[ok] - lo[ok])) if np.isfinite(half) else float("inf"), "n": int(ok.sum())}
+        out[t] = {**score(y[ok], p[ok], (lo[ok], hi[ok])), "n": int(ok.sum()),
+                  "interval_width": float(np.mean(hi[ok] - lo[ok])) if np.isfinite(half) else float("inf")}
     return out
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from core.errors import ZooError
+from core.flops import count_flops, example_input
 from weightnet.baselines import BASELINES
 from weightnet.data import ZooSample
 
@@ -21,19 +21,13 @@ def n_params(s: ZooSample) -> float:
 
 def flops(s: ZooSample) -> float:
     """FLOPs of one forward pass on one example, from the architecture and its config alone."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from zoo.archs import build
 
     cfg = s.arch_config
     if "input_shape" not in cfg:
         raise ZooError(f"model {s.model_id}: arch_config has no input_shape, cannot count FLOPs")
     module = build(s.arch, cfg).module.eval()
-    shape = tuple(int(d) for d in cfg["input_shape"])
-    x = torch.zeros((1,) + shape, dtype=torch.long if cfg.get("input_dtype") == "long" else torch.float32)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(x)
-    return float(counter.get_total_flops())
+    return float(count_flops(module, example_input(cfg)))
 
 
 class Calculator:
