@@ -19,8 +19,6 @@ class Predictor(Protocol):
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         """Point predictions: property -> array of shape (len(samples),)."""
 
-
-@runtime_checkable
-class IntervalPredictor(Predictor, Protocol):
     def predict_interval(self, samples: Sequence[ZooSample], alpha: float = 0.1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """(lower, upper) per property with nominal coverage 1 - alpha."""
+        """(lower, upper) per property, split-conformal with nominal coverage 1 - alpha (weightnet.conformal)."""
+

@@ -12,10 +12,6 @@ from weightnet.eval.widen import widen
 Split = tuple[list[ZooSample], list[ZooSample], list[ZooSample]]
 
 
-def random_split(samples: Sequence[ZooSample], seed: int) -> Split:
-    return split_samples(samples, "random", seed)
-
-
 def family_split(samples: Sequence[ZooSample], family: str, seed: int) -> Split:
     return split_samples(samples, f"family:{family}", seed)
 
