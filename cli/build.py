@@ -65,12 +65,10 @@ def build_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help=
         torch.set_num_threads(threads)
     started = time.time()
     if shards > 1:  # the flow deals whole populations to tasks on the runner, each its own snapshots
-        import os
-
+        from core import settings
         from flows.build import build_zoo as build_flow
-        from storage.lake import DEFAULT_LAKE
 
-        location = str(lake or os.environ.get("ZOO_LAKE") or DEFAULT_LAKE)
+        location = settings.lake_location(lake)
         Lake.open(location, create=True).close()
         out = build_flow(family=family, n=n, seed=seed, checkpoints=list(cps) if cps else None,
                          lake=location, device=device, population_size=population_size, memory_mb=memory_mb,

@@ -12,15 +12,16 @@ import signal
 import sys
 import time
 
+from core import settings
 from deploy.deployments import POOLS, ROOT, register
 from deploy.server import prefect_env, start_server, start_worker, stop
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=int(os.environ.get("ZOO_PREFECT_PORT", 4200)))
-    ap.add_argument("--lake", default=os.environ.get("ZOO_LAKE", "lake"), help="lake location the deployments use")
-    ap.add_argument("--home", default=os.environ.get("ZOO_PREFECT_HOME", str(ROOT / ".prefect")),
+    ap.add_argument("--port", type=int, default=settings.prefect_port())
+    ap.add_argument("--lake", default=settings.lake_location(), help="lake location the deployments use")
+    ap.add_argument("--home", default=str(settings.prefect_home(ROOT / ".prefect")),
                     help="Prefect home: server database, results, logs")
     args = ap.parse_args(argv)
     home = pathlib.Path(args.home).absolute()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
+from core import settings
 from core.hashing import stable_hash
 
 SIZE = 32  # CIFAR-10-C's image size: the constants below are calibrated for it
@@ -290,7 +291,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int) -> torch.
 
 
 def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("ZOO_CACHE", pathlib.Path.home() / ".cache" / "weightnet-zoo")) / "corruptions"
+    return settings.cache_root() / "corruptions"
 
 
 def corrupted_test_set(dataset: str, seed: int, images: torch.Tensor, names: tuple[str, ...] = tuple(CORRUPTIONS),

@@ -7,9 +7,10 @@ import pathlib
 import re
 from dataclasses import dataclass
 
+from core import settings
 from core.errors import LakeError
 
-DEFAULT_LAKE = "lake"
+DEFAULT_LAKE = settings.DEFAULT_LAKE
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,8 @@ class LakeConfig:
 
     @classmethod
     def parse(cls, location: str | os.PathLike | None = None) -> "LakeConfig":
-        loc = str(location or os.environ.get("ZOO_LAKE") or DEFAULT_LAKE)
-        data_env = os.environ.get("ZOO_DATA_PATH")
+        loc = settings.lake_location(location)
+        data_env = settings.data_path()
         if loc.startswith("postgres:"):
             if not data_env:
                 raise LakeError("a PostgreSQL catalog needs ZOO_DATA_PATH (where the Parquet files live)")
@@ -84,7 +85,7 @@ def redact(text: str) -> str:
     text = re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
     text = re.sub(r"://[^\s@/]*:[^\s@]*@", "://***@", text)
     for var in SECRET_ENV:
-        value = os.environ.get(var)
+        value = settings.s3(var[len("ZOO_S3_"):])
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
@@ -96,18 +97,16 @@ def first_line(exc: BaseException) -> str:
 
 def s3_secret_sql(data_path: str) -> str:
     """CREATE SECRET for the object store from ``$ZOO_S3_*`` (never logged: it holds the secret)."""
-    env = os.environ
     scheme, rest = data_path.split("://", 1)
     kind = {"gs": "gcs", "gcs": "gcs", "r2": "r2"}.get(scheme.lower(), "s3")
-    opts = {"TYPE": kind, "KEY_ID": env.get("ZOO_S3_KEY_ID"), "SECRET": env.get("ZOO_S3_SECRET"),
-            "SESSION_TOKEN": env.get("ZOO_S3_SESSION_TOKEN"), "REGION": env.get("ZOO_S3_REGION"),
-            "ENDPOINT": env.get("ZOO_S3_ENDPOINT"), "URL_STYLE": env.get("ZOO_S3_URL_STYLE"),
+    opts = {"TYPE": kind, **{k: settings.s3(k) for k in ("KEY_ID", "SECRET", "SESSION_TOKEN", "REGION", "ENDPOINT",
+                                                          "URL_STYLE")},
             "SCOPE": f"{scheme}://{rest.split('/', 1)[0]}"}
     parts = []
     for k, v in opts.items():
         if v:
             parts.append(f"{k} " + (kind if k == "TYPE" else "'" + str(v).replace("'", "''") + "'"))
-    use_ssl = env.get("ZOO_S3_USE_SSL")
+    use_ssl = settings.s3("USE_SSL")
     if use_ssl is not None:
         parts.append(f"USE_SSL {'true' if use_ssl.lower() in ('1', 'true', 'yes') else 'false'}")
     return f"CREATE OR REPLACE SECRET zoo_data ({', '.join(parts)})"

@@ -38,8 +38,9 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import duckdb
 
+from core import settings
 from core.errors import LakeError
-from storage.catalog import (DEFAULT_LAKE, EXTENSIONS, LOCKED, MEMORY, MOVED, PRIVATE_FUNCTIONS,  # noqa: F401
+from storage.catalog import (EXTENSIONS, LOCKED, MEMORY, MOVED, PRIVATE_FUNCTIONS,  # noqa: F401
                              LakeConfig, create_wal_sqlite, extension_path, first_line, redact, s3_secret_sql)
 from storage.retry import CatalogBusy, Locked as _Locked, busy_budget, is_transient, with_retries  # noqa: F401
 from storage.schema import TABLES
@@ -99,7 +100,7 @@ class Lake:
                 con.execute(f"LOAD '{extension_path(*EXTENSIONS[cfg.catalog])}'")
             if cfg.object_store:
                 con.execute(f"LOAD '{extension_path('duckdb_extension_httpfs', 'httpfs')}'")
-                if any(os.environ.get(f"ZOO_S3_{k}") for k in ("KEY_ID", "SECRET", "ENDPOINT", "REGION")):
+                if any(settings.s3(k) for k in ("KEY_ID", "SECRET", "ENDPOINT", "REGION")):
                     con.execute(s3_secret_sql(cfg.data_path))  # else: public bucket, no credentials
             lake = cls(cfg, con, None, read_only)
             if at is not None:
@@ -137,7 +138,7 @@ class Lake:
             if recorded is None or self.moved_from is not None:
                 raise
             self.moved_from = redact(recorded.group(1))
-            if self.config.data_path_explicit and os.environ.get("ZOO_DATA_PATH_MOVED") != "1":
+            if self.config.data_path_explicit and not settings.data_path_moved():
                 raise LakeError(f"cannot open lake {self.config.display}: its catalog records data path "
                                 f"{redact(self.moved_from)} but ZOO_DATA_PATH is {self.data_path}; unset or fix "
                                 f"ZOO_DATA_PATH, or set ZOO_DATA_PATH_MOVED=1 if the data files were moved there") from None

@@ -7,13 +7,13 @@ for a bounded number of seconds, then fail with one ``CatalogBusy`` error naming
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from typing import Callable, TypeVar
 
 import duckdb
 
+from core import settings
 from core.errors import LakeError
 
 T = TypeVar("T")
@@ -42,7 +42,7 @@ class CatalogBusy(LakeError):
 
 def busy_budget(seconds: float | None = None) -> float:
     """Seconds to keep retrying a busy catalog: ``seconds``, else ``$ZOO_LOCK_TIMEOUT``, else 120."""
-    return float(os.environ.get("ZOO_LOCK_TIMEOUT", "120")) if seconds is None else float(seconds)
+    return settings.lock_timeout() if seconds is None else float(seconds)
 
 
 def with_retries(fn: Callable[[], T], what: str, catalog: str, budget_s: float, attempts: int | None = None,

@@ -6,12 +6,12 @@ model_id -> Tokens tensors, so tokens are computed once per snapshot.
 """
 from __future__ import annotations
 
-import os
 import pathlib
 from typing import Callable, Mapping, Sequence
 
 import torch
 
+from core import settings
 from core.hashing import stable_hash
 from weightnet.canonical import canonicalize, module_activations, spec_key, weight_sort
 from weightnet.config import TokenizerConfig
@@ -22,8 +22,7 @@ Progress = Callable[[int, int], None]
 
 
 def cache_dir() -> pathlib.Path:
-    root = os.environ.get("ZOO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "weightnet-zoo")
-    return pathlib.Path(root) / "tokens"
+    return settings.cache_root() / "tokens"
 
 
 class TokenPipeline:

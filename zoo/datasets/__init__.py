@@ -23,6 +23,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from core import settings
 from core.errors import ZooError
 from core.registry import Registry
 
@@ -62,11 +63,11 @@ class Splits:
 
 
 def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("ZOO_CACHE") or pathlib.Path.home() / ".cache" / "weightnet-zoo")
+    return settings.cache_root()
 
 
 def data_root(root: pathlib.Path | None) -> pathlib.Path:
-    return pathlib.Path(root or os.environ.get("ZOO_DATA") or cache_dir() / "data")
+    return pathlib.Path(root) if root else settings.data_root()
 
 
 @functools.lru_cache(maxsize=16)

@@ -13,19 +13,19 @@ from __future__ import annotations
 import gzip
 import io
 import math
-import os
 import pathlib
 import pickle
 
 import numpy as np
 import torch
 
+from core import settings
 from core.errors import DatasetUnavailable
 from zoo.datasets import DATASETS, DatasetInfo, Splits, data_root, make_splits
 
 
 def offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("ZOO_OFFLINE", "HF_HUB_OFFLINE"))
+    return settings.offline()
 
 
 def _ensure(name: str, root: pathlib.Path, present, download, what: str) -> None:
