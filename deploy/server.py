@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ZooError
+from core.net import free_port
 
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
 class ServerError(ZooError):
     """The Prefect server or a worker did not start."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prefect_env(home: str | os.PathLike, api_url: str | None = None, fast: bool = False) -> dict[str, str]:

@@ -9,13 +9,13 @@ import itertools
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from core.errors import ZooError
+from core.net import free_port
 
 
 class NoPostgres(ZooError):
@@ -28,12 +28,6 @@ def find_pg_bin() -> pathlib.Path | None:
         return pathlib.Path(found).parent
     cands = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return pathlib.Path(cands[-1]).parent if cands else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -49,7 +43,7 @@ def local_postgres() -> Iterator[Callable[[], str]]:
             raise NoPostgres("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
         shutil.chown(base, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    port, data = _free_port(), base / "data"
+    port, data = free_port(), base / "data"
 
     def pg(*cmd: str) -> None:
         subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)

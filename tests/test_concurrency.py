@@ -2,14 +2,10 @@
 duplicates, and a reader running meanwhile only ever sees whole batches."""
 from __future__ import annotations
 
-import glob
 import os
 import pathlib
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -83,59 +79,16 @@ def test_duckdb_file_lock_wait_times_out_with_clear_error(lake_dir):
 
 
 # --- PostgreSQL: a real server the test starts itself -----------------------------------------------
-def find_pg_bin() -> pathlib.Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return pathlib.Path(found).parent
-    cands = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return pathlib.Path(cands[-1]).parent if cands else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_server():
-    """initdb + pg_ctl start on a free port with its unix socket in a private folder; yields a DSN.
-    initdb refuses root, so as root the cluster runs as the ``postgres`` user (runuser)."""
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
+    """A throwaway PostgreSQL server (storage.pgserver: initdb + pg_ctl on a private socket, as the
+    ``postgres`` user when run as root); yields ``new_database()`` -> DSN."""
+    from storage.pgserver import find_pg_bin, local_postgres
+
+    if find_pg_bin() is None:
         pytest.skip("no PostgreSQL server binaries (initdb) in PATH or /usr/lib/postgresql/*/bin")
-    as_user: list[str] = []
-    base = pathlib.Path(tempfile.mkdtemp(prefix="zoo-pg-"))  # not under pytest's 0700 tmp: postgres must enter it
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
-        subprocess.run(["id", "postgres"], check=True, capture_output=True)
-        shutil.chown(base, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = base / "data"
-
-    def pg(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
-
-    pg(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-    pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60",
-       "-o", f"-k {base} -p {port} -c listen_addresses=''", "start")
-    createdb = bin_dir / "createdb" if (bin_dir / "createdb").exists() else pathlib.Path(shutil.which("createdb"))
-    made = iter(range(1_000_000))
-
-    def new_database() -> str:
-        name = f"zoo{next(made)}"
-        subprocess.run([str(createdb), "-h", str(base), "-p", str(port), "-U", "postgres", name], check=True,
-                       capture_output=True, timeout=60)
-        return f"dbname={name} host={base} port={port} user=postgres"
-
-    try:
+    with local_postgres() as new_database:
         yield new_database
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -138,7 +138,7 @@ def _deployment_names(api_url: str) -> set[str]:
 
 
 def test_make_serve_serves_the_ui_registers_deployments_and_stops_on_sigint(tmp_path):
-    from deploy.server import free_port
+    from core.net import free_port
 
     port = free_port()
     log = tmp_path / "serve.log"

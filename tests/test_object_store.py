@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import time
 import pytest
 import torch
 
+from core.net import free_port
 from storage.lake import Lake
 from storage.writes import Label, read_models, read_weights, write_labels, write_models
 
@@ -22,17 +22,11 @@ moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the 
 boto3 = pytest.importorskip("boto3")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 with one bucket; yields (endpoint, boto3 client)."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",

@@ -17,6 +17,7 @@ from core.errors import UnknownEntry
 from core.spec import spec_from_module
 from zoo.archs import ARCHS, Built
 from zoo.archs.basic import activation
+from zoo.archs.wild import chain_annotations
 
 NORMS = ("none", "batch", "layer")
 
@@ -101,16 +102,4 @@ def wildcnn1d(config: dict) -> Built:
     m = WildCNN1d(int(config["input_shape"][0]), channels, kernels, strides, int(config["n_classes"]),
                   config.get("activation", "relu"), bool(config.get("residual", False)), norm,
                   float(config.get("dropout", 0.0)))
-    ann: dict = {}
-    prev = None
-    for i, skip in enumerate(m.skips):
-        g = prev if skip else f"c{i}"  # a residual chain keeps one channel permutation
-        ann[f"convs.{i}.weight"] = ("conv", i, (g, prev, None), ())
-        ann[f"convs.{i}.bias"] = ("conv", i, (g,), ())
-        if norm != "none":
-            for part in ("weight", "bias") + (("running_mean", "running_var") if norm == "batch" else ()):
-                ann[f"norms.{i}.{part}"] = ("norm", i, (g,), ())
-        prev = g
-    ann["head.weight"] = ("linear", len(channels), (None, prev), ())
-    ann["head.bias"] = ("linear", len(channels), (None,), ())
-    return Built(m, spec_from_module(m, ann))
+    return Built(m, spec_from_module(m, chain_annotations(m.skips, norm, kernel_dims=1)))

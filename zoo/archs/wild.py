@@ -53,16 +53,22 @@ def wildcnn(config: dict) -> Built:
     m = WildCNN(int(config["input_shape"][0]), channels, kernels, int(config["n_classes"]),
                 config.get("activation", "relu"), bool(config.get("residual", False)), norm,
                 float(config.get("dropout", 0.0)))
+    return Built(m, spec_from_module(m, chain_annotations(m.skips, norm, kernel_dims=2)))
+
+
+def chain_annotations(skips: list[bool], norm: str, kernel_dims: int) -> dict:
+    """Spec annotations of a wild conv chain (``convs.i``, optional ``norms.i``, ``head``), 1-D or 2-D kernels:
+    each conv's output channels are a permutation group, except that a residual conv keeps its input's."""
     ann: dict = {}
     prev = None
-    for i, skip in enumerate(m.skips):
+    for i, skip in enumerate(skips):
         g = prev if skip else f"c{i}"  # a residual chain keeps one channel permutation
-        ann[f"convs.{i}.weight"] = ("conv", i, (g, prev, None, None), ())
+        ann[f"convs.{i}.weight"] = ("conv", i, (g, prev) + (None,) * kernel_dims, ())
         ann[f"convs.{i}.bias"] = ("conv", i, (g,), ())
         if norm != "none":
             for part in ("weight", "bias") + (("running_mean", "running_var") if norm == "batch" else ()):
                 ann[f"norms.{i}.{part}"] = ("norm", i, (g,), ())
         prev = g
-    ann["head.weight"] = ("linear", len(channels), (None, prev), ())
-    ann["head.bias"] = ("linear", len(channels), (None,), ())
-    return Built(m, spec_from_module(m, ann))
+    ann["head.weight"] = ("linear", len(skips), (None, prev), ())
+    ann["head.bias"] = ("linear", len(skips), (None,), ())
+    return ann
