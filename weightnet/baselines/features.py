@@ -10,9 +10,7 @@ import torch
 
 from weightnet.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, one_thread, target_matrix
 from weightnet.data import ZooSample
-
-QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-N_STATS = 2 + len(QUANTILES)  # mean, variance, quantiles
+from weightnet.tokenizers import per_layer_stats
 
 
 def flat_vector(s: ZooSample) -> np.ndarray:
@@ -21,30 +19,11 @@ def flat_vector(s: ZooSample) -> np.ndarray:
     return torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0)
 
 
-def _stats(t: torch.Tensor | None) -> list[float]:
-    if t is None or t.numel() == 0:
-        return [0.0] * N_STATS
-    t = t.detach().double().reshape(-1)
-    q = torch.quantile(t, torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
-    return [float(t.mean()), float(t.var(unbiased=False))] + q
-
-
 def statnn_vector(s: ZooSample) -> np.ndarray:
-    """Per layer in spec order: N_STATS statistics of its weights, then N_STATS of its biases.
-
-    A layer with several weight tensors (e.g. q/k/v) pools them; a layer without bias gets zeros.
-    """
-    layers: dict[int, dict[str, list[torch.Tensor]]] = {}
-    for p in s.spec.params:
-        if p.role == "buffer":
-            continue
-        layers.setdefault(p.layer, {"weight": [], "bias": []})[p.role].append(s.state[p.name].reshape(-1))
-    feats: list[float] = []
-    for layer in sorted(layers):
-        for role in ("weight", "bias"):
-            ts = layers[layer][role]
-            feats += _stats(torch.cat(ts) if ts else None)
-    return np.asarray(feats, dtype=np.float64)
+    """StatNN's features (Unterthiner et al. 2020): per layer in spec order, mean, variance and quantiles of
+    its weights, then of its biases; the same statistics WeightNet's layer summary reads
+    (``weightnet.tokenizers.per_layer_stats``, the one owner)."""
+    return per_layer_stats(s.state, s.spec).reshape(-1)
 
 
 def pad_matrix(vectors: Sequence[np.ndarray], width: int) -> np.ndarray:
