@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from core.errors import ZooError
 from core.hashing import stable_hash
 
-TOKENIZER_NAMES = ("neuron", "layer", "global")
 PERMUTATIONS = ("invariant", "weight_sort", "activation_sort", "align", "none")
 POOLINGS = ("cls", "mean", "attention")
 SUMMARIES = ("layers", "pooled", "both", "auto")
@@ -18,7 +17,7 @@ LOSSES = ("mse", "huber")
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    name: str = "neuron"  # neuron | layer | global
+    name: str = "neuron"  # a weightnet.tokenizers.TOKENIZERS entry: neuron | layer | global
     # invariant: tokens of a permutable group are a set (no position inside it);
     # weight_sort / activation_sort / align: canonicalize first, then positions are meaningful;
     # none: raw order with positions (the ablation).
@@ -90,7 +89,9 @@ class WeightNetConfig:
         if isinstance(t, dict):
             object.__setattr__(self, "tokenizer", TokenizerConfig(**t))
             t = self.tokenizer
-        for value, known, what in ((t.name, TOKENIZER_NAMES, "tokenizer"), (t.permutation, PERMUTATIONS, "permutation"),
+        from weightnet.tokenizers import TOKENIZERS  # the registry (it imports this module)
+
+        for value, known, what in ((t.name, tuple(TOKENIZERS.names()), "tokenizer"), (t.permutation, PERMUTATIONS, "permutation"),
                                    (t.summary, SUMMARIES, "summary"),
                                    (self.pooling, POOLINGS, "pooling"), (self.loss, LOSSES, "loss")):
             if value not in known:

@@ -19,11 +19,12 @@ import torch
 
 from core.errors import ZooError
 from core.hashing import stable_hash
+from zoo.archs.basic import ACTIVATIONS as ACTIVATION_MODULES
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SAMPLED_INITS = ("xavier", "he", "orthogonal", "normal", "truncated_normal")
 INITS = SAMPLED_INITS + ("default",)  # default: the architecture's own initialization (seeded)
-ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu")
+ACTIVATIONS = tuple(ACTIVATION_MODULES)  # the names zoo.archs.basic.activation builds
 
 
 class BadConfig(ZooError, ValueError):
