@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from core.errors import ZooError
 from core.hashing import stable_hash
+from core.registry import Registry
 from core.spec import WeightSpec, permute
 
 State = Mapping[str, torch.Tensor]
@@ -94,21 +94,37 @@ def spec_key(spec: WeightSpec) -> str:
     return stable_hash(spec.to_dict())
 
 
+# method -> fn(state, spec, forward, reference): the permutation handlings a TokenizerConfig may name
+Canonicalizer = Callable[[State, WeightSpec, "ActivationFn | None", "State | None"], dict[str, torch.Tensor]]
+CANONICALIZERS: Registry[Canonicalizer] = Registry("permutation handling")
+
+
+@CANONICALIZERS.register("invariant")  # unchanged: the encoder sees each group's units as a set
+@CANONICALIZERS.register("none")  # unchanged, with positions: the ablation
+def _unchanged(state: State, spec: WeightSpec, forward: ActivationFn | None, reference: State | None) -> dict:
+    return dict(state)
+
+
+@CANONICALIZERS.register("weight_sort")
+def _weight_sort(state: State, spec: WeightSpec, forward: ActivationFn | None, reference: State | None) -> dict:
+    return weight_sort(state, spec)
+
+
+@CANONICALIZERS.register("activation_sort")
+def _activation_sort(state: State, spec: WeightSpec, forward: ActivationFn | None, reference: State | None) -> dict:
+    return activation_sort(state, spec, forward)
+
+
+@CANONICALIZERS.register("align")
+def _align(state: State, spec: WeightSpec, forward: ActivationFn | None, reference: State | None) -> dict:
+    """Weight matching to ``reference``; weight_sort without a reference of the same spec."""
+    return weight_sort(state, spec) if reference is None else align(state, spec, reference)
+
+
 def canonicalize(state: State, spec: WeightSpec, method: str, forward: ActivationFn | None = None,
                  reference: State | None = None) -> dict[str, torch.Tensor]:
-    """``method``: invariant/none (unchanged), weight_sort, activation_sort, align (falls back to
-    weight_sort without a reference of the same spec)."""
-    if method in ("invariant", "none"):
-        return dict(state)
-    if method == "weight_sort":
-        return weight_sort(state, spec)
-    if method == "activation_sort":
-        return activation_sort(state, spec, forward)
-    if method == "align":
-        if reference is None:
-            return weight_sort(state, spec)
-        return align(state, spec, reference)
-    raise ZooError(f"unknown canonicalization {method!r}")
+    """``state`` in the canonical order of ``method`` (a CANONICALIZERS entry)."""
+    return CANONICALIZERS.get(method)(state, spec, forward, reference)
 
 
 # --- activations from the architecture's own module ---------------------------------------------

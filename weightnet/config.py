@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from core.errors import ZooError
 from core.hashing import stable_hash
 
-PERMUTATIONS = ("invariant", "weight_sort", "activation_sort", "align", "none")
 POOLINGS = ("cls", "mean", "attention")
 SUMMARIES = ("layers", "pooled", "both", "auto")
 LOSSES = ("mse", "huber")
@@ -89,9 +88,11 @@ class WeightNetConfig:
         if isinstance(t, dict):
             object.__setattr__(self, "tokenizer", TokenizerConfig(**t))
             t = self.tokenizer
-        from weightnet.tokenizers import TOKENIZERS  # the registry (it imports this module)
+        from weightnet.canonical import CANONICALIZERS  # the registries (they import this module)
+        from weightnet.tokenizers import TOKENIZERS
 
-        for value, known, what in ((t.name, tuple(TOKENIZERS.names()), "tokenizer"), (t.permutation, PERMUTATIONS, "permutation"),
+        for value, known, what in ((t.name, tuple(TOKENIZERS.names()), "tokenizer"),
+                                   (t.permutation, tuple(CANONICALIZERS.names()), "permutation"),
                                    (t.summary, SUMMARIES, "summary"),
                                    (self.pooling, POOLINGS, "pooling"), (self.loss, LOSSES, "loss")):
             if value not in known:

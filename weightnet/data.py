@@ -6,12 +6,13 @@ and the baselines) trains and predicts on lists of samples, so they compare on i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from core.errors import ZooError
 from core.hashing import stable_hash
+from core.registry import Registry
 from core.spec import WeightSpec
 from storage.lake import Lake
 from storage.writes import read_models, read_weights
@@ -79,23 +80,24 @@ def _width(s: ZooSample) -> int:
     return 0
 
 
+Split = tuple[list[ZooSample], list[ZooSample], list[ZooSample]]
+# rule kind -> fn(samples, value, seed, val_fraction, test_fraction); a rule string is KIND or KIND:VALUE
+SPLIT_RULES: Registry[Callable[[Sequence[ZooSample], str, int, float, float], Split]] = Registry("split rule")
+
+
 def split_samples(samples: Sequence[ZooSample], rule: str = "random", seed: int = 0, val_fraction: float = 0.15,
-                  test_fraction: float = 0.15) -> tuple[list[ZooSample], list[ZooSample], list[ZooSample]]:
-    """(train, val, test). ``random`` splits by training run, so checkpoints of one run never straddle
-    splits. ``family:X`` / ``arch:X`` hold X out as the test set; ``width:W`` tests on widths > W."""
-    if rule.startswith(("family:", "arch:", "width:")):
-        kind, value = rule.split(":", 1)
-        if kind == "width":
-            held = [s for s in samples if _width(s) > int(value)]
-        else:
-            held = [s for s in samples if getattr(s, kind) == value]
-        if not held:
-            raise ZooError(f"split {rule!r} holds out no model")
-        rest = [s for s in samples if s not in held]
-        train, val, _ = split_samples(rest, "random", seed, val_fraction, 0.0)
-        return train, val, held
-    if rule != "random":
+                  test_fraction: float = 0.15) -> Split:
+    """(train, val, test) by a SPLIT_RULES entry: ``random`` splits by training run, so checkpoints of one
+    run never straddle splits; ``family:X`` / ``arch:X`` hold X out as the test set; ``width:W`` tests on
+    widths > W."""
+    kind, _, value = rule.partition(":")
+    if kind not in SPLIT_RULES or (kind == "random") != (value == ""):
         raise ZooError(f"unknown split rule {rule!r} (random | family:NAME | arch:NAME | width:MAX)")
+    return SPLIT_RULES.get(kind)(samples, value, seed, val_fraction, test_fraction)
+
+
+@SPLIT_RULES.register("random")
+def _random(samples: Sequence[ZooSample], value: str, seed: int, val_fraction: float, test_fraction: float) -> Split:
     runs = sorted({s.run_id for s in samples})
     g = torch.Generator().manual_seed(seed)
     order = [runs[i] for i in torch.randperm(len(runs), generator=g).tolist()]
@@ -106,3 +108,27 @@ def split_samples(samples: Sequence[ZooSample], rule: str = "random", seed: int 
     val = [s for s in samples if s.run_id in val_runs]
     test = [s for s in samples if s.run_id in test_runs]
     return train, val, test
+
+
+def _held_out(samples: Sequence[ZooSample], held: list[ZooSample], rule: str, seed: int, val_fraction: float) -> Split:
+    """Test on ``held``; train and validate on a random split (by run) of the rest."""
+    if not held:
+        raise ZooError(f"split {rule!r} holds out no model")
+    rest = [s for s in samples if s not in held]
+    train, val, _ = _random(rest, "", seed, val_fraction, 0.0)
+    return train, val, held
+
+
+@SPLIT_RULES.register("family")
+def _family(samples: Sequence[ZooSample], value: str, seed: int, val_fraction: float, test_fraction: float) -> Split:
+    return _held_out(samples, [s for s in samples if s.family == value], f"family:{value}", seed, val_fraction)
+
+
+@SPLIT_RULES.register("arch")
+def _arch(samples: Sequence[ZooSample], value: str, seed: int, val_fraction: float, test_fraction: float) -> Split:
+    return _held_out(samples, [s for s in samples if s.arch == value], f"arch:{value}", seed, val_fraction)
+
+
+@SPLIT_RULES.register("width")
+def _wider(samples: Sequence[ZooSample], value: str, seed: int, val_fraction: float, test_fraction: float) -> Split:
+    return _held_out(samples, [s for s in samples if _width(s) > int(value)], f"width:{value}", seed, val_fraction)

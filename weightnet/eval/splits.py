@@ -6,10 +6,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from core.errors import ZooError
-from weightnet.data import ZooSample, _width, split_samples
+from weightnet.data import Split, ZooSample, _width, split_samples
 from weightnet.eval.widen import widen
-
-Split = tuple[list[ZooSample], list[ZooSample], list[ZooSample]]
 
 
 def family_split(samples: Sequence[ZooSample], family: str, seed: int) -> Split:
