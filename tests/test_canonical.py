@@ -6,10 +6,18 @@ import torch
 
 from core.spec import permute, random_perms
 from fixtures.weightnet_models import example_sample, hidden_groups, weightnet_archs
-from weightnet.canonical import align, canonicalize, module_activations, weight_sort
+from weightnet.canonical import CANONICALIZERS, align, canonicalize, module_activations, weight_sort
 from zoo.archs import build
 
-METHODS = ("weight_sort", "activation_sort", "align")
+UNCHANGED = ("invariant", "none")  # the encoder handles permutations (or the ablation ignores them)
+METHODS = [m for m in CANONICALIZERS.names() if m not in UNCHANGED]  # a new canonicalizer is tested for free
+
+
+@pytest.mark.parametrize("method", UNCHANGED)
+def test_invariant_and_none_leave_the_weights_as_they_are(method: str, rng: torch.Generator) -> None:
+    s = example_sample("mlp", rng)
+    out = canonicalize(s.state, s.spec, method)
+    assert out.keys() == s.state.keys() and all(torch.equal(out[k], s.state[k]) for k in out)
 
 
 def assert_states_close(a: dict, b: dict, atol: float = 1e-6) -> None:
