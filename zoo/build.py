@@ -23,7 +23,8 @@ import torch
 
 from core.hashing import canonical_json, stable_hash
 from storage.lake import Lake
-from storage.writes import ModelRecord, write_models, write_run
+from storage.runs import tracked_run
+from storage.writes import ModelRecord, write_models
 from zoo.archs import ARCHS, build
 from zoo.datasets import load_dataset
 from zoo.families import FAMILIES, Family, MemberPlan
@@ -140,12 +141,12 @@ def build_zoo(lake: Lake, family: str, n: int, seed: int = 0, checkpoints: tuple
     config = {"family": family, "n": n, "seed": seed, "checkpoints": list(checkpoints or fam.checkpoints),
               "device": device, "dataset": fam.dataset, "arch": fam.arch,
               "populations": [len(u) for u in units], **({"shard": list(shard)} if shard else {})}
-    write_run(lake, run_id, "build", config, "running")
     started, new_ids, diverged = time.time(), [], 0
     pending = [plans[i] for u in units for i in u]
     total = sum(last_epoch(p.train_config) for p in pending)
     done = 0
-    try:
+    with tracked_run(lake, run_id, "build", config) as run:
+        run.metrics["new_models"] = 0
         for chunk, trained in _train_units(fam, [[plans[i] for i in u] for u in units], splits, device,
                                            lambda d: progress(done + d, total) if progress else None):
             batch = []
@@ -156,17 +157,14 @@ def build_zoo(lake: Lake, family: str, n: int, seed: int = 0, checkpoints: tuple
                 batch.extend(_record(fam, plan, c, ids[plan.index][c.epoch]) for c in cps)
             msg = f"build {run_id}: {family} members {chunk[0].index}..{chunk[-1].index} (seed {seed})"
             new_ids += write_models(lake, batch, msg, {"run_id": run_id, "family": family})
+            run.metrics["new_models"] = len(new_ids)
             done += sum(last_epoch(p.train_config) for p in chunk)
             if progress is not None:
                 progress(done, total)
-    except BaseException as e:
-        write_run(lake, run_id, "build", config, "failed", {"error": str(e)[:500], "new_models": len(new_ids)})
-        raise
-    seconds = time.time() - started
-    snap = lake.current_snapshot()
-    metrics = {"members": len(mine), "trained": len(pending), "diverged": diverged, "new_models": len(new_ids),
-               "seconds": round(seconds, 3), "seconds_per_member": round(seconds / len(pending), 4)}
-    write_run(lake, run_id, "build", config, "completed", metrics, snapshot_id=snap)
+        seconds = time.time() - started
+        run.snapshot_id = lake.current_snapshot()
+        run.metrics = {"members": len(mine), "trained": len(pending), "diverged": diverged, "new_models": len(new_ids),
+                       "seconds": round(seconds, 3), "seconds_per_member": round(seconds / len(pending), 4)}
     return BuildResult(run_id, all_ids, new_ids, lake.current_snapshot())
 
 
