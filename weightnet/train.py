@@ -12,7 +12,7 @@ from core import settings
 from core.errors import ZooError
 from core.hashing import stable_hash
 from storage.lake import Lake
-from storage.writes import write_run
+from storage.runs import Run, finish_run, start_run
 from weightnet.config import WeightNetConfig
 from weightnet.data import DatasetConfig, ZooSample, load_samples, split_samples
 from weightnet.eval.metrics import score
@@ -69,10 +69,10 @@ def train_weightnet(lake: Lake, dataset: DatasetConfig, config: WeightNetConfig 
     run_id = "wn-" + stable_hash({"dataset": dataset, "config": config, "snapshot": snapshot,
                                   "lake": lake.config.display}, 12)
     run_config = {"dataset": asdict(dataset), "weightnet": config.to_dict(), "device": device}
-    started = dt.datetime.now(dt.timezone.utc)
-    can_write = not lake.read_only
+    run = Run(run_id, "weightnet", run_config, snapshot, dt.datetime.now(dt.timezone.utc))
+    can_write = not lake.read_only  # a read-only handle trains and saves the checkpoint without a runs row
     if can_write:
-        write_run(lake, run_id, "weightnet", run_config, "running", snapshot_id=snapshot, started_at=started)
+        start_run(lake, run)
     try:
         with lake.viewing(snapshot) as snap:
             samples = load_samples(snap, dataset.where, dataset.targets)
@@ -97,10 +97,9 @@ def train_weightnet(lake: Lake, dataset: DatasetConfig, config: WeightNetConfig 
                    "test": regression_metrics(predictor, test), "checkpoint": checkpoint}
     except BaseException as e:
         if can_write:
-            write_run(lake, run_id, "weightnet", run_config, "failed", {"error": str(e)[:500]}, snapshot, started,
-                      dt.datetime.now(dt.timezone.utc))
+            finish_run(lake, run, e)
         raise
+    run.config, run.metrics = {**run_config, "checkpoint": checkpoint}, metrics
     if can_write:
-        write_run(lake, run_id, "weightnet", {**run_config, "checkpoint": checkpoint}, "completed", metrics, snapshot,
-                  started, dt.datetime.now(dt.timezone.utc))
+        finish_run(lake, run)
     return TrainResult(run_id, metrics, snapshot, checkpoint)

@@ -25,7 +25,8 @@ import torch
 from core.errors import ZooError
 from core.hashing import code_version, stable_hash
 from storage.lake import Lake
-from storage.writes import read_models, write_run
+from storage.runs import Run, finish_run, start_run
+from storage.writes import read_models
 from weightnet.baselines.calculators import CALCULATED
 from weightnet.data import ZooSample, load_samples, split_samples
 from weightnet.eval import ablations, experiments, interpret, report, splits
@@ -270,9 +271,9 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
     config = {"suite": dataclasses.asdict(cfg), "at": at, "snapshot_id": snapshot, "where": where,
               "seeds": list(seeds), "device": device, "threads": threads}
     run_id = "eval-" + stable_hash({**config, "code_version": code_version()}, 12)
-    started = dt.datetime.now(dt.timezone.utc)
+    run = Run(run_id, "evaluate", config, snapshot, dt.datetime.now(dt.timezone.utc))
     with lake.viewing(None, False):
-        write_run(lake, run_id, "evaluate", config, "running", snapshot_id=snapshot, started_at=started)
+        start_run(lake, run)
     notes: list[str] = []
     failures: list[str] = []
     try:
@@ -305,14 +306,13 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
         status = "completed" if not failures else ("partial" if rows else "failed")
         path = report.write(out, run_id, config, rows, outcome.scatter, sens, attn, targets, headline, notes, samples,
                             reliability, failures=failures, status=status)
-    except BaseException:
+    except BaseException as e:
         with lake.viewing(None, False):
-            write_run(lake, run_id, "evaluate", config, "failed", snapshot_id=snapshot, started_at=started,
-                      finished_at=dt.datetime.now(dt.timezone.utc))
+            finish_run(lake, run, e)
         raise
-    metrics = {"headline": [{k: v for k, v in r.items()} for r in headline], "targets": targets,
-               "report": str(path), "failures": failures}
+    run.status = status
+    run.metrics = {"headline": [{k: v for k, v in r.items()} for r in headline], "targets": targets,
+                   "report": str(path), "failures": failures}
     with lake.viewing(None, False):
-        write_run(lake, run_id, "evaluate", config, status, metrics, snapshot_id=snapshot, started_at=started,
-                  finished_at=dt.datetime.now(dt.timezone.utc))
+        finish_run(lake, run)
     return EvalResult(run_id, str(path), headline, targets, notes, status, failures)
