@@ -7,7 +7,7 @@ import torch
 
 from core.errors import BadWeights, UnknownEntry
 from core.spec import LAYER_KINDS, WeightSpec, permute, random_perms
-from fixtures.symmetry import break_coupling
+from fixtures.symmetry import break_coupling, perturbed
 from zoo.archs import ARCHS, build, load_module
 
 IMAGE = {"input_shape": [1, 8, 8], "n_classes": 10}
@@ -90,20 +90,6 @@ def example_input(config: dict, n: int = 5, seed: int = 0) -> torch.Tensor:
     if config.get("input") == "tokens":
         return torch.randint(0, int(config["vocab_size"]), (n, *config["input_shape"]), generator=g)
     return torch.rand(n, *config["input_shape"], generator=g)
-
-
-def perturbed(state: dict, seed: int = 1) -> dict:
-    """Weights away from init (BatchNorm at init is the identity, zero-init branches hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, t in state.items():
-        if not t.is_floating_point():
-            out[k] = t
-        elif k.endswith("running_var"):
-            out[k] = t * (0.5 + torch.rand(t.shape, generator=g))
-        else:
-            out[k] = t * (1 + 0.2 * torch.randn(t.shape, generator=g)) + 0.05 * torch.randn(t.shape, generator=g)
-    return out
 
 
 def logits(arch: str, config: dict, state: dict, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 from core.infer import infer, infer_spec
 from core.infer.compare import canonical, differences
 from core.spec import WeightSpec, permute, random_perms
-from fixtures.symmetry import break_coupling
+from fixtures.symmetry import break_coupling, perturbed
 from fixtures.real_models import REAL
 from zoo.archs import build
 from zoo.archs.outside import example_input
@@ -58,21 +58,6 @@ def test_inferred_spec_equals_the_handwritten_one(arch: str, config: dict) -> No
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
     scale = max(float(b.abs().max()), 1e-30)
     assert float((a - b).abs().max()) <= rel * scale, f"{float((a - b).abs().max())} vs scale {scale}"
-
-
-def perturbed(state: dict, seed: int = 1) -> dict:
-    """Weights away from init: zero-init branches and identity BatchNorms hide coupling bugs."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, t in state.items():
-        if not t.is_floating_point():
-            out[k] = t
-        elif k.endswith("running_var"):
-            out[k] = t * (0.5 + torch.rand(t.shape, generator=g, dtype=t.dtype))
-        else:
-            noise = torch.randn(t.shape, generator=g, dtype=t.dtype)
-            out[k] = t * (1 + 0.2 * noise) + 0.05 * torch.randn(t.shape, generator=g, dtype=t.dtype)
-    return out
 
 
 def real_input(arch: str, config: dict) -> torch.Tensor:

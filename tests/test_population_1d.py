@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from fixtures.symmetry import assert_states_close
 from zoo.archs import build
 from zoo.datasets import load_dataset
 from zoo.population import POPULATIONS, Member, Population, train_population
@@ -27,12 +28,6 @@ def mnist1d():
 
 def arch_config(arch: str, splits) -> dict:
     return {**CONFIGS[arch], "input_shape": list(splits.info.input_shape), "n_classes": splits.info.n_classes}
-
-
-def assert_states_close(a: dict, b: dict, atol: float) -> None:
-    assert list(a) == list(b)
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=atol, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.3g}"
 
 
 def test_every_sequence_population_arch_has_a_config_here():
