@@ -30,6 +30,15 @@ def find_pg_bin() -> pathlib.Path | None:
     return pathlib.Path(cands[-1]).parent if cands else None
 
 
+def _enterable_tmp() -> str:
+    """The temp folder if every folder above it lets others pass (o+x), else /tmp: as root the server runs
+    as ``postgres``, which cannot enter e.g. pytest's 0700 tmp_path when TMPDIR points there."""
+    tmp = pathlib.Path(tempfile.gettempdir()).resolve()
+    if all(p.stat().st_mode & 0o001 for p in (tmp, *tmp.parents)):
+        return str(tmp)
+    return "/tmp"
+
+
 @contextmanager
 def local_postgres() -> Iterator[Callable[[], str]]:
     """Start a server; yields ``new_database()`` -> libpq DSN of a fresh database. Stopped and deleted on exit."""
@@ -37,7 +46,7 @@ def local_postgres() -> Iterator[Callable[[], str]]:
     if bin_dir is None:
         raise NoPostgres("no PostgreSQL server binaries (initdb) in PATH or /usr/lib/postgresql/*/bin")
     as_user: list[str] = []
-    base = pathlib.Path(tempfile.mkdtemp(prefix="zoo-pg-"))  # world-enterable: the postgres user must reach it
+    base = pathlib.Path(tempfile.mkdtemp(prefix="zoo-pg-", dir=_enterable_tmp()))  # the postgres user must reach it
     if os.geteuid() == 0:
         if shutil.which("runuser") is None:
             raise NoPostgres("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
