@@ -13,7 +13,7 @@ from flows.common import (RETRY, artifact_key, lake_at, lake_stamp, markdown_tab
 def resolve_snapshot(lake: str, at: str | int | None) -> int:
     """A tag or snapshot id (None: the latest) as a snapshot id, so the training input is pinned."""
     with lake_at(lake, read_only=True) as lk:
-        return lk.current_snapshot() if at is None else lk.resolve(at)
+        return lk.pin(at)
 
 
 @task(name="train", cache_policy=INPUTS, persist_result=True, **RETRY)

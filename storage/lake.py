@@ -220,6 +220,13 @@ class Lake:
         return [{"snapshot_id": r[0], "time": r[1], "changes": r[2], "author": r[3], "message": r[4],
                  "extra": r[5], "tags": sorted(tags.get(int(r[0]), []))} for r in rows]
 
+    def pin(self, at: str | int | None) -> int:
+        """The snapshot ``at`` names (a snapshot id or a tag); None: the one this handle shows (the latest
+        unless it was opened ``at`` a snapshot). Every stage pins its input through this."""
+        if at is not None:
+            return self.resolve(at)
+        return self.snapshot if self.snapshot is not None else self.current_snapshot()
+
     def resolve(self, at: str | int) -> int:
         """A snapshot id from an int, a numeric string or a tag name; unknown ones raise LakeError."""
         if isinstance(at, int) or (isinstance(at, str) and at.strip().isdigit()):

@@ -224,3 +224,13 @@ def test_progress_callback_reaches_total(lake, make_models):
     calls = []
     write_models(lake, make_models(4), "progress", progress=lambda d, t: calls.append((d, t)))
     assert calls[-1] == (4, 4) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_pin_names_the_snapshot_a_stage_reads(lake) -> None:
+    first = lake.current_snapshot()
+    lake.tag("t")
+    lake.tag("later")
+    assert lake.pin(None) == lake.current_snapshot() > first
+    assert lake.pin("t") == lake.resolve("t") and lake.pin(str(first)) == first
+    with lake.viewing(first) as old:
+        assert old.pin(None) == first  # a handle showing a past snapshot pins that one, not the latest

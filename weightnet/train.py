@@ -33,12 +33,6 @@ def default_runs_dir() -> pathlib.Path:
     return settings.runs_root()
 
 
-def resolve_snapshot(lake: Lake, at: str | int | None) -> int:
-    if at is None:
-        return lake.snapshot if lake.snapshot is not None else lake.current_snapshot()
-    return lake.resolve(at)
-
-
 def regression_metrics(pred: WeightNetPredictor, samples: Sequence[ZooSample]) -> dict:
     """Per target: weightnet.eval.metrics.score (mae, rmse, r2, spearman, kendall tau, interval coverage)
     and the mean interval width on ``samples``."""
@@ -65,7 +59,7 @@ def train_weightnet(lake: Lake, dataset: DatasetConfig, config: WeightNetConfig 
     config = config or WeightNetConfig()
     if not dataset.targets:
         raise ZooError("no target properties given (e.g. --targets test_accuracy,gen_gap_accuracy)")
-    snapshot = resolve_snapshot(lake, dataset.at)
+    snapshot = lake.pin(dataset.at)
     run_id = "wn-" + stable_hash({"dataset": dataset, "config": config, "snapshot": snapshot,
                                   "lake": lake.config.display}, 12)
     run_config = {"dataset": asdict(dataset), "weightnet": config.to_dict(), "device": device}

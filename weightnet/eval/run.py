@@ -263,7 +263,7 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
 
         raise UnknownEntry(f"unknown evaluation suite {suite!r} (known: {', '.join(SUITES)})")
     cfg = SUITES[suite]
-    snapshot = lake.resolve(at) if at is not None else (lake.snapshot or lake.current_snapshot())
+    snapshot = lake.pin(at)
     with lake.viewing(snapshot, True):
         props = [r[0] for r in lake.fetch("SELECT DISTINCT property FROM lake.main.labels ORDER BY 1")]
         samples = load_samples(lake, where, targets=props, require_all=False)
