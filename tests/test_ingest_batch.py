@@ -157,3 +157,16 @@ def test_cli_ingests_many_in_one_call(tmp_path: pathlib.Path, folder: pathlib.Pa
     assert isinstance(res.exception, ZooError) and "nothing written" in str(res.exception)
     with Lake.open(tmp_path / "lake", read_only=True) as lk:
         assert sorted(r.model_id for r in read_models(lk)) == ids
+
+
+@pytest.mark.parametrize("lines, culprit", [
+    (['{"path": "a.safetensors", "arch": "mlp"}', "not json"], r"m\.jsonl:2: the line is not JSON"),
+    (["[1]"], r"m\.jsonl:1: the line must be a JSON object"),
+    (['{"path": "a.safetensors", "arch": "mlp", "config": "{bad"}'], r"m\.jsonl:1: config is not JSON"),
+    (['{"path": "a.safetensors", "arch": "mlp", "config": "[2]"}'], r"m\.jsonl:1: config must be a JSON object"),
+])
+def test_a_bad_manifest_line_is_named(tmp_path: pathlib.Path, lines: list[str], culprit: str) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ZooError, match=culprit):
+        collect([str(manifest)], None, {})

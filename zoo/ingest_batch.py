@@ -64,13 +64,19 @@ def _manifest_rows(path: pathlib.Path) -> Iterable[tuple[int, dict]]:
     for i, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
+        yield i, _json_object(line, f"{path}:{i}", "the line")
+
+
+def _json_object(value: object, where: str, what: str) -> dict:
+    """``value`` as a JSON object (text is parsed, a dict passes as it is); errors name the manifest line."""
+    if isinstance(value, str):
         try:
-            row = json.loads(line)
+            value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise ZooError(f"manifest {path}:{i}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ZooError(f"manifest {path}:{i}: each line must be a JSON object")
-        yield i, row
+            raise ZooError(f"manifest {where}: {what} is not JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise ZooError(f"manifest {where}: {what} must be a JSON object")
+    return value
 
 
 def _from_manifest(path: pathlib.Path, arch: str | None, config: Mapping, dataset: str) -> list[BatchItem]:
@@ -79,14 +85,7 @@ def _from_manifest(path: pathlib.Path, arch: str | None, config: Mapping, datase
         where = f"{path}:{line}"
         if "path" not in row:
             raise ZooError(f"manifest {where}: no 'path'")
-        cfg = row.get("config", {})
-        if isinstance(cfg, str):
-            try:
-                cfg = json.loads(cfg)
-            except json.JSONDecodeError as e:
-                raise ZooError(f"manifest {where}: config is not JSON ({e.msg})") from None
-        if not isinstance(cfg, dict):
-            raise ZooError(f"manifest {where}: config must be a JSON object")
+        cfg = _json_object(row.get("config", {}), where, "config")
         row_arch = row.get("arch") or arch
         if not row_arch:
             raise ZooError(f"manifest {where}: no 'arch' in the row and no --arch given")
