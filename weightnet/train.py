@@ -39,10 +39,10 @@ def regression_metrics(pred: WeightNetPredictor, samples: Sequence[ZooSample]) -
     if not samples:
         return {}
     out = {}
-    intervals = pred.predict_interval(samples)
-    for t, p in pred.predict(samples).items():
-        half = pred.interval_width(t, pred.config.alpha)
-        lo, hi = intervals[t]
+    alpha = pred.config.alpha
+    for t, p in pred.predict(samples).items():  # one ensemble pass: the intervals reuse these predictions
+        half = pred.interval_width(t, alpha)
+        lo, hi = pred.conformal.interval(t, p, alpha)
         y = np.array([s.labels.get(t, np.nan) for s in samples], dtype=np.float64)
         ok = np.isfinite(y)
         if not ok.any():
