@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade 'pip>=25' 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | $(QUIET_PIP)
 	$(BIN)/python .ci/check_deps.py --extras $(EXTRAS)
-	$(BIN)/python -c "import core, storage, zoo, labeling, weightnet, flows, deploy, cli"
+	$(BIN)/python -c "import core, storage, zoo, labeling, weightnet, evaluation, flows, deploy, cli"
 	@rm -f $(VENV)/.stamp-*
 	@touch $@
 

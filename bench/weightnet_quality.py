@@ -25,10 +25,10 @@ import numpy as np  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from storage.lake import Lake  # noqa: E402
-from weightnet.baselines import BASELINES  # noqa: E402
+from evaluation.baselines import BASELINES  # noqa: E402
 from weightnet.config import WeightNetConfig  # noqa: E402
 from weightnet.data import load_samples, split_samples  # noqa: E402
-from weightnet.eval.widen import widen  # noqa: E402
+from evaluation.widen import widen  # noqa: E402
 from weightnet.model import WeightNetPredictor  # noqa: E402
 
 

@@ -28,7 +28,7 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
     """Evaluate WeightNet and the baselines (StatNN, NFN, flat MLP, calculators) on identical splits."""
     from core.errors import ZooError
     from storage.lake import Lake
-    from weightnet.eval.run import SUITES, evaluate
+    from evaluation.run import SUITES, evaluate
 
     if suite not in SUITES:
         raise ZooError(f"unknown evaluation suite {suite!r} (known: {', '.join(SUITES)})")

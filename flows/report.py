@@ -35,8 +35,8 @@ def read_run(lake: str, run_id: str) -> dict:
 @task(name="evaluate", cache_policy=INPUTS, persist_result=True, **RETRY)
 def run_evaluation(lake: str, suite: str, at: str | int | None, out_dir: str, seeds: list[int], device: str,
                    stamp: str) -> dict:
-    """Wraps weightnet.eval.run.evaluate."""
-    from weightnet.eval.run import evaluate
+    """Wraps evaluation.run.evaluate."""
+    from evaluation.run import evaluate
 
     progress = progress_artifact(f"evaluation suite {suite}", key=artifact_key("eval-progress", suite))
     with lake_at(lake) as lk:

@@ -11,7 +11,7 @@ from core.spec import LAYER_KINDS, permute, random_perms
 from fixtures.weightnet_models import example_sample, with_state
 from weightnet.attention import attention_by_layer, block_attention
 from weightnet.config import TokenizerConfig, WeightNetConfig
-from weightnet.eval import interpret
+from evaluation import interpret
 from weightnet.model import WeightNetPredictor
 from weightnet.network import Block
 

@@ -11,11 +11,11 @@ from core.errors import ZooError
 from core.spec import permute, random_perms
 from fixtures.symmetry import break_coupling
 from fixtures.eval_zoo import synthetic_samples
-from weightnet.baselines import BASELINES
-from weightnet.baselines.calculators import flops
-from weightnet.baselines.features import statnn_vector
-from weightnet.baselines.nfn import NFN, NPLayer, layout, to_features
-from weightnet.eval.metrics import mae
+from evaluation.baselines import BASELINES
+from evaluation.baselines.calculators import flops
+from evaluation.baselines.features import statnn_vector
+from evaluation.baselines.nfn import NFN, NPLayer, layout, to_features
+from weightnet.metrics import mae
 from weightnet.predictor import Predictor
 
 LEARNED = [n for n in BASELINES.names() if n != "calc"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fixtures.eval_zoo import synthetic_samples
-from weightnet.baselines import BASELINES
+from evaluation.baselines import BASELINES
 from weightnet.config import WeightNetConfig
 from weightnet.conformal import Conformal, clip_to_bounds, conformal_rank, property_bounds, split_calibration
 from weightnet.model import WeightNetPredictor

@@ -35,7 +35,7 @@ def test_pipeline_flow_leaves_tag_predictions_and_a_completed_report(prefect_ser
     from prefect.client.schemas.filters import ArtifactFilter
 
     from flows.pipeline import pipeline
-    from weightnet.eval import run as eval_run
+    from evaluation import run as eval_run
 
     # WeightNet and GBT only, 1 seed, short training: the flow's wiring is under test, not the predictors
     suite = dataclasses.replace(eval_run.SUITES["small"], name="e2e", max_zoos=1, n_extra_targets=0, interpret=False,
@@ -92,8 +92,8 @@ def assert_report_flow_fails_on_a_partial_evaluation(lake: str, tmp_path: pathli
     from prefect.client.schemas.filters import ArtifactFilter
 
     from flows.report import report
-    from weightnet.eval import experiments
-    from weightnet.eval import run as eval_run
+    from evaluation import experiments
+    from evaluation import run as eval_run
 
     real = experiments.make_predictor
 

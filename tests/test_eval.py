@@ -11,8 +11,8 @@ import torch
 from core.errors import ZooError
 from fixtures.eval_zoo import synthetic_samples, trained_digits_zoo
 from weightnet.data import _width
-from weightnet.eval import ablations, experiments, interpret, report, run, splits
-from weightnet.eval.widen import widen
+from evaluation import ablations, experiments, interpret, report, run, splits
+from evaluation.widen import widen
 from zoo.archs import build
 
 
@@ -96,7 +96,7 @@ def test_sensitivity_finds_the_only_layer_that_matters(rng):
 
 def test_ablations_never_run_a_variant_the_config_cannot_express():
     runnable, notes = ablations.plan()
-    from weightnet.eval.predictors import config_fields
+    from evaluation.predictors import config_fields
 
     fields = config_fields()
     assert all(k in fields for v in runnable for k in v.as_dict)

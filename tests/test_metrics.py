@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 
 from core.errors import ZooError
-from weightnet.eval import metrics
+from weightnet import metrics
 
 
 def test_kendall_tau_perfect_and_reversed_ranking():

@@ -14,11 +14,11 @@ from core.spec import permute, random_perms
 from fixtures.symmetry import break_coupling
 from fixtures.weightnet_models import example_sample, hidden_groups, weightnet_archs, with_state
 from weightnet.config import WeightNetConfig
-from weightnet.eval.widen import widen
+from evaluation.widen import widen
 from weightnet.model import WeightNetPredictor
 from weightnet.probes import ProbeRunner, init_probes
 
-WIDENABLE = ("mlp", "cnn", "wildcnn")  # weightnet.eval.widen handles linear / conv / norm tensors
+WIDENABLE = ("mlp", "cnn", "wildcnn")  # evaluation.widen handles linear / conv / norm tensors
 
 
 def _outputs(runner: ProbeRunner, probes: torch.Tensor, samples, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:

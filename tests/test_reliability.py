@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fixtures.weightnet_models import example_sample
-from weightnet.eval.reliability import correctness, label_reliability, retest_taus
+from labeling.reliability import correctness, label_reliability, retest_taus
 from zoo.datasets import load_dataset
 from zoo.families import FAMILIES
 

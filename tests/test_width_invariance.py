@@ -1,5 +1,5 @@
 """Width-invariant weight features (TokenizerConfig.width_invariant): per-unit statistics as fan-in sums and
-fan-in-scaled layer summaries are unchanged by function-preserving widening (weightnet.eval.widen at 2x,
+fan-in-scaled layer summaries are unchanged by function-preserving widening (evaluation.widen at 2x,
 4x, 8x), while the default per-unit means are not."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from fixtures.weightnet_models import example_sample
 from weightnet.config import TokenizerConfig
-from weightnet.eval.widen import widen
+from evaluation.widen import widen
 from weightnet.tokenizers import N_STATS, N_SUMMARY, ROLE_OUT, per_layer_stats, tokenize
 
 BIG = dict(unit_budget=4096, max_tokens=1 << 20)  # no bucket pooling: every unit is its own token

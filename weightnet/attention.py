@@ -8,7 +8,7 @@ pooling the prediction reads the CLS token, so its attention row is used; with `
 pooling every token feeds the heads, so the rows of all real tokens are averaged.
 
 The weight a token receives is averaged over blocks and heads, summed over the tokens of one layer
-(``<kind>@<depth>``, the keys ``weightnet.eval.interpret`` uses for sensitivity), normalized to sum to
+(``<kind>@<depth>``, the keys ``evaluation.interpret`` uses for sensitivity), normalized to sum to
 1 per model over the weight tokens (the CLS token's self-attention is left out) and averaged over models.
 """
 from __future__ import annotations

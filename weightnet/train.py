@@ -15,7 +15,7 @@ from storage.lake import Lake
 from storage.runs import Run, finish_run, start_run
 from weightnet.config import WeightNetConfig
 from weightnet.data import DatasetConfig, ZooSample, load_samples, split_samples
-from weightnet.eval.metrics import score
+from weightnet.metrics import score
 from weightnet.model import WeightNetPredictor
 
 Progress = Callable[[int, int], None]
@@ -34,7 +34,7 @@ def default_runs_dir() -> pathlib.Path:
 
 
 def regression_metrics(pred: WeightNetPredictor, samples: Sequence[ZooSample]) -> dict:
-    """Per target: weightnet.eval.metrics.score (mae, rmse, r2, spearman, kendall tau, interval coverage)
+    """Per target: weightnet.metrics.score (mae, rmse, r2, spearman, kendall tau, interval coverage)
     and the mean interval width on ``samples``."""
     if not samples:
         return {}

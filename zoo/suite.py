@@ -153,8 +153,8 @@ def label_family(lake: Lake, suite: BuildSuite, family: str, device: str, batch_
 def family_reliability(lake: Lake, family: str) -> dict:
     """Test-accuracy label reliability of a family (all its labeled checkpoints) plus the spread of test
     accuracy over its final checkpoints: quartiles and the share under 20% (members left untrained)."""
+    from labeling.reliability import label_reliability
     from weightnet.data import load_samples
-    from weightnet.eval.reliability import label_reliability
 
     samples = load_samples(lake, f"family = '{family}'", ("test_accuracy",))
     if not samples:

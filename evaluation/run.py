@@ -27,12 +27,12 @@ from core.hashing import code_version, stable_hash
 from storage.lake import Lake
 from storage.runs import Run, finish_run, start_run
 from storage.writes import read_models
-from weightnet.baselines.calculators import CALCULATED
+from evaluation.baselines.calculators import CALCULATED
 from weightnet.data import ZooSample, load_samples, split_samples
-from weightnet.eval import ablations, experiments, interpret, report, splits
-from weightnet.eval.experiments import Experiment
-from weightnet.eval.predictors import WEIGHTNET
-from weightnet.eval.reliability import label_reliability
+from evaluation import ablations, experiments, interpret, report, splits
+from evaluation.experiments import Experiment
+from evaluation.predictors import WEIGHTNET
+from labeling.reliability import label_reliability
 
 PREFERRED_TARGETS = ("test_accuracy", "gen_gap_accuracy", "pgd_linf_2_255", "corruption_mean_accuracy", "test_loss",
                      "test_f1", "pgd_linf_8_255")

@@ -6,8 +6,8 @@ paper's strongest variant).
 """
 from __future__ import annotations
 
-from weightnet.baselines import BASELINES
-from weightnet.baselines.features import FeatureModelConfig, FeaturePredictor, statnn_vector
+from evaluation.baselines import BASELINES
+from evaluation.baselines.features import FeatureModelConfig, FeaturePredictor, statnn_vector
 
 
 @BASELINES.register("statnn-mlp")

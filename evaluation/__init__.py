@@ -1,5 +1,5 @@
 """Evaluation of WeightNet against the baselines: metrics, splits, widening, ablations, interpretability
-and the report. Entry point: ``weightnet.eval.run.evaluate`` (also reachable as ``weightnet.eval.evaluate``)."""
+and the report. Entry point: ``evaluation.run.evaluate`` (also reachable as ``evaluation.evaluate``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +7,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:  # lazy: importing metrics alone must not pull in the whole suite
     if name in ("evaluate", "EvalResult", "SUITES"):
-        from weightnet.eval import run
+        from evaluation import run
 
         return getattr(run, name)
     raise AttributeError(name)

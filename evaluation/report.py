@@ -8,8 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from weightnet.eval.experiments import lookup
-from weightnet.eval.metrics import fmt
+from evaluation.experiments import lookup
+from weightnet.metrics import fmt
 
 STATNN = ("statnn-gbt", "statnn-mlp")
 TARGET_TEXT = {

@@ -13,13 +13,21 @@ recomputed accuracy must equal the stored label, else the family is skipped with
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
 from scipy.stats import kendalltau
 
-from weightnet.data import ZooSample
+
+class ZooSample(Protocol):
+    """What reliability reads of a stored model (``weightnet.data.ZooSample`` has it; labeling sits below
+    weightnet, so it names the fields instead of importing the class)."""
+    family: str
+    arch: str
+    arch_config: dict
+    state: dict[str, torch.Tensor]
+    labels: dict[str, float]
 
 
 def correctness(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from weightnet.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, one_thread, target_matrix
+from evaluation.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, one_thread, target_matrix
 from weightnet.data import ZooSample
 from weightnet.tokenizers import per_layer_stats
 

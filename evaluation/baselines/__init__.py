@@ -13,4 +13,4 @@ from core.registry import Registry
 
 BASELINES: Registry = Registry("baseline")
 
-from weightnet.baselines import calculators, flat, nfn, statnn  # noqa: E402,F401  (fill the registry)
+from evaluation.baselines import calculators, flat, nfn, statnn  # noqa: E402,F401  (fill the registry)

@@ -9,7 +9,7 @@ import numpy as np
 
 from core.errors import ZooError
 from core.flops import count_flops, example_input
-from weightnet.baselines import BASELINES
+from evaluation.baselines import BASELINES
 from weightnet.data import ZooSample
 
 CALCULATED = ("n_params", "flops")

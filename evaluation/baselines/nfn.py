@@ -26,8 +26,8 @@ from torch import nn
 
 from core.errors import ZooError
 from core.spec import WeightSpec
-from weightnet.baselines import BASELINES
-from weightnet.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, one_thread, target_matrix
+from evaluation.baselines import BASELINES
+from evaluation.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, one_thread, target_matrix
 from weightnet.data import ZooSample
 
 

@@ -14,11 +14,11 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from weightnet.baselines.calculators import CALCULATED
-from weightnet.baselines.nfn import supports as nfn_supports
+from evaluation.baselines.calculators import CALCULATED
+from evaluation.baselines.nfn import supports as nfn_supports
 from weightnet.data import ZooSample
-from weightnet.eval import metrics
-from weightnet.eval.predictors import make_predictor
+from weightnet import metrics
+from evaluation.predictors import make_predictor
 
 SplitFn = Callable[[int], tuple[list[ZooSample], list[ZooSample], dict[str, list[ZooSample]]]]
 

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 from core.errors import ZooError
 from weightnet.data import Split, ZooSample, _width, split_samples
-from weightnet.eval.widen import widen
+from evaluation.widen import widen
 
 
 def family_split(samples: Sequence[ZooSample], family: str, seed: int) -> Split:

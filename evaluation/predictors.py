@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from weightnet.baselines import BASELINES
+from evaluation.baselines import BASELINES
 
 WEIGHTNET = "weightnet"
 

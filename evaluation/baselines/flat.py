@@ -1,8 +1,8 @@
 """Baseline (1): an MLP on the globally flattened weights (zero-padded to the longest model)."""
 from __future__ import annotations
 
-from weightnet.baselines import BASELINES
-from weightnet.baselines.features import FeatureModelConfig, FeaturePredictor, flat_vector
+from evaluation.baselines import BASELINES
+from evaluation.baselines.features import FeatureModelConfig, FeaturePredictor, flat_vector
 
 
 @BASELINES.register("flat-mlp")

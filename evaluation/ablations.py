@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from weightnet.eval.predictors import resolve_overrides
+from evaluation.predictors import resolve_overrides
 
 
 @dataclass(frozen=True)
