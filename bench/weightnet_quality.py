@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
+from evaluation.predictors import PREDICTORS  # noqa: E402
+from evaluation.widen import widen  # noqa: E402
 from storage.lake import Lake  # noqa: E402
-from evaluation.baselines import BASELINES  # noqa: E402
 from weightnet.config import WeightNetConfig  # noqa: E402
 from weightnet.data import load_samples, split_samples  # noqa: E402
-from evaluation.widen import widen  # noqa: E402
 from weightnet.model import WeightNetPredictor  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     samples = load_samples(lake, args.where, [args.target])
     makers = {}
     for name in filter(None, args.only.split(",")):
-        makers[name] = weightnet_variant({}) if name == "weightnet" else (lambda n=name: BASELINES.get(n)())
+        makers[name] = lambda n=name: PREDICTORS.get(n).make()
     for v in args.variant:
         name, js = v.split("=", 1)
         makers[name] = weightnet_variant(json.loads(js))

@@ -14,11 +14,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from evaluation.baselines.calculators import CALCULATED
-from evaluation.baselines.nfn import supports as nfn_supports
-from weightnet.data import ZooSample
+from evaluation.predictors import PREDICTORS, make_predictor
 from weightnet import metrics
-from evaluation.predictors import make_predictor
+from weightnet.data import ZooSample
 
 SplitFn = Callable[[int], tuple[list[ZooSample], list[ZooSample], dict[str, list[ZooSample]]]]
 
@@ -59,11 +57,10 @@ class Outcome:
 
 def applicable(name: str, train: Sequence[ZooSample], tests: Sequence[ZooSample], targets: Sequence[str]) -> str:
     """'' when ``name`` can run here, else the reason it is skipped."""
-    if name == "calc" and not set(targets) & set(CALCULATED):
-        return "calculators only compute n_params and flops"
-    if name == "nfn" and not nfn_supports(list(train) + list(tests)):
-        return "the NFN baseline needs one MLP/CNN tensor layout across the zoo"
-    return ""
+    entry = PREDICTORS.get(name)
+    if entry.computes and not set(targets) & set(entry.computes):
+        return f"{name} only computes {' and '.join(entry.computes)}"
+    return entry.skip(list(train) + list(tests))
 
 
 def n_units(exps: Sequence[Experiment], seeds: Sequence[int]) -> int:

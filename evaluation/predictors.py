@@ -1,15 +1,23 @@
-"""One constructor for every predictor evaluation compares: ``weightnet`` or any baseline name.
+"""Every predictor evaluation compares, in one registry (``PREDICTORS``): WeightNet, registered here,
+and the baselines (``evaluation.baselines``). ``make_predictor(name, device, overrides)`` builds any.
 
 WeightNet comes from ``weightnet.model.WeightNetPredictor`` with a ``weightnet.config.WeightNetConfig``;
-config overrides are applied with ``dataclasses.replace`` and only for fields the config really has
-(``resolve_overrides`` says which were dropped, so reports never claim an ablation that did not run).
+config overrides are applied with ``dataclasses.replace``; a key the config lacks is an error
+(``resolve_overrides`` lets the ablations drop such variants beforehand, so reports never claim an
+ablation that did not run).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Mapping
 
-from evaluation.baselines import BASELINES
+import evaluation.baselines  # noqa: F401  (registers the baselines)
+from core.errors import ZooError
+from evaluation.registry import PREDICTORS, PredictorEntry, predictor
+from weightnet.predictor import Predictor
+
+__all__ = ["PREDICTORS", "PredictorEntry", "WEIGHTNET", "computed_properties", "config_fields", "make_predictor",
+           "resolve_overrides"]
 
 WEIGHTNET = "weightnet"
 
@@ -47,16 +55,22 @@ def apply_overrides(config, overrides: Mapping[str, object]):
     return dataclasses.replace(config, **top)
 
 
-def make_predictor(name: str, device: str = "cpu", overrides: Mapping[str, object] | None = None):
-    overrides = dict(overrides or {})
-    if name != WEIGHTNET:
-        return BASELINES.get(name)(device=device, **overrides)
+@predictor(WEIGHTNET)
+def weightnet(device: str = "cpu", **overrides) -> Predictor:
     from weightnet.config import WeightNetConfig
     from weightnet.model import WeightNetPredictor
 
-    applicable, _ = resolve_overrides(overrides)
-    cfg = apply_overrides(WeightNetConfig(), applicable)
-    pred = WeightNetPredictor(config=cfg, device=device)
-    if not getattr(pred, "name", None):
-        pred.name = WEIGHTNET
-    return pred
+    applicable, missing = resolve_overrides(overrides)
+    if missing:
+        raise ZooError(f"WeightNetConfig has no field {', '.join(missing)} (known: {', '.join(sorted(config_fields()))})")
+    return WeightNetPredictor(config=apply_overrides(WeightNetConfig(), applicable), device=device)
+
+
+def computed_properties() -> tuple[str, ...]:
+    """Properties some registered predictor computes from the architecture alone (n_params, flops)."""
+    return tuple(dict.fromkeys(t for _, entry in PREDICTORS.items() for t in entry.computes))
+
+
+def make_predictor(name: str, device: str = "cpu", overrides: Mapping[str, object] | None = None) -> Predictor:
+    """An unfitted predictor ``name`` (any registered one) with config ``overrides``."""
+    return PREDICTORS.get(name).make(device=device, **dict(overrides or {}))

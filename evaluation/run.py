@@ -24,15 +24,14 @@ import torch
 
 from core.errors import ZooError
 from core.hashing import code_version, stable_hash
+from evaluation import ablations, experiments, interpret, report, splits
+from evaluation.experiments import Experiment
+from evaluation.predictors import PREDICTORS, WEIGHTNET, computed_properties
+from labeling.reliability import label_reliability
 from storage.lake import Lake
 from storage.runs import Run, finish_run, start_run
 from storage.writes import read_models
-from evaluation.baselines.calculators import CALCULATED
 from weightnet.data import ZooSample, load_samples, split_samples
-from evaluation import ablations, experiments, interpret, report, splits
-from evaluation.experiments import Experiment
-from evaluation.predictors import WEIGHTNET
-from labeling.reliability import label_reliability
 
 PREFERRED_TARGETS = ("test_accuracy", "gen_gap_accuracy", "pgd_linf_2_255", "corruption_mean_accuracy", "test_loss",
                      "test_f1", "pgd_linf_8_255")
@@ -106,15 +105,17 @@ def choose_targets(samples: Sequence[ZooSample], n_extra: int) -> tuple[str, ...
 
     Architecture quantities (n_params, flops) are left to the calculators: see ``calculated_targets``.
     """
-    counts = Counter(k for s in samples for k in s.labels if k not in CALCULATED)
+    computed = computed_properties()
+    counts = Counter(k for s in samples for k in s.labels if k not in computed)
     common = [k for k, c in counts.items() if c >= 0.8 * len(samples)]
     ordered = [t for t in PREFERRED_TARGETS if t in common] + sorted(t for t in common if t not in PREFERRED_TARGETS)
     return tuple([t for t in ordered if t == "test_accuracy"] + [t for t in ordered if t != "test_accuracy"][:n_extra])
 
 
-def calculated_targets(samples: Sequence[ZooSample]) -> tuple[str, ...]:
-    """n_params / flops when every model carries them and they vary (a constant has no ranking to score)."""
-    return tuple(t for t in CALCULATED
+def calculated_targets(samples: Sequence[ZooSample], props: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Of ``props`` (default: every computed property, n_params / flops), those every model carries and
+    that vary (a constant has no ranking to score)."""
+    return tuple(t for t in (computed_properties() if props is None else props)
                  if samples and all(t in s.labels for s in samples) and len({s.labels[t] for s in samples}) > 1)
 
 
@@ -171,17 +172,18 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
             continue
         if i == 0:
             primary_targets = targets
-        learned = tuple(p for p in suite.predictors if p != "calc")
+        learned = tuple(p for p in suite.predictors if PREDICTORS.get(p).learned)
         exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), learned, targets,
                                overrides=suite.overrides_for(), keep_fitted=(i == 0)))
-        calc_targets = calculated_targets(ss)
-        if "calc" in suite.predictors and calc_targets:
-            exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), ("calc",), calc_targets))
+        for p in suite.predictors:  # zero-shot calculators: scored on the properties they compute
+            computed = calculated_targets(ss, PREDICTORS.get(p).computes)
+            if computed:
+                exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), (p,), computed))
     base = exps[0] if exps else None
     if base is None:
         return exps, primary, primary_targets
     fams = sorted({s.family for s in samples})
-    learned = tuple(p for p in suite.predictors if p != "calc")
+    learned = tuple(p for p in suite.predictors if PREDICTORS.get(p).learned)
     if suite.held_out_family and len(fams) > 1:
         held = [f for f in PREFERRED_ZOOS if f in fams] + [f for f in fams if f not in PREFERRED_ZOOS]
         for fam in held[:suite.max_held_out]:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from core.errors import ZooError
-from weightnet.data import Split, ZooSample, _width, split_samples
 from evaluation.widen import widen
+from weightnet.data import Split, ZooSample, _width, split_samples
 
 
 def family_split(samples: Sequence[ZooSample], family: str, seed: int) -> Split:

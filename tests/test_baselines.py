@@ -9,21 +9,36 @@ import torch
 
 from core.errors import ZooError
 from core.spec import permute, random_perms
-from fixtures.symmetry import break_coupling
-from fixtures.eval_zoo import synthetic_samples
-from evaluation.baselines import BASELINES
 from evaluation.baselines.calculators import flops
 from evaluation.baselines.features import statnn_vector
 from evaluation.baselines.nfn import NFN, NPLayer, layout, to_features
+from evaluation.predictors import PREDICTORS, make_predictor
+from fixtures.eval_zoo import synthetic_samples
+from fixtures.symmetry import break_coupling
 from weightnet.metrics import mae
 from weightnet.predictor import Predictor
 
-LEARNED = [n for n in BASELINES.names() if n != "calc"]
-FAST = {"nfn": {"epochs": 60}}  # keep the test budget small; the feature MLPs take well under a second
+LEARNED = [n for n, entry in PREDICTORS.items() if entry.learned]  # WeightNet and every learned baseline
+# keep the test budget small; the feature MLPs take well under a second
+FAST = {"nfn": {"epochs": 60}, "weightnet": {"d_model": 16, "heads": 2, "depth": 1, "epochs": 30, "ensemble": 1,
+                                             "probes": 4}}
 
 
 def _make(name: str):
-    return BASELINES.get(name)(**FAST.get(name, {}))
+    return PREDICTORS.get(name).make(**FAST.get(name, {}))
+
+
+@pytest.mark.parametrize("name", PREDICTORS.names())
+def test_every_registered_predictor_is_built_by_name(name):
+    pred = make_predictor(name)
+    assert isinstance(pred, Predictor) and pred.name == name
+    with pytest.raises((ZooError, TypeError), match="no_such_field"):  # a misspelt option is never dropped
+        make_predictor(name, overrides={"no_such_field": 1})
+
+
+def test_weightnet_is_registered_beside_the_baselines():
+    assert {"weightnet", "statnn-gbt", "statnn-mlp", "nfn", "flat-mlp", "calc"} <= set(PREDICTORS.names())
+    assert make_predictor("weightnet", overrides={"epochs": 3, "tokenizer.name": "layer"}).config.tokenizer.name == "layer"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +94,7 @@ def test_baseline_is_deterministic_given_the_seed(zoos, name):
 
 
 def test_calculators_are_exact_zero_shot(zoos):
-    calc = BASELINES.get("calc")()
+    calc = _make("calc")
     calc.fit([], [], ["n_params", "flops", "test_accuracy"], seed=0)
     s = zoos["mlp"][0]
     out = calc.predict([s])

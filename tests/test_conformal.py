@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.predictors import PREDICTORS
 from fixtures.eval_zoo import synthetic_samples
-from evaluation.baselines import BASELINES
-from weightnet.config import WeightNetConfig
 from weightnet.conformal import Conformal, clip_to_bounds, conformal_rank, property_bounds, split_calibration
-from weightnet.model import WeightNetPredictor
 
-LEARNED = [n for n in BASELINES.names() if n != "calc"]
-FAST = {"nfn": {"epochs": 30}, "statnn-mlp": {"epochs": 60}, "flat-mlp": {"epochs": 60}}
+LEARNED = [n for n, entry in PREDICTORS.items() if entry.learned]  # WeightNet and every learned baseline
+FAST = {"nfn": {"epochs": 30}, "statnn-mlp": {"epochs": 60}, "flat-mlp": {"epochs": 60},
+        "weightnet": {"d_model": 16, "heads": 2, "depth": 1, "epochs": 4, "ensemble": 1, "probes": 4}}
 
 
 def _coverage(n_cal: int, alpha: float, draws: int, rank_shift: int = 0) -> float:
@@ -89,12 +88,10 @@ def _with_shifted_labels(samples, ids, shift):
 
 
 def _make(name: str):
-    if name == "weightnet":
-        return WeightNetPredictor(WeightNetConfig(d_model=16, heads=2, depth=1, epochs=4, ensemble=1, probes=4))
-    return BASELINES.get(name)(**FAST.get(name, {}))
+    return PREDICTORS.get(name).make(**FAST.get(name, {}))
 
 
-@pytest.mark.parametrize("name", ["weightnet"] + LEARNED)
+@pytest.mark.parametrize("name", LEARNED)
 def test_calibration_models_never_influence_the_fit(name: str) -> None:
     """Shifting the calibration models' labels by 100 leaves every point prediction unchanged (the fit
     never saw them: not in training, early stopping or recalibration) and widens the intervals. With the

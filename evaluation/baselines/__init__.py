@@ -1,7 +1,5 @@
-"""Baseline property predictors, each behind ``weightnet.predictor.Predictor`` so evaluation treats
-WeightNet and the baselines alike (same samples, same splits, same metrics).
-
-    BASELINES.get("statnn-gbt")(seed=0) -> Predictor
+"""Baseline property predictors, each behind ``weightnet.predictor.Predictor`` and registered in
+``evaluation.predictors.PREDICTORS`` beside WeightNet, so evaluation treats them alike.
 
 Entries: ``flat-mlp`` (MLP on globally flattened weights), ``statnn-mlp`` / ``statnn-gbt``
 (Unterthiner et al. 2020 per-layer statistics), ``nfn`` (permutation-equivariant NP layers after
@@ -9,8 +7,4 @@ Zhou et al. 2023), ``calc`` (zero-shot architecture calculators for n_params and
 """
 from __future__ import annotations
 
-from core.registry import Registry
-
-BASELINES: Registry = Registry("baseline")
-
-from evaluation.baselines import calculators, flat, nfn, statnn  # noqa: E402,F401  (fill the registry)
+from evaluation.baselines import calculators, flat, nfn, statnn  # noqa: F401  (fill the registry)

@@ -9,7 +9,7 @@ import numpy as np
 
 from core.errors import ZooError
 from core.flops import count_flops, example_input
-from evaluation.baselines import BASELINES
+from evaluation.registry import predictor
 from weightnet.data import ZooSample
 
 CALCULATED = ("n_params", "flops")
@@ -56,7 +56,7 @@ class Calculator:
         return {t: (v, v.copy()) for t, v in self.predict(samples).items()}
 
 
-@BASELINES.register("calc")
+@predictor("calc", computes=CALCULATED)
 def calc(device: str = "cpu", **overrides) -> Calculator:
     if overrides:
         raise ZooError(f"the calculator baseline takes no options (got {', '.join(overrides)})")

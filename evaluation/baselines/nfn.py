@@ -26,7 +26,7 @@ from torch import nn
 
 from core.errors import ZooError
 from core.spec import WeightSpec
-from evaluation.baselines import BASELINES
+from evaluation.registry import predictor
 from evaluation.baselines.base import ConformalMixin, Standardizer, fit_torch, mlp, one_thread, target_matrix
 from weightnet.data import ZooSample
 
@@ -216,6 +216,11 @@ def supports(samples: Sequence[ZooSample]) -> bool:
     return len(lays) == 1
 
 
-@BASELINES.register("nfn")
+def unsupported(samples: Sequence[ZooSample]) -> str:
+    """'' when the NFN can read this zoo, else why not (the evaluation skips it and says so)."""
+    return "" if supports(samples) else "the NFN baseline needs one MLP/CNN tensor layout across the zoo"
+
+
+@predictor("nfn", skip=unsupported)
 def nfn(device: str = "cpu", **overrides) -> NFNPredictor:
     return NFNPredictor(NFNConfig(**overrides), device)

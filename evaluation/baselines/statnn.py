@@ -6,15 +6,15 @@ paper's strongest variant).
 """
 from __future__ import annotations
 
-from evaluation.baselines import BASELINES
+from evaluation.registry import predictor
 from evaluation.baselines.features import FeatureModelConfig, FeaturePredictor, statnn_vector
 
 
-@BASELINES.register("statnn-mlp")
+@predictor("statnn-mlp")
 def statnn_mlp(device: str = "cpu", **overrides) -> FeaturePredictor:
     return FeaturePredictor("statnn-mlp", statnn_vector, FeatureModelConfig(model="mlp", **overrides), device)
 
 
-@BASELINES.register("statnn-gbt")
+@predictor("statnn-gbt")
 def statnn_gbt(device: str = "cpu", **overrides) -> FeaturePredictor:
     return FeaturePredictor("statnn-gbt", statnn_vector, FeatureModelConfig(model="gbt", **overrides), device)
