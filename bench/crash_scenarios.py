@@ -22,7 +22,6 @@ import os
 import pathlib
 import queue
 import random
-import shutil
 import subprocess
 import sys
 import tempfile

@@ -56,10 +56,6 @@ def sensitivity(predictor, samples: Sequence[ZooSample], mode: str = "zero",
     return out
 
 
-def top_layers(sens: dict[str, dict[str, float]], k: int = 3) -> dict[str, list[tuple[str, float]]]:
-    return {t: sorted(v.items(), key=lambda kv: -kv[1])[:k] for t, v in sens.items()}
-
-
 def attention(predictor, samples: Sequence[ZooSample]) -> dict[str, float] | None:
     """Attention mass per ``kind@depth`` when the predictor exposes it, else None."""
     fn = getattr(predictor, "attention_by_layer", None)

@@ -285,15 +285,11 @@ class Lake:
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
 
-    def query(self, query: str) -> duckdb.DuckDBPyRelation | None:
-        """One user statement. On a read-only lake only a single SELECT/EXPLAIN is accepted: DDL, DML,
-        ATTACH/DETACH, USE, SET, COPY, CALL... are refused before they run."""
-        self._check_statement(query)
-        return self.sql(query)
-
     def query_table(self, query: str) -> Any:
-        """``query`` (checked as by ``query``) run to completion: a pyarrow Table, or None for a statement
-        without a result. Retried whole on a busy catalog, so `zoo sql` beside writers never fails on a lock."""
+        """One user statement run to completion: a pyarrow Table, or None for a statement without a
+        result. On a read-only lake only a single SELECT/EXPLAIN is accepted: DDL, DML, ATTACH/DETACH, USE,
+        SET, COPY, CALL... are refused before they run. Retried whole on a busy catalog, so `zoo sql`
+        beside writers never fails on a lock."""
         self._check_statement(query)
 
         def once() -> Any:

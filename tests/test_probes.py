@@ -16,7 +16,7 @@ from fixtures.weightnet_models import example_sample, hidden_groups, weightnet_a
 from weightnet.config import WeightNetConfig
 from evaluation.widen import widen
 from weightnet.model import WeightNetPredictor
-from weightnet.probes import ProbeRunner, init_probes
+from weightnet.probes import ProbeRunner
 
 WIDENABLE = ("mlp", "cnn", "wildcnn")  # evaluation.widen handles linear / conv / norm tensors
 
@@ -39,7 +39,7 @@ def test_probe_outputs_are_permutation_invariant_and_see_broken_coupling(arch: s
     runner = ProbeRunner()
     h = runner.handle(s)
     assert h is not None, f"{arch} cannot be rebuilt"
-    probes = init_probes(8, h.input_shape, torch.Generator().manual_seed(1))
+    probes = torch.rand((8, *h.input_shape), generator=torch.Generator().manual_seed(1))  # as WeightNet starts them
     n_out = runner.out_dim(h)
     perm = with_state(s, permute(s.state, s.spec, random_perms(s.spec, rng)), "perm")
     broken = with_state(s, break_coupling(s.state, s.spec, rng), "broken")
@@ -82,7 +82,7 @@ def test_probes_are_learned_end_to_end_from_noise(rng: torch.Generator) -> None:
     assert 0 <= float(fresh.probes.min()) and float(fresh.probes.max()) < 1  # they started as uniform noise
     # the gradient reaches the probes through the rebuilt models
     m = p.model.train()
-    reg, _ = m(p._batch(p.pipeline.many(train)), p.runner.handles(train))
+    reg = m(p._batch(p.pipeline.many(train)), p.runner.handles(train))
     reg.sum().backward()
     assert m.probes.grad is not None and float(m.probes.grad.abs().sum()) > 0
 

@@ -68,7 +68,6 @@ class WeightNetConfig:
     loss: str = "huber"  # regression loss on standardized targets
     rank_loss: float = 3.0  # weight of a pairwise logistic ranking loss within each batch (helps Kendall tau)
     loss_weights: tuple[tuple[str, float], ...] = ()  # (property, weight); default 1
-    thresholds: tuple[tuple[str, float], ...] = ()  # (property, t): extra classification head "value > t"
     lr: float = 2e-3
     weight_decay: float = 1e-2
     epochs: int = 40
@@ -102,7 +101,6 @@ class WeightNetConfig:
         if self.d_model % self.heads:
             raise ZooError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
         object.__setattr__(self, "loss_weights", tuple(tuple(x) for x in self.loss_weights))
-        object.__setattr__(self, "thresholds", tuple(tuple(x) for x in self.thresholds))
 
     @property
     def id(self) -> str:

@@ -39,7 +39,7 @@ class WeightNetPredictor:
         self.device = device
         self.pipeline = pipeline or TokenPipeline(self.config.tokenizer)
         self.targets: list[str] = []
-        self.model: WeightNetModel | None = None  # the first ensemble member (embeddings, probabilities)
+        self.model: WeightNetModel | None = None  # the first ensemble member (embeddings, attention)
         self.members: list[WeightNetModel] = []  # predictions average every member
         self.target_mean = torch.zeros(0)
         self.target_std = torch.ones(0)
@@ -52,10 +52,6 @@ class WeightNetPredictor:
         self.history: list[dict] = []
 
     # -- helpers --
-    @property
-    def thresholds(self) -> list[tuple[str, float]]:
-        return [(p, float(t)) for p, t in self.config.thresholds if p in self.targets]
-
     def _labels(self, samples: Sequence[ZooSample]) -> torch.Tensor:
         return torch.tensor([[s.labels.get(t, float("nan")) for t in self.targets] for s in samples],
                             dtype=torch.float32).reshape(len(samples), len(self.targets))
@@ -71,8 +67,7 @@ class WeightNetPredictor:
         self.probe_out = self.runner.out_dim(next(h for h in handles if h is not None and h.input_shape == self.probe_shape))
 
     def _new_model(self, n_summary: int) -> "WeightNetModel":
-        m = WeightNetModel(self.config, len(self.targets), len(self.thresholds), n_summary, self.probe_shape,
-                           self.probe_out).to(self.device)
+        m = WeightNetModel(self.config, len(self.targets), n_summary, self.probe_shape, self.probe_out).to(self.device)
         m.runner = self.runner
         return m
 
@@ -81,7 +76,7 @@ class WeightNetPredictor:
         width = model.n_summary if model is not None else 0
         return {k: v.to(self.device) for k, v in collate(toks, width).items()}
 
-    def _loss(self, reg: torch.Tensor, cls: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(self, reg: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         z = (y - self.target_mean.to(y.device)) / self.target_std.to(y.device)
         ok = ~torch.isnan(z)
         weights = dict(self.config.loss_weights)
@@ -96,13 +91,6 @@ class WeightNetPredictor:
             pair = (dz > 0) & ok[:, None] & ok[None, :]
             rl = F.softplus(-dp) * pair * w[:1]
             loss = loss + self.config.rank_loss * rl.sum() / pair.sum().clamp_min(1)
-        for j, (prop, thr) in enumerate(self.thresholds):
-            col = self.targets.index(prop)
-            okc = ok[:, col]
-            if okc.any():
-                target = (y[okc, col] > thr).long()
-                ce = F.cross_entropy(cls[okc, 2 * j:2 * j + 2], target)
-                loss = loss + float(weights.get(f"{prop}>{thr}", 1.0)) * ce
         return loss
 
     # -- training --
@@ -181,8 +169,8 @@ class WeightNetPredictor:
                 model.train()
                 tr_loss = 0.0
                 for idx in buckets(lengths, cfg.batch_size, gen):
-                    reg, cls = model(self._batch([tr_tok[i] for i in idx], model), [tr_h[i] for i in idx])
-                    loss = self._loss(reg, cls, y_tr[idx].to(self.device))
+                    reg = model(self._batch([tr_tok[i] for i in idx], model), [tr_h[i] for i in idx])
+                    loss = self._loss(reg, y_tr[idx].to(self.device))
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -211,18 +199,15 @@ class WeightNetPredictor:
         for idx in buckets([len(t) for t in toks], self.config.batch_size):
             b = self._batch([toks[i] for i in idx], members[0])  # members share the summary width
             h = [handles[i] for i in idx] if handles is not None else None
-            outs = [m.eval()(b, h) for m in members]
-            reg = torch.stack([o[0] for o in outs]).mean(0)
-            cls = torch.stack([o[1] for o in outs]).mean(0)
-            total += float(self._loss(reg, cls, y[idx].to(self.device))) * len(idx)
+            reg = torch.stack([m.eval()(b, h) for m in members]).mean(0)
+            total += float(self._loss(reg, y[idx].to(self.device))) * len(idx)
         return total / max(1, len(toks))
 
     def mean_baseline_loss(self, samples: Sequence[ZooSample]) -> float:
         """Loss of always predicting the training mean (for 'well below the mean' checks)."""
         y = self._labels(samples)
         reg = torch.zeros(len(samples), len(self.targets))
-        cls = torch.zeros(len(samples), 2 * len(self.thresholds))
-        return float(self._loss(reg, cls, y))
+        return float(self._loss(reg, y))
 
     # -- prediction --
     @torch.no_grad()
@@ -239,7 +224,7 @@ class WeightNetPredictor:
             # CPU flash attention), and the per-member Python overhead is ~1% at batch 256
             b = self._batch([toks[i] for i in idx], members[0])
             h = [handles[i] for i in idx] if handles is not None else None
-            reg = torch.stack([m.eval()(b, h)[0].float().cpu() for m in members]).mean(0)
+            reg = torch.stack([m.eval()(b, h).float().cpu() for m in members]).mean(0)
             out[idx] = reg * self.target_std + self.target_mean
         return out * self.calibration[:, 0] + self.calibration[:, 1]
 
@@ -257,19 +242,6 @@ class WeightNetPredictor:
         self.model.eval()
         toks, handles = self.pipeline.many(samples), self.runner.handles(samples)
         return torch.cat([self.model.head_input(self._batch([t]), [h]).cpu() for t, h in zip(toks, handles)]).numpy()
-
-    @torch.no_grad()
-    def predict_proba(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
-        """P(property > threshold) for each configured threshold, keyed 'property>threshold' (member mean)."""
-        assert self.model is not None
-        toks, handles = self.pipeline.many(samples), self.runner.handles(samples)
-        b = self._batch(toks)
-        probs = []  # per member (N, n_thresholds)
-        for m in self.members or [self.model]:
-            cls = m.eval()(b, handles)[1].reshape(len(toks), -1, 2)
-            probs.append(torch.softmax(cls, 2)[:, :, 1])
-        mean = torch.stack(probs).mean(0).cpu().numpy()
-        return {f"{p}>{t:g}": mean[:, j] for j, (p, t) in enumerate(self.thresholds)}
 
     def attention_by_layer(self, samples: Sequence[ZooSample]) -> dict[str, float]:
         """``kind@depth`` -> share of the encoder's attention on that layer (see ``weightnet.attention``)."""
@@ -306,7 +278,10 @@ class WeightNetPredictor:
             ck = torch.load(path, weights_only=True, map_location=device)
         except (OSError, RuntimeError) as e:
             raise ZooError(f"cannot load WeightNet checkpoint {path}: {e}") from None
-        cfg = WeightNetConfig.from_dict(ck["config"])
+        config = dict(ck["config"])
+        if config.pop("thresholds", ()):  # older checkpoints name the removed classification heads (unused: empty)
+            raise ZooError(f"WeightNet checkpoint {path} uses threshold classification heads, which were removed")
+        cfg = WeightNetConfig.from_dict(config)
         p = cls(cfg, device, TokenPipeline(cfg.tokenizer, ck.get("references")))
         p.targets = list(ck["targets"])
         p.target_mean, p.target_std = ck["target_mean"], ck["target_std"]

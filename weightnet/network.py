@@ -76,7 +76,7 @@ Handles = Sequence["ProbeHandle | None"]
 
 
 class WeightNetModel(nn.Module):
-    def __init__(self, cfg: WeightNetConfig, n_regression: int, n_classification: int, n_summary: int = 0,
+    def __init__(self, cfg: WeightNetConfig, n_regression: int, n_summary: int = 0,
                  probe_shape: Sequence[int] | None = None, probe_out: int = 0):
         super().__init__()
         d, fdim = cfg.d_model, feature_dim(cfg.tokenizer)
@@ -110,7 +110,6 @@ class WeightNetModel(nn.Module):
         self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
         self.regress = nn.Linear(d_head, n_regression)
-        self.classify = nn.Linear(d_head, 2 * n_classification) if n_classification else None
 
     def probe_tokens(self, handles: Handles) -> tuple[torch.Tensor, torch.Tensor]:
         """((B, P, 2 * probe_out) probe features, (B,) bool: the model could be run) for each handle."""
@@ -153,7 +152,6 @@ class WeightNetModel(nn.Module):
             z = torch.cat([z, self.summary(s)], 1)
         return self.drop(z)
 
-    def forward(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.head_input(b, handles)
-        cls = self.classify(z) if self.classify is not None else z[:, :0]
-        return self.regress(z), cls
+    def forward(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
+        """(B, n_regression) standardized predictions."""
+        return self.regress(self.head_input(b, handles))

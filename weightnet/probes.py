@@ -132,8 +132,3 @@ def probe_features(logits: torch.Tensor) -> torch.Tensor:
     Both are unchanged by adding a constant to every logit (which a function-preserving change may do)."""
     logp = F.log_softmax(logits.float(), -1)
     return torch.cat([logp.exp(), logp.clamp_min(LOGP_FLOOR) / 10], -1)
-
-
-def init_probes(n: int, input_shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
-    """(n, *input_shape) uniform [0, 1) noise: the probes' starting point (learned afterwards)."""
-    return torch.rand((n, *input_shape), generator=generator)

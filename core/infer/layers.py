@@ -2,10 +2,8 @@
 batch/layer/group norms, attention, softmax, reductions, pooling, unary and broadcasting binary ops."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from core.infer.axes import Axes
 from core.infer.graph import Ctx, fix_everything, op_name, out_shapes
 
 

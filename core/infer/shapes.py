@@ -3,10 +3,9 @@ select/slice (fix the indexed axis), cat/stack/split (fix the concatenated or sp
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from core.infer.axes import Axes
-from core.infer.graph import Ctx, fix_everything, op_name, out_shapes
+from core.infer.graph import Ctx, op_name, out_shapes
 
 
 def reshape(axes: Axes, xs: list[int], ishape: tuple, oshape: tuple) -> list[int]:
@@ -121,7 +120,7 @@ def r_stack(c: Ctx) -> list[int]:
 
 
 def r_split(c: Ctx) -> tuple:
-    x, shp = c.a(0), c.s(0)
+    x = c.a(0)
     name = op_name(c.node)
     d = int(c.args[1] if name == "unbind" else (c.args[2] if len(c.args) > 2 and c.args[2] is not None else 0))
     d %= len(x)
