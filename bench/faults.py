@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from core.registry import Registry  # noqa: E402
 from storage.lake import Lake  # noqa: E402
-from storage.load import LoadConfig, LoadResult, run_load  # noqa: E402
+from bench.loadgen.load import LoadConfig, LoadResult, run_load  # noqa: E402
 from storage.pgserver import NoPostgres, local_postgres  # noqa: E402
-from storage.stress import audit, check_consistent  # noqa: E402
+from bench.loadgen.stress import audit, check_consistent  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ def concurrent_writers(location: str, writers: int, batches: int, size: int, env
     with Lake.open(location, create=True):
         pass
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "storage.stress", "writer", location, str(w), str(batches), str(size)],
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.loadgen.stress", "writer", location, str(w), str(batches),
+                               str(size)],
                               cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
              for w in range(writers)]
@@ -163,13 +164,13 @@ def postgres_writers(work: pathlib.Path, size: Size) -> Outcome:
 
 @SCENARIOS.register("sqlite-load")
 def sqlite_load(work: pathlib.Path, size: Size) -> Outcome:
-    """Readers beside writers on a SQLite catalog (storage/load.py)."""
+    """Readers beside writers on a SQLite catalog (bench/loadgen/load.py)."""
     return load_outcome("sqlite:" + str(work / "sqlite-load"), size)
 
 
 @SCENARIOS.register("postgres-load")
 def postgres_load(work: pathlib.Path, size: Size) -> Outcome:
-    """Readers beside writers on a PostgreSQL catalog (storage/load.py)."""
+    """Readers beside writers on a PostgreSQL catalog (bench/loadgen/load.py)."""
     with postgres_location(work, size, "pg-load") as loc:
         return load_outcome(loc, size)
 

@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
 
 from core.errors import ZooError
 from core.net import free_port
@@ -119,17 +118,3 @@ def stop(proc: subprocess.Popen, grace: float = 15.0) -> int | None:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(10)
-
-
-def wait_flow_run(flow_run_id: Any, timeout: float = 300.0, poll: float = 1.0) -> Any:
-    """The final state of a flow run (polling the API), or ServerError when it is not final in time."""
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            state = client.read_flow_run(flow_run_id).state
-            if state is not None and state.is_final():
-                return state
-            time.sleep(poll)
-    raise ServerError(f"flow run {flow_run_id} did not finish within {timeout:.0f} s")

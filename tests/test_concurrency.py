@@ -11,13 +11,14 @@ import time
 import pytest
 
 from storage.lake import Lake
-from storage.stress import audit, check_consistent
+from bench.loadgen.stress import audit, check_consistent
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def start_writers(location: str, writers: int, batches: int, size: int, env: dict | None = None) -> list:
-    return [subprocess.Popen([sys.executable, "-m", "storage.stress", "writer", location, str(w), str(batches), str(size)],
+    return [subprocess.Popen([sys.executable, "-m", "bench.loadgen.stress", "writer", location, str(w), str(batches),
+                              str(size)],
                              cwd=ROOT, env={**os.environ, "ZOO_LOCK_TIMEOUT": "120", **(env or {})},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for w in range(writers)]

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from deploy.deployments import POOLS, k8s_gpu_template, register, specs
-from deploy.server import start_worker, stop, wait_flow_run
+from deploy.server import start_worker, stop
+from fixtures.prefect_runs import wait_flow_run
 from storage.lake import Lake
 
 FAMILY = "digits-mlp"  # the cheapest digits family keeps the runs short

@@ -40,12 +40,12 @@ def test_quick_load_and_writer_scenarios_pass_on_sqlite(capsys):
 
 
 def test_a_reader_thread_forced_to_fail_makes_the_bench_fail(capsys, monkeypatch):
-    import storage.load
+    import bench.loadgen.load
 
     def broken(lake, size):
         raise RuntimeError("injected reader crash")
 
-    monkeypatch.setattr(storage.load, "consistent_snapshot", broken)
+    monkeypatch.setattr(bench.loadgen.load, "consistent_snapshot", broken)
     code, out = run_bench(capsys, "--only", "sqlite-load")
     assert code == 1, out
     assert "FAILURE sqlite-load: reader thread: RuntimeError: injected reader crash" in out
@@ -53,9 +53,9 @@ def test_a_reader_thread_forced_to_fail_makes_the_bench_fail(capsys, monkeypatch
 
 
 def test_a_zoo_sql_reader_process_failing_makes_the_bench_fail(capsys, monkeypatch):
-    import storage.load
+    import bench.loadgen.load
 
-    monkeypatch.setattr(storage.load, "consistency_sql", lambda size: "SELECT * FROM no_such_table")
+    monkeypatch.setattr(bench.loadgen.load, "consistency_sql", lambda size: "SELECT * FROM no_such_table")
     code, out = run_bench(capsys, "--only", "sqlite-load")
     assert code == 1, out
     assert "FAILURE sqlite-load: zoo sql reader: RuntimeError: zoo sql exited 2" in out

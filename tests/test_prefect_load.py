@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from deploy.deployments import register
-from deploy.server import PREFECT, prefect_env, stop, wait_flow_run
+from deploy.server import PREFECT, prefect_env, stop
+from fixtures.prefect_runs import wait_flow_run
 from storage.lake import Lake
 
 FAMILY = "digits-mlp"
@@ -67,7 +68,7 @@ def test_two_nightly_relabels_triggered_together_never_overlap(prefect_server, l
     server, home = prefect_server
     with Lake.open(load_lake) as lk:
         if not lk.fetch("SELECT count(*) FROM models")[0][0]:  # run alone: give it something to label
-            from storage.stress import make_batch
+            from bench.loadgen.stress import make_batch
             from storage.writes import write_models
 
             write_models(lk, make_batch(0, 0, 3), "models to relabel")

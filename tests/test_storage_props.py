@@ -17,7 +17,7 @@ from core.errors import BadWeights, LakeError, ZooError
 from storage.files import state_from_safetensors, state_to_safetensors
 from storage.lake import Lake
 from storage.schema import TABLES
-from storage.stress import make_batch
+from bench.loadgen.stress import make_batch
 from storage.writes import write_models
 from cli.main import app
 

@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import LakeError
 from storage.lake import Lake, LakeConfig, redact
-from storage.stress import make_batch
+from bench.loadgen.stress import make_batch
 from storage.writes import write_models
 
 SECRET = "sup3r-s3cret-Value/42"

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 import pytest
 
 from deploy.deployments import register
-from deploy.server import start_worker, stop, wait_flow_run
+from deploy.server import start_worker, stop
+from fixtures.prefect_runs import wait_flow_run
 from storage.lake import Lake
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")

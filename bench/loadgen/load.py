@@ -1,10 +1,10 @@
 """Readers beside writers for a bounded time (issue 19 §3), shared by bench/faults.py and the tests.
 
-``run_load`` starts ``writers`` writer processes (storage.stress: batches of tiny models + a label each,
-for ``seconds`` after each has started) and ``readers`` readers, reading until the last writer exits: ``sql_readers`` of them loop over real `zoo sql`
-processes, the rest are threads of this process opening the lake read-only. Every read is ONE
-statement (storage.stress.consistency_sql), so it sees one snapshot, which must be consistent and never
-older than the reader's previous one. Every thread's and process's outcome is counted: an exception,
+``run_load`` starts ``writers`` writer processes (bench.loadgen.stress: batches of tiny models + a label
+each, for ``seconds`` after each has started) and ``readers`` readers, reading until the last writer
+exits: ``sql_readers`` of them loop over real `zoo sql` processes, the rest are threads of this process
+opening the lake read-only. Every read is ONE statement (bench.loadgen.stress.consistency_sql), so it
+sees one snapshot, which must be consistent and never older than the reader's previous one. Every thread's and process's outcome is counted: an exception,
 a non-zero exit or an inconsistent snapshot is a failure, kept with its message.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from storage.lake import Lake
-from storage.stress import assert_consistent_counts, audit_counts, consistency_sql, consistent_snapshot
+from bench.loadgen.stress import assert_consistent_counts, audit_counts, consistency_sql, consistent_snapshot
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def run_load(location: str, config: LoadConfig = LoadConfig()) -> LoadResult:
             res.latencies.append(latency)
 
     t0 = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, "-m", "storage.stress", "writer", location, str(w), str(10**6),
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.loadgen.stress", "writer", location, str(w), str(10**6),
                                str(config.batch_size), str(config.seconds)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for w in range(config.writers)]

@@ -1,8 +1,8 @@
 """Concurrent-writer scenarios for the store, shared by tests/test_concurrency.py and bench/faults.py.
 
-Run as ``python -m storage.stress writer LOCATION WRITER_ID N_BATCHES BATCH_SIZE [SECONDS]`` (one writer
+Run as ``python -m bench.loadgen.stress writer LOCATION WRITER_ID N_BATCHES BATCH_SIZE [SECONDS]`` (one writer
 process; with SECONDS it stops after the batch that passes that time and prints ``batches=K``) or
-``python -m storage.stress reader LOCATION SECONDS SIZE`` (checks snapshots while writers run).
+``python -m bench.loadgen.stress reader LOCATION SECONDS SIZE`` (checks snapshots while writers run).
 A writer stores ``N_BATCHES`` batches of tiny models (one snapshot each) and a label per model (one
 more snapshot per batch), like a build and a labeling run interleaved. Model ids are deterministic,
 so ``audit`` knows exactly which rows must exist.
