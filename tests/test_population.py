@@ -11,9 +11,9 @@ import dataclasses
 import pytest
 import torch
 
+from fixtures import population as shared
 from fixtures.symmetry import assert_states_close
 from zoo.archs import build
-from zoo.datasets import load_dataset
 from zoo.population import POPULATIONS, Member, Population, train_population
 from zoo.population_archs import CONV_IMPLS
 from zoo.sampling import TrainConfig
@@ -34,12 +34,11 @@ IMAGE_ARCHS = [a for a in POPULATIONS.names() if not a.endswith("1d")]
 @pytest.fixture(scope="module")
 def digits():
     """The digits splits with 300 training examples: enough to train, small enough to be quick."""
-    s = load_dataset("digits", 0)
-    return dataclasses.replace(s, x_train=s.x_train[:300], y_train=s.y_train[:300])
+    return shared.first_train_examples("digits", 300)
 
 
 def arch_config(arch: str, splits) -> dict:
-    return {**CONFIGS[arch], "input_shape": list(splits.info.input_shape), "n_classes": splits.info.n_classes}
+    return shared.arch_config(CONFIGS, arch, splits)
 
 
 def test_every_population_arch_is_a_registered_arch():
@@ -52,40 +51,13 @@ def test_every_population_arch_is_a_registered_arch():
 @pytest.mark.parametrize("arch", IMAGE_ARCHS)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
 def test_population_of_one_matches_the_plain_loop(digits, arch, optimizer):
-    cfg = arch_config(arch, digits)
-    tc = TrainConfig(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 2e-3, l2=1e-4, init="xavier",
-                     train_fraction=0.5, label_noise=0.1, batch_size=48, epochs=2, checkpoints=(0, 1, 2))
-    plain = train_plain(arch, cfg, build(arch, cfg).spec, digits, tc, seed=5)
-    pop = train_population(Population(arch, cfg, [Member(tc, 5)]), digits)[0]
-    assert [(c.epoch, c.step) for c in plain] == [(c.epoch, c.step) for c in pop]
+    pop = shared.assert_population_of_one_matches_the_plain_loop(arch, arch_config(arch, digits), digits, optimizer)
     assert pop[0].step == 0 and pop[1].step == 4  # ceil(150 / 48) steps per epoch, the short batch included
-    assert_states_close(plain[0].state, pop[0].state, atol=0)  # the same initialization, bit for bit
-    for a, b in zip(plain[1:], pop[1:]):
-        assert_states_close(a.state, b.state, atol=1e-4)
-    moved = max((plain[-1].state[k] - plain[0].state[k]).abs().max() for k in plain[0].state)
-    assert moved > 1e-3  # it did train, so agreement above is not trivial
 
 
 @pytest.mark.parametrize("arch", IMAGE_ARCHS)
 def test_members_do_not_interact(digits, arch):
-    """A member trained among others with other hyperparameters equals the member trained alone;
-    reordering the population reorders the results."""
-    cfg = arch_config(arch, digits)
-    members = [
-        Member(TrainConfig(optimizer="adam", lr=3e-3, dropout=0.3, batch_size=32, epochs=1, checkpoints=(1,)), 1),
-        Member(TrainConfig(optimizer="sgd", lr=0.1, l2=1e-3, init="orthogonal", train_fraction=0.25, batch_size=64,
-                           epochs=1, checkpoints=(1,)), 2),
-        Member(TrainConfig(optimizer="rmsprop", lr=1e-3, init="normal", init_scale=0.05, label_noise=0.2,
-                           batch_size=64, epochs=1, checkpoints=(1,)), 3),
-    ]
-    together = train_population(Population(arch, cfg, members), digits)
-    reversed_ = train_population(Population(arch, cfg, members[::-1]), digits)
-    for i, m in enumerate(members):
-        alone = train_population(Population(arch, cfg, [m]), digits)[0]
-        assert_states_close(together[i][-1].state, alone[-1].state, atol=1e-5)
-        assert_states_close(reversed_[len(members) - 1 - i][-1].state, alone[-1].state, atol=1e-5)
-    a, b = together[0][-1].state, together[1][-1].state
-    assert any(not torch.allclose(a[k], b[k]) for k in a)
+    shared.assert_members_do_not_interact(arch, arch_config(arch, digits), digits)
 
 
 @pytest.mark.parametrize("arch", IMAGE_ARCHS)
@@ -94,17 +66,8 @@ def test_extracted_members_compute_the_population_logits(digits, arch, conv_impl
     cfg = arch_config(arch, digits)
     members = [Member(TrainConfig(optimizer=o, epochs=1, checkpoints=(1,)), s)
                for s, o in enumerate(("sgd", "adam", "rmsprop", "adam"))]
-    pop = Population(arch, cfg, members, conv_impl=conv_impl)
-    train_population(pop, digits)
-    x = digits.x_test[:100]
-    logits = pop.predict(x)  # (G, N, K)
-    for m in range(pop.size):
-        module = build(arch, cfg).module
-        module.load_state_dict(pop.extract(m))
-        module.eval()
-        with torch.no_grad():
-            assert torch.allclose(module(x), logits[m], atol=1e-5)
-    assert not torch.allclose(logits[0], logits[1])
+    shared.assert_extracted_members_compute_the_population_logits(Population(arch, cfg, members, conv_impl=conv_impl),
+                                                                  digits)
 
 
 def test_seeds_decide_initialization(digits):
