@@ -8,12 +8,12 @@ import typer
 from typer.exceptions import TyperException
 
 from core.errors import ZooError
-from cli import build, evaluate, ingest, label, store, weightnet_cmd
+from cli import build, evaluate, ingest, label, recipes, store, weightnet_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="WeightNet Zoo: build, label and query a versioned zoo of neural-network weights.")
 
-COMMAND_MODULES = (store, build, ingest, label, weightnet_cmd, evaluate)
+COMMAND_MODULES = (store, build, ingest, label, recipes, weightnet_cmd, evaluate)
 
 for _module in COMMAND_MODULES:
     _module.register(app)

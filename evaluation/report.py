@@ -1,4 +1,4 @@
-"""The evaluation report: headline table, issue-7 targets, all result tables, and PNG plots."""
+"""The evaluation report: headline table, the targets (evaluation.targets), all result tables, and PNG plots."""
 from __future__ import annotations
 
 import json
@@ -8,72 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from evaluation.experiments import lookup
 from weightnet.metrics import fmt
-
-STATNN = ("statnn-gbt", "statnn-mlp")
-TARGET_TEXT = {
-    "digits-cnn": "digits-CNN zoo: WeightNet's Kendall tau on test accuracy beats StatNN by >= 0.02 and beats the NFN baseline",
-    "wildcnn": "heterogeneous wildcnn zoo: Kendall tau >= 0.90 on test accuracy",
-    "held-out": "held-out architecture family: Kendall tau >= 0.80 on test accuracy",
-    "widening": "4x function-preserving widening: R2 drops by at most 0.02",
-}
-
-
-def _m(row: dict | None, metric: str) -> float:
-    return row[metric][0] if row and metric in row else math.nan
-
-
-def _target(key: str, measured: str, met: bool | None) -> dict:
-    return {"target": TARGET_TEXT[key], "measured": measured, "met": met}
-
-
-def _retest(reliability: dict | None, family: str) -> str:
-    r = (reliability or {}).get(family)
-    return "" if r is None else f" [label retest tau {r['bootstrap_tau']:.2f}/{r['split_half_tau']:.2f}]"
-
-
-def check_targets(rows: Sequence[dict], reliability: dict | None = None) -> list[dict]:
-    """Each issue-7 target with its measured numbers; met=None when it was not measured in this run.
-    With ``reliability`` (family -> retest taus, see ``reliability``), the label's own retest taus
-    (bootstrap/split-half) follow each family's measured tau."""
-    out = []
-    exp = "digits-cnn / random"
-    wn = _m(lookup(rows, exp, "weightnet", "test_accuracy"), "kendall_tau")
-    st = max((_m(lookup(rows, exp, n, "test_accuracy"), "kendall_tau") for n in STATNN), default=math.nan,
-             key=lambda v: -math.inf if math.isnan(v) else v)
-    nf = _m(lookup(rows, exp, "nfn", "test_accuracy"), "kendall_tau")
-    if math.isnan(wn) or math.isnan(st) or math.isnan(nf):
-        have = ", ".join(f"{n} {v:.3f}" for n, v in (("WeightNet", wn), ("best StatNN", st), ("NFN", nf))
-                         if not math.isnan(v))
-        out.append(_target("digits-cnn", "not measured" + (f" (only {have})" if have else " (no digits-cnn zoo)"),
-                           None))
-    else:
-        out.append(_target("digits-cnn", f"WeightNet {wn:.3f}, best StatNN {st:.3f} (diff {wn - st:+.3f}), NFN {nf:.3f}",
-                           wn - st >= 0.02 and wn > nf))
-    wc = _m(lookup(rows, "wildcnn / random", "weightnet", "test_accuracy"), "kendall_tau")
-    out.append(_target("wildcnn", "not measured" if math.isnan(wc) else f"WeightNet {wc:.3f}" + _retest(reliability, "wildcnn"),
-                       None if math.isnan(wc) else wc >= 0.90))
-    held = [(r["experiment"], r["kendall_tau"][0]) for r in rows if r["experiment"].startswith("held-out family")
-            and r["predictor"] == "weightnet" and r["property"] == "test_accuracy" and r["test_set"] == "test"]
-    held = [(e, v) for e, v in held if not math.isnan(v)]
-    if held:
-        worst = min(v for _, v in held)
-        out.append(_target("held-out", "; ".join(f"{e.split()[-1]} {v:.3f}{_retest(reliability, e.split()[-1])}"
-                                                 for e, v in held) + f" (worst {worst:.3f})",
-                           worst >= 0.80))
-    else:
-        out.append(_target("held-out", "not measured", None))
-    wid = [r for r in rows if r["experiment"].endswith("/ widths") and r["predictor"] == "weightnet"
-           and r["property"] == "test_accuracy"]
-    base = next((_m(r, "r2") for r in wid if r["test_set"] == "test"), math.nan)
-    x4 = next((_m(r, "r2") for r in wid if r["test_set"] == "widened x4"), math.nan)
-    if math.isnan(base) or math.isnan(x4):
-        out.append(_target("widening", "not measured", None))
-    else:
-        out.append(_target("widening", f"R2 {base:.3f} -> {x4:.3f} (drop {base - x4:+.3f})", base - x4 <= 0.02))
-    return out
-
 
 def headline_rows(rows: Sequence[dict], primary: str) -> list[dict]:
     """Random-split rows of every zoo (primary first), one per predictor and property, best tau first."""

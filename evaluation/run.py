@@ -1,14 +1,16 @@
-"""``evaluate``: the comparison suites, the issue-7 targets, and the report.
+"""``evaluate``: the comparison suites, the issue-14 targets (evaluation.targets), and the report.
 
 Suites (``SUITES``):
 - ``small`` (default, minutes on the demo zoo): random split by training run on up to two families,
   WeightNet vs StatNN (GBT and MLP) vs NFN vs flat MLP (+ calculators when n_params/flops are
   labelled), test_accuracy and two more labels, 3 seeds.
-- ``standard``: every family; the pooled zoo; held-out families; held-out widths (2x/4x
+- ``standard``: every family (each with its "outside recipes" test set when models of its architecture
+  were ingested, see ``zoo recipes``); the pooled zoo; held-out families; held-out widths (2x/4x/8x
   function-preserving widenings and wider-trained models); held-out learning-rate range; the seed's
   ablations; a learning curve; sensitivity and WeightNet's attention by layer kind and depth.
-- ``cross``: only the cross-architecture issue-7 targets: the wildcnn zoo on a random split and every
-  family held out in turn (trained on the others), test_accuracy only, WeightNet vs StatNN vs NFN.
+- ``cross``: only the cross-architecture targets: the heterogeneous zoos (``WILD_ZOOS``) on a random
+  split and every family held out in turn (trained on the other families of its input space),
+  test_accuracy only, WeightNet vs StatNN vs NFN.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from core.errors import ZooError
 from core.hashing import code_version, stable_hash
 from evaluation import ablations, experiments, interpret, report, splits
+from evaluation import targets as targets_mod
 from evaluation.experiments import Experiment
 from evaluation.predictors import PREDICTORS, WEIGHTNET, computed_properties
 from labeling.reliability import label_reliability
@@ -35,9 +38,12 @@ from weightnet.data import ZooSample, load_samples, split_samples
 
 PREFERRED_TARGETS = ("test_accuracy", "gen_gap_accuracy", "pgd_linf_2_255", "corruption_mean_accuracy", "test_loss",
                      "test_f1", "pgd_linf_8_255")
+WILD_ZOOS = ("wildcnn", "bench-mnist1d-wild", "bench-digits-wild")  # heterogeneous families (the cross suite)
 PREFERRED_ZOOS = ("digits-cnn", "wildcnn", "digits-mlp", "mnist1d-mlp", "arrests-mlp")
 # labels that widening leaves unchanged (it preserves the function, not the weights or their count)
 NOT_FUNCTION = ("n_params", "flops", "weights_")
+INGESTED_PREFIX = "ingest-"  # families of models ingested from files and hubs (zoo.ingest)
+MIN_OUTSIDE = 8  # outside-recipe models a zoo needs before their ranking is scored
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,8 @@ SUITES = {
                       pooled=True, held_out_family=True, widths=True, hparams=True,
                       ablation_groups=("permutation", "tokenization", "inputs", "depth", "heads", "d_model", "embeddings"),
                       learning_curve=(0.25, 0.5, 1.0), interpret=True),
-    "cross": Suite("cross", 1, 0, (WEIGHTNET, "statnn-gbt", "statnn-mlp", "nfn"), held_out_family=True,
-                   zoos=("wildcnn",), max_held_out=len(PREFERRED_ZOOS)),
+    "cross": Suite("cross", len(WILD_ZOOS), 0, (WEIGHTNET, "statnn-gbt", "statnn-mlp", "nfn"), held_out_family=True,
+                   zoos=WILD_ZOOS, max_held_out=16),
 }
 
 
@@ -80,7 +86,7 @@ class EvalResult:
     run_id: str
     report_path: str
     headline: list[dict]  # rows of the headline table
-    targets: list[dict] = field(default_factory=list)  # issue-7 targets: measured value and whether met
+    targets: list[dict] = field(default_factory=list)  # issue-14 targets: measured value and whether met
     notes: list[str] = field(default_factory=list)
     status: str = "completed"  # completed | partial (some part failed) | failed (nothing measured)
     failures: list[str] = field(default_factory=list)  # what raised: listed first in the report
@@ -123,11 +129,33 @@ def _labelled(samples: Sequence[ZooSample], targets: Sequence[str]) -> list[ZooS
     return [s for s in samples if all(t in s.labels for t in targets)]
 
 
-def _random(samples: list[ZooSample]) -> experiments.SplitFn:
+def _random(samples: list[ZooSample], outside: Sequence[ZooSample] = ()) -> experiments.SplitFn:
     def fn(seed: int):
         tr, va, te = split_samples(samples, "random", seed)
-        return tr, va, {"test": te}
+        return tr, va, {"test": te, **({targets_mod.OUTSIDE_SET: list(outside)} if outside else {})}
     return fn
+
+
+def _shape_key(s: ZooSample) -> tuple:
+    """What a model must share with a zoo to be scored as one of its outside-recipe models."""
+    cfg = s.arch_config
+    return s.arch, tuple(cfg.get("input_shape") or ()), cfg.get("n_classes")
+
+
+def _outside_models(zoo: Sequence[ZooSample], ingested: Sequence[ZooSample]) -> list[ZooSample]:
+    """Ingested models (``ingest-*`` families: trained elsewhere, e.g. by ``zoo recipes``) with an
+    architecture, input shape and class count of ``zoo``, labelled with test accuracy."""
+    keys = {_shape_key(s) for s in zoo}
+    return [s for s in ingested if _shape_key(s) in keys and "test_accuracy" in s.labels]
+
+
+def heterogeneous_zoos(samples: Sequence[ZooSample]) -> set[str]:
+    """Families whose models do not share one set of tensors (depth, residual or norm layers vary: the wild
+    families); width alone varying (the width experiments' zoos) keeps a family homogeneous."""
+    layouts: dict[str, set] = {}
+    for s in samples:
+        layouts.setdefault(s.family, set()).add(tuple(sorted(s.state)))
+    return {f for f, ls in layouts.items() if len(ls) > 1}
 
 
 def _zoos(samples: Sequence[ZooSample], suite: Suite) -> list[tuple[str, list[ZooSample]]]:
@@ -157,6 +185,10 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
         if failures is None:
             raise e
         failures.append(f"{what} failed: {type(e).__name__}: {e}")
+    # models ingested from outside (files, hubs) never train or tune a predictor: they are only the
+    # "outside recipes" test set of the zoos whose architecture they share
+    ingested = [s for s in samples if s.family.startswith(INGESTED_PREFIX)]
+    samples = [s for s in samples if not s.family.startswith(INGESTED_PREFIX)]
     zoos = _zoos(samples, suite)
     missing = [f for f in suite.zoos if f not in {z for z, _ in zoos}]
     if missing:
@@ -173,7 +205,12 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
         if i == 0:
             primary_targets = targets
         learned = tuple(p for p in suite.predictors if PREDICTORS.get(p).learned)
-        exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), learned, targets,
+        outside = _outside_models(ss, ingested) if zoo != "all" else []
+        if len(outside) < MIN_OUTSIDE:
+            outside = []
+        elif outside:
+            notes.append(f"zoo {zoo}: {len(outside)} ingested models of its architecture scored as '{targets_mod.OUTSIDE_SET}'")
+        exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss, outside), learned, targets,
                                overrides=suite.overrides_for(), keep_fitted=(i == 0)))
         for p in suite.predictors:  # zero-shot calculators: scored on the properties they compute
             computed = calculated_targets(ss, PREDICTORS.get(p).computes)
@@ -188,6 +225,11 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
         held = [f for f in PREFERRED_ZOOS if f in fams] + [f for f in fams if f not in PREFERRED_ZOOS]
         for fam in held[:suite.max_held_out]:
             ss = _labelled(samples, ("test_accuracy",))
+            try:
+                splits.family_split(ss, fam, 0)
+            except ZooError as e:
+                notes.append(str(e))
+                continue
 
             def fn(seed: int, fam=fam, ss=ss):
                 tr, va, te = splits.family_split(ss, fam, seed)
@@ -201,7 +243,7 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
             splits.width_sets(primary_samples, 0, factors=(2,))  # fail early with a clear note
 
             def wfn(seed: int, ss=primary_samples):
-                w = splits.width_sets(ss, seed)
+                w = splits.width_sets(ss, seed, factors=(2, 4, 8))
                 tests = {"test": w.test, **{f"widened x{f}": v for f, v in w.widened.items()},
                          "wider-trained": w.wider_trained}
                 return w.train, w.val, tests
@@ -302,7 +344,7 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
         except Exception as e:  # a diagnostic: the report goes out without it, as a partial evaluation
             reliability = {}
             failures.append(f"label reliability failed: {type(e).__name__}: {e}")
-        targets = report.check_targets(rows, reliability)
+        targets = targets_mod.check_targets(rows, reliability, heterogeneous_zoos(samples))
         headline = report.headline_rows(rows, primary)
         out = pathlib.Path(out_dir) / run_id
         status = "completed" if not failures else ("partial" if rows else "failed")

@@ -10,8 +10,19 @@ from evaluation.widen import widen
 from weightnet.data import Split, ZooSample, _width, split_samples
 
 
+def input_space(s: ZooSample) -> tuple:
+    """The input a model reads and the classes it predicts (its dataset, as far as its weights can tell)."""
+    return tuple(s.arch_config.get("input_shape") or ()), s.arch_config.get("n_classes")
+
+
 def family_split(samples: Sequence[ZooSample], family: str, seed: int) -> Split:
-    return split_samples(samples, f"family:{family}", seed)
+    """Test on ``family``; train and validate on the other families of the same input space only (a
+    family of another dataset teaches nothing about this one's accuracies)."""
+    spaces = {input_space(s) for s in samples if s.family == family}
+    same = [s for s in samples if input_space(s) in spaces]
+    if spaces and all(s.family == family for s in same):
+        raise ZooError(f"held-out family {family}: no other family reads its input space {sorted(spaces)}")
+    return split_samples(same, f"family:{family}", seed)
 
 
 def hparam_split(samples: Sequence[ZooSample], train_configs: Mapping[str, dict], key: str, seed: int,
