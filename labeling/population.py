@@ -102,13 +102,19 @@ class Population(nn.Module):
         return self.members.parameters(recurse)
 
 
+# rows (models x examples) per forward call: a chunk's activations should stay in cache. One thread,
+# 21 cnn1d models on 24,000 mnist1d examples: 128 examples per model per call (2,688 rows) ran 4.6x faster
+# than 3,120 (65,536 rows); a wildcnn1d model alone was fastest at 256-1,024 examples.
+CHUNK_ROWS = 4096
+
+
 def tile(x: torch.Tensor, m: int) -> torch.Tensor:
     """(N, ...) -> (M*N, ...): the same examples for each of M models."""
     return x.unsqueeze(0).expand((m,) + tuple(x.shape)).reshape((m * x.shape[0],) + tuple(x.shape[1:]))
 
 
 @torch.no_grad()
-def population_logits(pop: Population, x: torch.Tensor, chunk_rows: int = 65536) -> torch.Tensor:
+def population_logits(pop: Population, x: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
     """Logits of every model on every example: (M, N, classes). Data in the models' own coordinates."""
     device = pop.device
     outs = []
