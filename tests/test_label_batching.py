@@ -163,3 +163,20 @@ def test_macro_f1_matches_scikit_learn():
 def test_model_batch_seeds_follow_the_models():
     a, b = model_seed("m1", 0), model_seed("m2", 0)
     assert a != b and model_seed("m1", 0) == a and model_seed("m1", 1) != a
+
+
+def test_large_members_run_one_by_one_small_ones_stacked():
+    from labeling.population import STACK_MAX_PARAMS, population_logits
+
+    cfg = {"input_shape": [1, 40], "n_classes": 10, "strides": [1, 1], "channels": [48, 48], "kernel_sizes": [7, 7]}
+    torch.manual_seed(0)
+    big = [build("wildcnn1d", cfg).module.eval() for _ in range(2)]
+    small = [build("cnn1d", {**cfg, "channels": 4, "n_layers": 2}).module.eval() for _ in range(2)]
+    assert sum(p.numel() for p in big[0].parameters()) > STACK_MAX_PARAMS
+    x = torch.rand(30, 1, 40)
+    for mods, stacked in ((big, False), (small, True)):
+        pop = Population(mods, (1, 40))
+        assert pop.stacked == stacked
+        logits = population_logits(pop, x, chunk_rows=20)  # chunks of 10 examples per model
+        for i, m in enumerate(mods):
+            torch.testing.assert_close(logits[i], m(x).detach(), atol=1e-5, rtol=1e-5)
