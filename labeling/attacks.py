@@ -169,6 +169,19 @@ def pgd_seed(model_seed: int, norm: str, eps: float, restart: int) -> int:
     return int(stable_hash(["pgd", int(model_seed), norm, float(eps), int(restart)]), 16) % 2**63
 
 
+START_BLOCK = 64  # examples per random-start block: each block of a model's examples has its own generator
+
+
+def pgd_starts(norm: str, eps: float, shape: tuple[int, ...], seed: int, rows: torch.Tensor) -> torch.Tensor:
+    """One model's random starts (len(rows), *shape) for examples ``rows``: example e's start is row
+    e % START_BLOCK of the block drawn from seed (seed, e // START_BLOCK), so it never depends on which
+    other examples are attacked with it (chunks, skipped rows), and memory stays per chunk."""
+    blocks = torch.unique(rows // START_BLOCK)  # sorted
+    drawn = torch.cat([pgd_start(norm, eps, (START_BLOCK,) + shape,
+                                 int(stable_hash([int(seed), int(b)]), 16) % 2**63) for b in blocks])
+    return drawn[torch.searchsorted(blocks, rows // START_BLOCK) * START_BLOCK + rows % START_BLOCK]
+
+
 def _pgd_robust(pop: Population, u: torch.Tensor, y: torch.Tensor, alive: torch.Tensor, norm: str, eps: float,
                 alpha: float, steps: int, seeds: list[int], chunk_rows: int, device: torch.device) -> torch.Tensor:
     """(M, N) bool: ``alive`` (M, N) and still correct after the attack, ``seeds[m]`` seeding model m's start.
@@ -181,7 +194,6 @@ def _pgd_robust(pop: Population, u: torch.Tensor, y: torch.Tensor, alive: torch.
     """
     m, n = alive.shape
     shape = tuple(u.shape[1:])
-    starts = torch.stack([pgd_start(norm, eps, (n,) + shape, s) for s in seeds])  # (M, N, *shape), all examples
     counts = alive.sum(1)
     kmax = int(counts.max())
     out = alive.clone()
@@ -197,7 +209,7 @@ def _pgd_robust(pop: Population, u: torch.Tensor, y: torch.Tensor, alive: torch.
         k = idx.shape[1]
         uu = u[idx.reshape(-1)].to(device)  # (M*k, *shape)
         yy = y[idx.reshape(-1)].to(device)
-        start = starts[torch.arange(m)[:, None], idx].reshape((m * k,) + shape).to(device)
+        start = torch.cat([pgd_starts(norm, eps, shape, seeds[i], idx[i]) for i in range(m)]).to(device)
         ok = correct(pop, pgd_attack(pop, uu, yy, start, norm, eps, alpha, steps), yy).reshape(m, k).cpu()
         broken = valid[:, j:j + k] & ~ok  # padding slots never count
         rows = torch.arange(m)[:, None].expand(m, k)

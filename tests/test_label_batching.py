@@ -19,7 +19,7 @@ import torch
 import labeling  # noqa: F401  (fills the registry)
 from core.errors import DatasetUnavailable
 from core.hashing import stable_hash
-from labeling.attacks import AutoAttackParams, PGDParams, _pgd_robust, attack_shape, pgd_seed
+from labeling.attacks import AutoAttackParams, PGDParams, _pgd_robust, attack_shape, pgd_seed, pgd_starts
 from labeling.corruption_robustness import CorruptionParams
 from labeling.performance import macro_f1
 from labeling.population import Population, load_module
@@ -126,8 +126,18 @@ def test_pgd_label_does_not_depend_on_the_batch(zoo_models):
     got = [values(l for l in compute_labels(rs, states, [prop], CPU, seed=5) if l.model_id == target.model_id)
            for rs in runs]
     assert all(g == got[0] for g in got[1:])
-    assert got[0] != values(compute_labels([target], states, [prop], CPU, seed=6))  # the run's seed does matter
     assert any(v < 1 for v in got[0].values())  # the attack breaks something: it did run
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_start_of_an_example_depends_only_on_its_seed_and_index(norm):
+    shape = (1, 8, 8)
+    every = pgd_starts(norm, 0.1, shape, 11, torch.arange(200))
+    some = pgd_starts(norm, 0.1, shape, 11, torch.tensor([3, 70, 199]))
+    assert torch.equal(some, every[[3, 70, 199]])  # chunks and skipped rows do not move an example's start
+    assert not torch.equal(pgd_starts(norm, 0.1, shape, 12, torch.arange(200)), every)  # the seed does
+    size = every.flatten(1).abs().amax(1) if norm == "linf" else every.flatten(1).norm(dim=1)
+    assert float(size.max()) <= 0.1 + 1e-6 and float(size.min()) > 0  # inside the eps-ball, not at its center
 
 
 def test_pgd_skipping_dead_rows_changes_nothing(zoo_models):
