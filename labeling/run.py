@@ -2,12 +2,13 @@
 
 ``plan_labeling`` finds, for every model matching ``where``, the properties that apply to its dataset
 and that it lacks at their current version (no row from that labeler, or an older labeler_version), and
-groups those models into batches of one architecture group (same arch, arch config, dataset and data
-seed) needing the same properties, packed into batches of up to ``batch_size`` models (architecture
+groups those models by architecture group (same arch, arch config, dataset and data seed) and needed
+properties, packed into batches of up to ``batch_size`` models (architecture
 groups stay contiguous; ``compute_labels`` splits a batch into its groups again), so that families whose
 members all differ in shape (wildcnn) still read and write the lake once per ``batch_size`` models.
-``label_zoo`` labels batch after batch, one write (one snapshot) per batch, so an interrupted run resumes where it stopped: finished batches are no longer stale, the
-unfinished one left nothing behind, and MERGE on (model_id, property) never duplicates a label.
+``label_zoo`` labels batch after batch, one write (one snapshot) per batch, so an interrupted run
+resumes where it stopped: finished batches are no longer stale, the unfinished one left nothing
+behind, and MERGE on (model_id, property) never duplicates a label.
 
 Determinism: every model gets its own seed (``model_seed``: a stable hash of its model id and ``seed``),
 passed in ``ModelBatch.seeds``; properties that draw per-model random numbers (PGD's random starts) seed
