@@ -1,7 +1,11 @@
-"""Adversarial robustness with torchattacks.
+"""Adversarial robustness: PGD (own implementation) and AutoAttack (torchattacks).
 
 PGD and (Linf) AutoAttack attack all models of a batch in one run. PGD uses ``labeling.population``'s
-``Population``, whose rows belong to models by position. AutoAttack cannot: its stages (and APGD, FAB,
+``Population``, whose rows belong to models by position; it is implemented here (Madry et al.'s
+algorithm with torchattacks' step, projection and random-start choices) so that every model's random
+starts come from its own seed (``ModelBatch.seeds``): a model's PGD label is the same whichever batch
+it lands in, up to float rounding of the batched forward (a near-tied logit or a near-zero gradient
+component can flip; measured: identical on the models of tests/test_label_batching.py). AutoAttack cannot: its stages (and APGD, FAB,
 Square inside) pass on only the rows still robust, so a row's position no longer says its model. Its
 rows carry their model index in an extra tag channel instead (``labeling.routing.Routed``), chunked to
 ``models_per_run`` models and ``rows_per_run`` rows; a tag code that cannot work (eps too large) or a tag
@@ -17,9 +21,10 @@ within a small ball also lies within every larger ball, so robust accuracy does 
 
 Inputs are attacked in [0, 1] coordinates (see ``labeling.population``); eps is given for [0, 1] images
 and multiplied by ``DatasetInfo.eps_scale / (hi - lo)`` of the dataset's value range for other inputs.
-torchattacks draws its random starts from the global torch RNG (and APGD/FAB reseed it), so every call
-runs inside ``torch.random.fork_rng`` seeded from the property's generator: the global state is
-restored afterwards and the same models in the same batch get the same numbers.
+torchattacks draws its random starts from the global torch RNG (and APGD/FAB reseed it), so every
+AutoAttack call runs inside ``torch.random.fork_rng`` seeded from the property's generator: the global
+state is restored afterwards and the same models in the same batch get the same numbers. PGD draws from
+its own generators and never touches the global RNG.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ import torch
 from torch import nn
 
 from core.errors import ZooError
-from labeling.population import Population, tile
+from core.hashing import stable_hash
+from labeling.population import Population, population_logits, tile
 from labeling.registry import ModelBatch, register_property
 from labeling.routing import Routed, RoutingError, tag_code
 from zoo.datasets import Splits
@@ -96,12 +102,12 @@ class PGDParams:
     split: str = "test"
     n_examples: int | None = None  # None: the whole split; else a seeded subset
     subset_seed: int = 0
-    chunk_rows: int = 16384  # rows (models x examples) per attack call
+    chunk_rows: int = 4096  # rows (models x examples) per forward/backward; results do not depend on it
 
 
 def _robust(pop: Population, x: torch.Tensor, y: torch.Tensor, make_attack, seeds: list[int], chunk_rows: int,
             device: torch.device) -> torch.Tensor:
-    """(M, N) bool: clean-correct and correct after every restart of the attack."""
+    """(M, N) bool: clean-correct and correct after every restart of a torchattacks attack (AutoAttack)."""
     m, n = pop.m, x.shape[0]
     step = max(1, chunk_rows // m)
     out = []
@@ -118,28 +124,126 @@ def _robust(pop: Population, x: torch.Tensor, y: torch.Tensor, make_attack, seed
     return torch.cat(out, dim=1)
 
 
-@register_property("pgd", version=1, params=PGDParams())
+def _row_norm(v: torch.Tensor) -> torch.Tensor:
+    """(R, ...) -> (R, 1, ..., 1) L2 norm of each row."""
+    return v.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (v.dim() - 1))
+
+
+def pgd_start(norm: str, eps: float, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """One model's random start (N, *shape) from its own generator: uniform in the Linf ball, or a uniform
+    direction (normalized Gaussian) times a uniform radius in the L2 ball (torchattacks' choices)."""
+    g = torch.Generator().manual_seed(seed)
+    if norm == "linf":
+        return (torch.rand(shape, generator=g, dtype=torch.float32) * 2 - 1) * eps
+    d = torch.randn(shape, generator=g, dtype=torch.float32)
+    r = torch.rand((shape[0],) + (1,) * (len(shape) - 1), generator=g, dtype=torch.float32)
+    return d / _row_norm(d).clamp_min(1e-12) * r * eps
+
+
+def pgd_attack(pop: Population, u: torch.Tensor, y: torch.Tensor, start: torch.Tensor, norm: str, eps: float,
+               alpha: float, steps: int) -> torch.Tensor:
+    """Madry et al.'s PGD on every row at once: u (R, *shape) clean inputs in [0, 1] (rows of model m in
+    block m, as ``Population`` reads them), start (R, *shape) the random start, y (R,) labels. Each step
+    moves along the sign (Linf) or direction (L2) of the gradient of the row's own cross-entropy (the
+    loss is a sum, so no row's step depends on the others), projects onto the eps-ball around the clean
+    row and clips to [0, 1]."""
+    adv = (u + start).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        with torch.enable_grad():
+            loss = torch.nn.functional.cross_entropy(pop(adv), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, adv)
+        with torch.no_grad():
+            if norm == "linf":
+                adv = adv + alpha * grad.sign()
+                adv = (u + (adv - u).clamp(-eps, eps)).clamp(0, 1)
+            else:
+                adv = adv + alpha * grad / (_row_norm(grad) + 1e-10)
+                delta = adv - u
+                delta = delta * (eps / _row_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+                adv = (u + delta).clamp(0, 1)
+    return adv.detach()
+
+
+def pgd_seed(model_seed: int, norm: str, eps: float, restart: int) -> int:
+    return int(stable_hash(["pgd", int(model_seed), norm, float(eps), int(restart)]), 16) % 2**63
+
+
+START_BLOCK = 64  # examples per random-start block: each block of a model's examples has its own generator
+
+
+def pgd_starts(norm: str, eps: float, shape: tuple[int, ...], seed: int, rows: torch.Tensor) -> torch.Tensor:
+    """One model's random starts (len(rows), *shape) for examples ``rows``: example e's start is row
+    e % START_BLOCK of the block drawn from seed (seed, e // START_BLOCK), so it never depends on which
+    other examples are attacked with it (chunks, skipped rows), and memory stays per chunk."""
+    blocks = torch.unique(rows // START_BLOCK)  # sorted
+    drawn = torch.cat([pgd_start(norm, eps, (START_BLOCK,) + shape,
+                                 int(stable_hash([int(seed), int(b)]), 16) % 2**63) for b in blocks])
+    return drawn[torch.searchsorted(blocks, rows // START_BLOCK) * START_BLOCK + rows % START_BLOCK]
+
+
+def _pgd_robust(pop: Population, u: torch.Tensor, y: torch.Tensor, alive: torch.Tensor, norm: str, eps: float,
+                alpha: float, steps: int, seeds: list[int], chunk_rows: int, device: torch.device) -> torch.Tensor:
+    """(M, N) bool: ``alive`` (M, N) and still correct after the attack, ``seeds[m]`` seeding model m's start.
+
+    Only alive rows are attacked (an example misclassified clean or at a smaller eps stays non-robust
+    whatever this attack does): each model's alive rows are packed into K = max alive count slots,
+    padded with copies of the model's first example (their results are dropped), so the Population
+    still sees M equal blocks. Every row's attack depends on its own start and gradient only (a summed
+    loss), so skipping rows does not change the others'. u: (N, *attack shape) clean examples in [0, 1].
+    """
+    m, n = alive.shape
+    shape = tuple(u.shape[1:])
+    counts = alive.sum(1)
+    kmax = int(counts.max())
+    out = alive.clone()
+    if kmax == 0:
+        return out
+    # slot j of model i holds its j-th alive example (or example 0 as padding)
+    order = torch.argsort((~alive).to(torch.int8), dim=1, stable=True)[:, :kmax]  # (M, K) alive first, in order
+    valid = torch.arange(kmax)[None, :] < counts[:, None]  # (M, K)
+    slots = torch.where(valid, order, torch.zeros_like(order))
+    step = max(1, chunk_rows // m)
+    for j in range(0, kmax, step):
+        idx = slots[:, j:j + step]  # (M, k)
+        k = idx.shape[1]
+        uu = u[idx.reshape(-1)].to(device)  # (M*k, *shape)
+        yy = y[idx.reshape(-1)].to(device)
+        start = torch.cat([pgd_starts(norm, eps, shape, seeds[i], idx[i]) for i in range(m)]).to(device)
+        ok = correct(pop, pgd_attack(pop, uu, yy, start, norm, eps, alpha, steps), yy).reshape(m, k).cpu()
+        broken = valid[:, j:j + k] & ~ok  # padding slots never count
+        rows = torch.arange(m)[:, None].expand(m, k)
+        out[rows[broken], idx[broken]] = False
+    return out
+
+
+def model_seeds(batch: ModelBatch, generator: torch.Generator) -> list[int]:
+    """The batch's per-model seeds (``ModelBatch.seeds``); a hand-made batch without them draws from the generator."""
+    return list(batch.seeds) if batch.seeds else [draw_seed(generator) for _ in range(len(batch))]
+
+
+# version 2: own PGD (same algorithm and random-start distributions as torchattacks') with each model's random
+# starts drawn from its own seed, so a model's label no longer depends on the other models of its batch
+@register_property("pgd", version=2, params=PGDParams())
 def pgd(batch: ModelBatch, splits: Splits, params: PGDParams, device: torch.device,
         generator: torch.Generator) -> list[dict[str, float]]:
-    import torchattacks
-
     x, y = splits.split(params.split)
     idx = subset(len(y), params.n_examples, params.subset_seed)
     x, y = x[idx], y[idx]
     vr = attack_range(splits, x)
     pop = Population(batch.modules, splits.info.input_shape, vr)
+    per_model = model_seeds(batch, generator)
+    u = pop.to_unit(x).reshape((len(y),) + attack_shape(tuple(x.shape[1:])))
+    clean = population_logits(pop, x, params.chunk_rows).argmax(-1) == y  # (M, N)
     out: list[dict[str, float]] = [{} for _ in range(len(batch))]
     for norm, eps_list in (("linf", params.eps_linf), ("l2", params.eps_l2)):
-        alive = torch.ones(len(batch), len(y), dtype=torch.bool)
+        alive = clean
         for eps in sorted(eps_list):
             e = unit_eps(eps, splits, vr)
             alpha = params.alpha_factor * e / params.steps
-            if norm == "linf":
-                make = lambda: torchattacks.PGD(pop, eps=e, alpha=alpha, steps=params.steps, random_start=True)
-            else:
-                make = lambda: torchattacks.PGDL2(pop, eps=e, alpha=alpha, steps=params.steps, random_start=True)
-            seeds = [draw_seed(generator) for _ in range(params.restarts)]
-            alive &= _robust(pop, x, y, make, seeds, params.chunk_rows, device)
+            for r in range(params.restarts):
+                seeds = [pgd_seed(s, norm, eps, r) for s in per_model]
+                alive = _pgd_robust(pop, u, y, alive, norm, e, alpha, params.steps, seeds, params.chunk_rows, device)
             for i in range(len(batch)):
                 out[i][f"pgd_{norm}_{eps_name(eps)}"] = float(alive[i].double().mean())
     return out

@@ -30,6 +30,10 @@ class ModelBatch:
     records: tuple[ModelRecord, ...]
     modules: tuple[torch.nn.Module, ...]  # eval mode, on the labeling device, weights loaded
     states: tuple[dict[str, torch.Tensor], ...]  # the stored state dicts (CPU), for weight statistics
+    # one seed per model, from its model id and the run's seed (``labeling.run.model_seed``): a property
+    # that draws random numbers per model seeds them from here, so a model's label does not depend on
+    # which other models share its batch. Empty for hand-made batches (properties then use the generator).
+    seeds: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.records)

@@ -2,13 +2,19 @@
 
 ``plan_labeling`` finds, for every model matching ``where``, the properties that apply to its dataset
 and that it lacks at their current version (no row from that labeler, or an older labeler_version), and
-groups those models into batches of one architecture group (same arch, arch config, dataset and data
-seed) needing the same properties. ``label_zoo`` labels batch after batch, one write (one snapshot)
-per batch, so an interrupted run resumes where it stopped: finished batches are no longer stale, the
-unfinished one left nothing behind, and MERGE on (model_id, property) never duplicates a label.
+groups those models by architecture group (same arch, arch config, dataset and data seed) and needed
+properties, packed into batches of up to ``batch_size`` models (architecture
+groups stay contiguous; ``compute_labels`` splits a batch into its groups again), so that families whose
+members all differ in shape (wildcnn) still read and write the lake once per ``batch_size`` models.
+``label_zoo`` labels batch after batch, one write (one snapshot) per batch, so an interrupted run
+resumes where it stopped: finished batches are no longer stale, the unfinished one left nothing
+behind, and MERGE on (model_id, property) never duplicates a label.
 
-Determinism: each (property, batch) gets a torch.Generator seeded from a stable hash of the property
-name, the batch's model ids and ``seed``; labeling the same models again gives identical values.
+Determinism: every model gets its own seed (``model_seed``: a stable hash of its model id and ``seed``),
+passed in ``ModelBatch.seeds``; properties that draw per-model random numbers (PGD's random starts) seed
+them from it, so a model's labels do not depend on which batch it lands in. Each (property, architecture
+group) also gets a torch.Generator seeded from the property name, the group's model ids and ``seed``, for
+properties that draw once per batch (AutoAttack); labeling the same models again gives identical values.
 """
 from __future__ import annotations
 
@@ -43,6 +49,11 @@ class LabelResult:
 def data_seed(record: ModelRecord) -> int:
     """The seed of the dataset splits the model was trained on (its test split is the labels' test split)."""
     return int(record.train_config.get("data_seed", 0))
+
+
+def model_seed(model_id: str, seed: int = 0) -> int:
+    """A model's own labeling seed: independent of its batch, fixed by its id and the run's seed."""
+    return int(stable_hash(["model-seed", model_id, int(seed)]), 16) % 2**63
 
 
 def group_key(record: ModelRecord) -> tuple:
@@ -94,17 +105,21 @@ def plan(lake: Lake, properties: Sequence[str] | str | None = None, where: str |
         if need:
             groups[group_key(rec) + (need,)].append(rec.model_id)
     by_name = {p.name: p for p in props}
-    out = []
+    # per set of needed properties, the groups' ids back to back (groups in key order), cut every batch_size
+    by_need: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for key in sorted(groups):
-        ids = groups[key]
+        by_need[key[-1]].extend(groups[key])
+    out = []
+    for need in sorted(by_need):
+        ids = by_need[need]
         for i in range(0, len(ids), batch_size):
-            out.append((ids[i:i + batch_size], [by_name[n] for n in key[-1]]))
+            out.append((ids[i:i + batch_size], [by_name[n] for n in need]))
     return out
 
 
 def plan_labeling(lake: Lake, properties: Sequence[str] | str | None = None, where: str | None = None,
                   batch_size: int = 32) -> list[list[str]]:
-    """Batches of model ids whose labels are missing or stale, one architecture group per batch."""
+    """Batches of model ids whose labels are missing or stale (see ``plan``)."""
     return [ids for ids, _ in plan(lake, properties, where, batch_size)]
 
 
@@ -121,7 +136,7 @@ def compute_labels(records: Sequence[ModelRecord], states: dict[str, dict[str, t
     for recs in groups.values():
         splits = dataset_for(recs[0])
         batch = ModelBatch(tuple(recs), tuple(load_module(r, states[r.model_id], device) for r in recs),
-                           tuple(states[r.model_id] for r in recs))
+                           tuple(states[r.model_id] for r in recs), tuple(model_seed(r.model_id, seed) for r in recs))
         for prop in props:
             done += 1
             if not prop.applies(splits.info):

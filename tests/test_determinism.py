@@ -14,7 +14,7 @@ from storage.lake import Lake
 from zoo.build import build_zoo
 
 CHECKPOINTS = (1, 2)
-PROPERTIES = ["performance", "weight_stats"]
+PROPERTIES = ["performance", "weight_stats", "pgd"]  # pgd v2: random starts per model, not per batch
 
 
 def weights(location: pathlib.Path) -> dict[tuple[str, str], tuple]:
