@@ -41,6 +41,9 @@ POPULATIONS: Registry[Forward] = Registry("population architecture")
 
 ADAM_BETAS, ADAM_EPS, RMS_ALPHA, RMS_EPS = (0.9, 0.999), 1e-8, 0.99, 1e-8  # torch defaults
 DROP_LEVELS = 65536  # dropout masks compare 16 random bits: a rate p drops round(p * 65536) of 65536 levels
+# dropout bits: a counter-based hash (Wellons' "lowbias32" 32-bit mixer) in int32 arithmetic that wraps;
+# the constants are the mixer's, written as signed int32
+_GOLDEN32, _MIX1, _MIX2 = 0x9E3779B9 - 2 ** 32, 0x7FEB352D, 0x846CA68B - 2 ** 32
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,12 @@ class Population:
         self.exp_avg = torch.zeros_like(self.flat)  # Adam's first moment
         self.sq_avg = torch.zeros_like(self.flat)  # Adam's exp_avg_sq or RMSprop's square_avg (one buffer)
         self.steps = torch.zeros(len(members), 1, device=device)  # optimizer steps per member (bias correction)
-        # each member draws its dropout masks from its own stream, so its weights do not depend on which
-        # other members share its population
-        self.gens = [stream(m.seed, "dropout") for m in members]
+        # each member's dropout bits hash its own key, its own step count and the call index within the
+        # step, so its masks do not depend on which other members share its population
+        self.drop_keys = torch.tensor([[int(torch.randint(-2 ** 31, 2 ** 31 - 1, (), dtype=torch.int32,
+                                                          generator=stream(m.seed, "dropout")))] for m in members],
+                                      dtype=torch.int32, device=device)  # (G, 1)
+        self.drop_calls = 0  # pop.drop calls since the step began (the step loop resets it)
         self._coefficients()
         self.batch_counts: list[int] | None = None  # real examples per stepping member (None: all rows)
 
@@ -91,10 +97,9 @@ class Population:
     def permute(self, order: Sequence[int]) -> None:
         """Reorder the members (and everything per member) in place: member i becomes ``order[i]``."""
         idx = torch.as_tensor(list(order), device=self.device)
-        for name in ("flat", "exp_avg", "sq_avg", "steps"):
+        for name in ("flat", "exp_avg", "sq_avg", "steps", "drop_keys"):
             setattr(self, name, getattr(self, name)[idx].contiguous())
         self.members = [self.members[i] for i in order]
-        self.gens = [self.gens[i] for i in order]
         self._coefficients()
 
     @property
@@ -115,20 +120,20 @@ class Population:
         return self.forward_fn(self, self.params(), x, train)
 
     def drop(self, h: torch.Tensor, train: bool) -> torch.Tensor:
-        """Per-member inverted dropout on h (G', B, ...). Member m draws 16 random bits per unit of its
-        real rows from its own stream (4 units per 64-bit draw: ~5x cheaper than float uniforms), so
-        its masks do not depend on its population; its rate is used to 1/65536 (``DROP_LEVELS``)."""
+        """Per-member inverted dropout on h (G', B, ...), all members in one set of tensor ops. Unit u
+        (row-major over (B, ...)) of member m gets 16 bits of hash(key_m, step_m, call, u // 2) (two units
+        per 32-bit hash), so its masks depend only on its seed, its own optimizer steps, the call index
+        within the step and its own rows (padded rows get bits too: their loss is masked out). Its rate
+        is used to 1/65536 (``DROP_LEVELS``)."""
         k, b = h.shape[:2]
+        call, self.drop_calls = self.drop_calls, self.drop_calls + 1
         if not train or max(self.rates[:k]) <= 0:
             return h
-        feat = h[0, 0].numel()
-        bits = torch.full((k, b * feat), 32767, dtype=torch.int16)  # 32767: kept at any rate
-        counts = self.batch_counts or [b] * k
-        for m, (gm, rate, n) in enumerate(zip(self.gens, self.rates, counts)):
-            if rate > 0 and n > 0:
-                words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n * feat + 3) // 4,), dtype=torch.int64, generator=gm)
-                bits[m, :n * feat] = words.view(torch.int16)[:n * feat]
-        keep = bits.to(h.device) >= self.drop_threshold[:k]  # (G', B*F) bool
+        n = h[0].numel()
+        step = self.steps[:k].to(torch.int32)  # (k, 1): exact below 2**24 steps
+        base = _mix32(_mix32(self.drop_keys[:k] + step * _GOLDEN32) + _wrap32(call * _GOLDEN32))  # (k, 1): per member and call
+        levels = _mix32(base + _counters((n + 1) // 2, h.device)).view(torch.int16)[:, :n]  # (k, n)
+        keep = levels >= self.drop_threshold[:k]  # (k, n) bool
         scale = keep.to(h.dtype).mul_(self.drop_scale[:k])  # 0 or 1/(1-p): one multiply each way
         return h * scale.view(h.shape)
 
@@ -220,7 +225,8 @@ def _train_sorted(pop: Population, splits: Splits, datas: list, device: str,
             bmax = int(cnt.max())
             bi = idx[:k, s, :bmax].to(device)  # (k, B)
             valid = (torch.arange(bmax)[None, :] < cnt[:, None]).to(device)  # (k, B)
-            pop.batch_counts = cnt.tolist()  # real rows of the k members stepping (pop.drop reads them)
+            pop.batch_counts = cnt.tolist()  # real rows of the k members stepping
+            pop.drop_calls = 0
             # one leaf per parameter (views of flat[:k] would each scatter a full (k, P) gradient)
             leaves = {n: v.detach().requires_grad_(True) for n, v in pop.params(pop.flat[:k]).items()}
             logits = pop.forward_fn(pop, leaves, x_all[bi], True)  # (k, B, K)
@@ -239,6 +245,30 @@ def _train_sorted(pop: Population, splits: Splits, datas: list, device: str,
         if progress is not None:
             progress(epoch, epochs)
     return out
+
+
+_COUNTERS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _counters(n: int, device: str | torch.device) -> torch.Tensor:
+    """(n,) int32: 0, golden, 2*golden, ... (wrapping): distinct hash inputs for one member's units."""
+    key = (n, str(device))
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.arange(n, dtype=torch.int32, device=device) * _GOLDEN32
+    return _COUNTERS[key]
+
+
+def _wrap32(v: int) -> int:
+    return (v + 2 ** 31) % 2 ** 32 - 2 ** 31
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit mixer on int32 tensors (new tensor; arithmetic wraps; shifts made logical by
+    masking): the same bits on every device and for every batch of members."""
+    x = x ^ (x >> 16) & 0xFFFF
+    x = x * _MIX1
+    x.bitwise_xor_(x.bitwise_right_shift(15).bitwise_and_(0x1FFFF)).mul_(_MIX2)
+    return x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
 
 
 def _epoch_batches(orders: list[torch.Tensor], batch_sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
