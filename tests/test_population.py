@@ -150,7 +150,11 @@ def tiny_digits(digits):
 
 
 @pytest.mark.parametrize("arch", IMAGE_ARCHS)
-def test_a_member_in_a_large_mixed_population_equals_itself_alone(tiny_digits, arch):
+@pytest.mark.parametrize("segment_rows", [256, 0])  # 0: every change of batch width starts a new segment
+def test_a_member_in_a_large_mixed_population_equals_itself_alone(tiny_digits, arch, segment_rows, monkeypatch):
+    import zoo.population as population
+
+    monkeypatch.setattr(population, "SEGMENT_ROWS", segment_rows)
     cfg = arch_config(arch, tiny_digits)
     members = mixed_members(24)
     tcs = [m.train_config for m in members]
@@ -175,6 +179,19 @@ def test_a_member_in_a_large_mixed_population_equals_itself_alone(tiny_digits, a
         assert_states_close(reversed_[i][-1].state, alone[-1].state, atol=1e-5)
     a, b = together[0][-1].state, together[1][-1].state
     assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_segments_split_the_stepping_members_where_padding_costs_more_than_a_call(monkeypatch):
+    import zoo.population as population
+    from zoo.population import _segments
+
+    monkeypatch.setattr(population, "SEGMENT_ROWS", 256)
+    assert _segments([32] * 40 + [64] * 40 + [128] * 40) == [(0, 40), (40, 80), (80, 120)]
+    assert _segments([32] * 4 + [64] * 40) == [(0, 44)]  # padding 4 members by 32 rows: cheaper than a call
+    assert _segments([64] * 10 + [0] * 3 + [64] * 10 + [17]) == [(0, 24)]  # idle members and short batches
+    assert _segments([5]) == [(0, 1)]
+    monkeypatch.setattr(population, "SEGMENT_ROWS", 0)
+    assert _segments([32, 32, 64, 48, 48]) == [(0, 2), (2, 3), (3, 5)]
 
 
 @pytest.mark.parametrize("impl", CONV_IMPLS)

@@ -75,6 +75,7 @@ class Population:
                                                           generator=stream(m.seed, "dropout")))] for m in members],
                                       dtype=torch.int32, device=device)  # (G, 1)
         self.drop_calls = 0  # pop.drop calls since the step began (the step loop resets it)
+        self.row0 = 0  # the first member of the batch being computed (the step loop splits the members)
         self._coefficients()
         self.batch_counts: list[int] | None = None  # real examples per stepping member (None: all rows)
 
@@ -125,16 +126,15 @@ class Population:
         per 32-bit hash), so its masks depend only on its seed, its own optimizer steps, the call index
         within the step and its own rows (padded rows get bits too: their loss is masked out). Its rate
         is used to 1/65536 (``DROP_LEVELS``)."""
-        k, b = h.shape[:2]
+        rows = slice(self.row0, self.row0 + h.shape[0])  # the members in h
         call, self.drop_calls = self.drop_calls, self.drop_calls + 1
-        if not train or max(self.rates[:k]) <= 0:
+        if not train or max(self.rates[rows]) <= 0:
             return h
         n = h[0].numel()
-        step = self.steps[:k].to(torch.int32)  # (k, 1): exact below 2**24 steps
-        base = _mix32(_mix32(self.drop_keys[:k] + step * _GOLDEN32) + _wrap32(call * _GOLDEN32))  # (k, 1): per member and call
+        step = self.steps[rows].to(torch.int32)  # (k, 1): exact below 2**24 steps
+        base = _mix32(_mix32(self.drop_keys[rows] + step * _GOLDEN32) + _wrap32(call * _GOLDEN32))  # (k, 1)
         levels = _mix32(base + _counters((n + 1) // 2, h.device)).view(torch.int16)[:, :n]  # (k, n)
-        keep = levels >= self.drop_threshold[:k]  # (k, n) bool
-        scale = keep.to(h.dtype).mul_(self.drop_scale[:k])  # 0 or 1/(1-p): one multiply each way
+        scale = torch.mul(levels >= self.drop_threshold[rows], self.drop_scale[rows])  # (k, n): 0 or 1/(1-p)
         return h * scale.view(h.shape)
 
     @torch.no_grad()
@@ -188,7 +188,8 @@ def train_population(pop: Population, splits: Splits, device: str = "cpu",
     given = list(pop.members)
     datas = [member_data(splits.y_train, splits.info.n_classes, m.train_config, m.seed) for m in given]
     per_epoch = [math.ceil(len(d.indices) / m.train_config.batch_size) for d, m in zip(datas, given)]
-    order = sorted(range(pop.size), key=lambda i: -per_epoch[i])  # stable: most steps first
+    # stable: most steps first, equal batch sizes next to each other (fewer padded segments)
+    order = sorted(range(pop.size), key=lambda i: (-per_epoch[i], given[i].train_config.batch_size))
     pop.permute(order)
     try:
         out = _train_sorted(pop, splits, [datas[i] for i in order], device, progress)
@@ -222,18 +223,24 @@ def _train_sorted(pop: Population, splits: Splits, datas: list, device: str,
             if k == 0:
                 continue
             cnt = cnt[:k]
-            bmax = int(cnt.max())
-            bi = idx[:k, s, :bmax].to(device)  # (k, B)
-            valid = (torch.arange(bmax)[None, :] < cnt[:, None]).to(device)  # (k, B)
             pop.batch_counts = cnt.tolist()  # real rows of the k members stepping
-            pop.drop_calls = 0
             # one leaf per parameter (views of flat[:k] would each scatter a full (k, P) gradient)
             leaves = {n: v.detach().requires_grad_(True) for n, v in pop.params(pop.flat[:k]).items()}
-            logits = pop.forward_fn(pop, leaves, x_all[bi], True)  # (k, B, K)
-            ce = F.cross_entropy(logits.flatten(0, 1), y_all[:k].gather(1, bi).flatten(), reduction="none")
-            ce = torch.where(valid, ce.view(k, bmax), 0.0)
-            # each member's mean loss over its real rows; members' gradients do not mix
-            loss = (ce.sum(1) / cnt.clamp(min=1).to(ce)).sum()
+            loss = torch.zeros((), device=device)
+            for a, e in _segments(pop.batch_counts) if type(pop) is Population else [(0, k)]:
+                # members a..e-1 padded to their own widest batch (a mixed population pads less)
+                c = cnt[a:e]
+                bmax = int(c.max())
+                bi = idx[a:e, s, :bmax].to(device)  # (e-a, B)
+                pop.row0, pop.drop_calls = a, 0  # pop.drop reads the members' keys and steps from row0
+                part = leaves if (a, e) == (0, k) else {n: v[a:e] for n, v in leaves.items()}
+                logits = pop.forward_fn(pop, part, x_all[bi], True)  # (e-a, B, K)
+                ce = F.cross_entropy(logits.flatten(0, 1), y_all[a:e].gather(1, bi).flatten(), reduction="none")
+                valid = (torch.arange(bmax)[None, :] < c[:, None]).to(device)  # (e-a, B)
+                ce = torch.where(valid, ce.view(e - a, bmax), 0.0)
+                # each member's mean loss over its real rows; members' gradients do not mix
+                loss = loss + (ce.sum(1) / c.clamp(min=1).to(ce)).sum()
+            pop.row0 = 0
             grads = torch.autograd.grad(loss, list(leaves.values()))
             grad = torch.cat([gr.reshape(k, -1) for gr in grads], dim=1)  # (k, P) in layout order
             active = cnt > 0
@@ -245,6 +252,24 @@ def _train_sorted(pop: Population, splits: Splits, datas: list, device: str,
         if progress is not None:
             progress(epoch, epochs)
     return out
+
+
+SEGMENT_ROWS = 256  # padded rows that cost about as much as one more forward/backward call (~1 ms)
+
+
+def _segments(counts: list[int]) -> list[tuple[int, int]]:
+    """Split the stepping members (real rows per member, in population order) into runs [a, e) that
+    each pad to their own widest batch: a member starts a new run when padding it (or the run) to a
+    common width would add more than ``SEGMENT_ROWS`` rows. Results do not depend on the split."""
+    out, a, width = [], 0, counts[0]
+    for i, c in enumerate(counts[1:], 1):
+        merged = max(width, c)
+        if merged * (i + 1 - a) - width * (i - a) - c > SEGMENT_ROWS:
+            out.append((a, i))
+            a, width = i, c
+        else:
+            width = merged
+    return out + [(a, len(counts))]
 
 
 _COUNTERS: dict[tuple[int, str], torch.Tensor] = {}
@@ -263,10 +288,9 @@ def _wrap32(v: int) -> int:
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A bijective 32-bit mixer on int32 tensors (new tensor; arithmetic wraps; shifts made logical by
-    masking): the same bits on every device and for every batch of members."""
-    x = x ^ (x >> 16) & 0xFFFF
-    x = x * _MIX1
+    """A bijective 32-bit mixer, in place on a fresh int32 tensor x (arithmetic wraps; shifts made
+    logical by masking): the same bits on every device and for every batch of members."""
+    x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF)).mul_(_MIX1)
     x.bitwise_xor_(x.bitwise_right_shift(15).bitwise_and_(0x1FFFF)).mul_(_MIX2)
     return x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
 
