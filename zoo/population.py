@@ -134,7 +134,8 @@ class Population:
         step = self.steps[rows].to(torch.int32)  # (k, 1): exact below 2**24 steps
         base = _mix32(_mix32(self.drop_keys[rows] + step * _GOLDEN32) + _wrap32(call * _GOLDEN32))  # (k, 1)
         levels = _mix32(base + _counters((n + 1) // 2, h.device)).view(torch.int16)[:, :n]  # (k, n)
-        scale = torch.mul(levels >= self.drop_threshold[rows], self.drop_scale[rows])  # (k, n): 0 or 1/(1-p)
+        keep = levels >= self.drop_threshold[rows]  # (k, n) bool
+        scale = keep.to(h.dtype).mul_(self.drop_scale[rows])  # 0 or 1/(1-p) (a bool * float op is slower)
         return h * scale.view(h.shape)
 
     @torch.no_grad()
