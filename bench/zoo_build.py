@@ -68,6 +68,38 @@ def matmul_gflops(seconds: float = 1.0, size: int = 1024) -> float:
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
+def matmul_shapes(arch: str, cfg: dict, batch: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of each member's forward matmuls in one population step (zoo.population_archs' kernels:
+    CNN layer 1 as row-im2col, later layers as dense per-member matrices; MLP layers as they are)."""
+    k = cfg["n_classes"]
+    if arch == "mlp":
+        widths = [math.prod(cfg["input_shape"])] + [cfg["width"]] * cfg["depth"] + [k]
+        return [(batch, a, b) for a, b in zip(widths, widths[1:])]
+    ci, hh, ww = cfg["input_shape"]
+    out = []
+    for i in range(cfg["n_layers"]):
+        co, ho, wo = cfg["channels"], (hh + 1) // 2, (ww + 1) // 2
+        out.append((batch * ho, 3 * ww * ci, wo * co) if i == 0 else (batch, hh * ww * ci, ho * wo * co))
+        ci, hh, ww = co, ho, wo
+    return out + [(batch, ci, k)]
+
+
+def bmm_ceiling(shapes: list[tuple[int, int, int]], members: int, seconds: float) -> float:
+    """GFLOP/s of the population's own forward matmuls alone (one ``torch.bmm`` per layer over all
+    members, nothing else): the most the step could reach if everything but these matmuls were free."""
+    ops = [(torch.randn(members, m, kk), torch.randn(members, kk, n)) for m, kk, n in shapes]
+    flops = sum(2 * members * m * kk * n for m, kk, n in shapes)
+    for a, b in ops:
+        torch.bmm(a, b)
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        t = time.perf_counter()
+        for a, b in ops:
+            torch.bmm(a, b)
+        times.append(time.perf_counter() - t)
+    return flops / statistics.median(times) / 1e9
+
+
 def compare(label: str, arch: str, cfg: dict, splits, members: list[Member], plain_n: int,
             probe: tuple[float, int]) -> dict:
     macs = forward_macs(arch, cfg)
@@ -90,6 +122,8 @@ def compare(label: str, arch: str, cfg: dict, splits, members: list[Member], pla
     plain_cps = [train_plain(arch, cfg, spec, splits, m.train_config, m.seed) for m in sample[:half]]
     t_before = time.perf_counter() - t
     mm = matmul_gflops(*probe)  # right before the population: under the load it runs in
+    batch = max(m.train_config.batch_size for m in members)
+    ceiling = bmm_ceiling(matmul_shapes(arch, cfg, batch), len(members), probe[0] / 2)
     t = time.perf_counter()
     pop_cps = train_population(Population(arch, cfg, members), splits)
     t_pop = time.perf_counter() - t
@@ -97,6 +131,9 @@ def compare(label: str, arch: str, cfg: dict, splits, members: list[Member], pla
     print(f"   population: {t_pop / len(members):.4f} s/model ({t_pop:.1f} s), {pop_gf:.2f} GFLOP/s achieved, "
           f"{100 * pop_gf / mm:.1f}% of the torch.mm probe ({probe[1]}x{probe[1]} float32, "
           f"{torch.get_num_threads()} threads, median: {mm:.1f} GFLOP/s)")
+    print(f"   ceiling: the population's own forward matmuls alone (torch.bmm, {len(members)} members, batch {batch}, "
+          f"shapes (M, K, N) {matmul_shapes(arch, cfg, batch)}) run at {ceiling:.1f} GFLOP/s = "
+          f"{100 * ceiling / mm:.1f}% of the torch.mm probe; the population reaches {100 * pop_gf / ceiling:.1f}% of that")
     t = time.perf_counter()
     plain_cps += [train_plain(arch, cfg, spec, splits, m.train_config, m.seed) for m in sample[half:]]
     t_after = time.perf_counter() - t
@@ -112,7 +149,7 @@ def compare(label: str, arch: str, cfg: dict, splits, members: list[Member], pla
           f"{statistics.mean(a_pop):.4f}, same-member mean |diff| "
           f"{statistics.mean(abs(a - b) for a, b in zip(a_plain, a_pop)):.4f} (dropout masks differ by design)")
     return {"pop_s_per_model": t_pop / len(members), "plain_s_per_model": t_plain / plain_n, "speedup": speedup,
-            "pop_gflops": pop_gf, "mm_gflops": mm, "mm_fraction": pop_gf / mm}
+            "pop_gflops": pop_gf, "mm_gflops": mm, "mm_fraction": pop_gf / mm, "bmm_ceiling_gflops": ceiling}
 
 
 def members(family: str, n: int, seed: int, epochs: int, full_data: bool) -> list[Member]:

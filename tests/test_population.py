@@ -113,7 +113,11 @@ def tiny_digits(digits):
 
 
 @pytest.mark.parametrize("arch", IMAGE_ARCHS)
-def test_a_member_in_a_large_mixed_population_equals_itself_alone(tiny_digits, arch):
+@pytest.mark.parametrize("segment_rows", [256, 0])  # 0: every change of batch width starts a new segment
+def test_a_member_in_a_large_mixed_population_equals_itself_alone(tiny_digits, arch, segment_rows, monkeypatch):
+    import zoo.population as population
+
+    monkeypatch.setattr(population, "SEGMENT_ROWS", segment_rows)
     cfg = arch_config(arch, tiny_digits)
     members = mixed_members(24)
     tcs = [m.train_config for m in members]
@@ -138,6 +142,19 @@ def test_a_member_in_a_large_mixed_population_equals_itself_alone(tiny_digits, a
         assert_states_close(reversed_[i][-1].state, alone[-1].state, atol=1e-5)
     a, b = together[0][-1].state, together[1][-1].state
     assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_segments_split_the_stepping_members_where_padding_costs_more_than_a_call(monkeypatch):
+    import zoo.population as population
+    from zoo.population import _segments
+
+    monkeypatch.setattr(population, "SEGMENT_ROWS", 256)
+    assert _segments([32] * 40 + [64] * 40 + [128] * 40) == [(0, 40), (40, 80), (80, 120)]
+    assert _segments([32] * 4 + [64] * 40) == [(0, 44)]  # padding 4 members by 32 rows: cheaper than a call
+    assert _segments([64] * 10 + [0] * 3 + [64] * 10 + [17]) == [(0, 24)]  # idle members and short batches
+    assert _segments([5]) == [(0, 1)]
+    monkeypatch.setattr(population, "SEGMENT_ROWS", 0)
+    assert _segments([32, 32, 64, 48, 48]) == [(0, 2), (2, 3), (3, 5)]
 
 
 @pytest.mark.parametrize("impl", CONV_IMPLS)
@@ -176,6 +193,42 @@ def test_dropout_masks_are_the_members_own(tiny_digits):
     assert abs(float(kept) - 0.6) < 0.02 and torch.allclose(out[0][out[0] > 0], torch.tensor(scale))
     assert abs(scale - 1 / 0.6) < 1e-4
     assert torch.equal(pop.drop(h, train=False), h)
+
+
+def keep_masks(pop: Population, shape: tuple[int, ...], step: int = 0, call: int = 0) -> torch.Tensor:
+    """The bool keep masks pop.drop applies to an all-ones h of ``shape`` (G', B, ...) at every member's
+    optimizer step ``step`` and call ``call`` within the step."""
+    pop.steps[:] = step
+    pop.drop_calls = call
+    return pop.drop(torch.ones(shape), train=True) > 0
+
+
+def test_hashed_dropout_bits_are_a_function_of_member_step_call_and_unit(tiny_digits):
+    """The counter-based dropout: keep rates match each member's rate statistically, masks differ
+    across members, steps and calls, and a member's bits on its rows do not depend on the population
+    (its position, the others, the padding rows) but only on its seed."""
+    cfg = arch_config("mlp", tiny_digits)
+    rates = [0.05, 0.3, 0.5, 0.7, 0.0]
+    pop = Population("mlp", cfg, [Member(TrainConfig(dropout=r), 10 + i) for i, r in enumerate(rates)])
+    masks = keep_masks(pop, (5, 128, 400))  # 51,200 units per member
+    for m, r in enumerate(rates):
+        kept = float(masks[m].float().mean())
+        assert abs(kept - (1 - r)) < 4 * (r * (1 - r) / masks[m].numel()) ** 0.5 + 1e-9, (r, kept)
+    same = [Member(TrainConfig(dropout=0.5), s) for s in (1, 2, 1)]
+    a = keep_masks(Population("mlp", cfg, same), (3, 64, 100))
+    assert torch.equal(a[0], a[2]) and (a[0] != a[1]).float().mean() > 0.4  # seeds decide, not positions
+    b = keep_masks(Population("mlp", cfg, same), (3, 64, 100), step=1)
+    c = keep_masks(Population("mlp", cfg, same), (3, 64, 100), call=1)
+    for other in (b, c):
+        assert (a[0] != other[0]).float().mean() > 0.4  # about half the bits of two independent masks differ
+    assert torch.equal(a, keep_masks(Population("mlp", cfg, same), (3, 64, 100)))  # same seed: the same bits
+    alone = keep_masks(Population("mlp", cfg, same[1:2]), (1, 40, 100))  # fewer rows: a prefix of the same bits
+    assert torch.equal(alone[0], a[1, :40])
+    big = [Member(TrainConfig(dropout=0.2 + 0.01 * i), 50 + i) for i in range(30)] + same[1:2]
+    inside = keep_masks(Population("mlp", cfg, big), (31, 64, 100))
+    assert torch.equal(inside[30], a[1])
+    per_unit = inside[:30].float().mean(0)  # units are not tied across members: each kept ~ (1 - p) of members
+    assert float(per_unit.std()) < 0.15
 
 
 def test_bench_quick_prints_every_figure(capsys):

@@ -41,6 +41,9 @@ POPULATIONS: Registry[Forward] = Registry("population architecture")
 
 ADAM_BETAS, ADAM_EPS, RMS_ALPHA, RMS_EPS = (0.9, 0.999), 1e-8, 0.99, 1e-8  # torch defaults
 DROP_LEVELS = 65536  # dropout masks compare 16 random bits: a rate p drops round(p * 65536) of 65536 levels
+# dropout bits: a counter-based hash (Wellons' "lowbias32" 32-bit mixer) in int32 arithmetic that wraps;
+# the constants are the mixer's, written as signed int32
+_GOLDEN32, _MIX1, _MIX2 = 0x9E3779B9 - 2 ** 32, 0x7FEB352D, 0x846CA68B - 2 ** 32
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,13 @@ class Population:
         self.exp_avg = torch.zeros_like(self.flat)  # Adam's first moment
         self.sq_avg = torch.zeros_like(self.flat)  # Adam's exp_avg_sq or RMSprop's square_avg (one buffer)
         self.steps = torch.zeros(len(members), 1, device=device)  # optimizer steps per member (bias correction)
-        # each member draws its dropout masks from its own stream, so its weights do not depend on which
-        # other members share its population
-        self.gens = [stream(m.seed, "dropout") for m in members]
+        # each member's dropout bits hash its own key, its own step count and the call index within the
+        # step, so its masks do not depend on which other members share its population
+        self.drop_keys = torch.tensor([[int(torch.randint(-2 ** 31, 2 ** 31 - 1, (), dtype=torch.int32,
+                                                          generator=stream(m.seed, "dropout")))] for m in members],
+                                      dtype=torch.int32, device=device)  # (G, 1)
+        self.drop_calls = 0  # pop.drop calls since the step began (the step loop resets it)
+        self.row0 = 0  # the first member of the batch being computed (the step loop splits the members)
         self._coefficients()
         self.batch_counts: list[int] | None = None  # real examples per stepping member (None: all rows)
 
@@ -91,10 +98,9 @@ class Population:
     def permute(self, order: Sequence[int]) -> None:
         """Reorder the members (and everything per member) in place: member i becomes ``order[i]``."""
         idx = torch.as_tensor(list(order), device=self.device)
-        for name in ("flat", "exp_avg", "sq_avg", "steps"):
+        for name in ("flat", "exp_avg", "sq_avg", "steps", "drop_keys"):
             setattr(self, name, getattr(self, name)[idx].contiguous())
         self.members = [self.members[i] for i in order]
-        self.gens = [self.gens[i] for i in order]
         self._coefficients()
 
     @property
@@ -115,21 +121,21 @@ class Population:
         return self.forward_fn(self, self.params(), x, train)
 
     def drop(self, h: torch.Tensor, train: bool) -> torch.Tensor:
-        """Per-member inverted dropout on h (G', B, ...). Member m draws 16 random bits per unit of its
-        real rows from its own stream (4 units per 64-bit draw: ~5x cheaper than float uniforms), so
-        its masks do not depend on its population; its rate is used to 1/65536 (``DROP_LEVELS``)."""
-        k, b = h.shape[:2]
-        if not train or max(self.rates[:k]) <= 0:
+        """Per-member inverted dropout on h (G', B, ...), all members in one set of tensor ops. Unit u
+        (row-major over (B, ...)) of member m gets 16 bits of hash(key_m, step_m, call, u // 2) (two units
+        per 32-bit hash), so its masks depend only on its seed, its own optimizer steps, the call index
+        within the step and its own rows (padded rows get bits too: their loss is masked out). Its rate
+        is used to 1/65536 (``DROP_LEVELS``)."""
+        rows = slice(self.row0, self.row0 + h.shape[0])  # the members in h
+        call, self.drop_calls = self.drop_calls, self.drop_calls + 1
+        if not train or max(self.rates[rows]) <= 0:
             return h
-        feat = h[0, 0].numel()
-        bits = torch.full((k, b * feat), 32767, dtype=torch.int16)  # 32767: kept at any rate
-        counts = self.batch_counts or [b] * k
-        for m, (gm, rate, n) in enumerate(zip(self.gens, self.rates, counts)):
-            if rate > 0 and n > 0:
-                words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n * feat + 3) // 4,), dtype=torch.int64, generator=gm)
-                bits[m, :n * feat] = words.view(torch.int16)[:n * feat]
-        keep = bits.to(h.device) >= self.drop_threshold[:k]  # (G', B*F) bool
-        scale = keep.to(h.dtype).mul_(self.drop_scale[:k])  # 0 or 1/(1-p): one multiply each way
+        n = h[0].numel()
+        step = self.steps[rows].to(torch.int32)  # (k, 1): exact below 2**24 steps
+        base = _mix32(_mix32(self.drop_keys[rows] + step * _GOLDEN32) + _wrap32(call * _GOLDEN32))  # (k, 1)
+        levels = _mix32(base + _counters((n + 1) // 2, h.device)).view(torch.int16)[:, :n]  # (k, n)
+        keep = levels >= self.drop_threshold[rows]  # (k, n) bool
+        scale = keep.to(h.dtype).mul_(self.drop_scale[rows])  # 0 or 1/(1-p) (a bool * float op is slower)
         return h * scale.view(h.shape)
 
     @torch.no_grad()
@@ -183,7 +189,8 @@ def train_population(pop: Population, splits: Splits, device: str = "cpu",
     given = list(pop.members)
     datas = [member_data(splits.y_train, splits.info.n_classes, m.train_config, m.seed) for m in given]
     per_epoch = [math.ceil(len(d.indices) / m.train_config.batch_size) for d, m in zip(datas, given)]
-    order = sorted(range(pop.size), key=lambda i: -per_epoch[i])  # stable: most steps first
+    # stable: most steps first, equal batch sizes next to each other (fewer padded segments)
+    order = sorted(range(pop.size), key=lambda i: (-per_epoch[i], given[i].train_config.batch_size))
     pop.permute(order)
     try:
         out = _train_sorted(pop, splits, [datas[i] for i in order], device, progress)
@@ -217,17 +224,24 @@ def _train_sorted(pop: Population, splits: Splits, datas: list, device: str,
             if k == 0:
                 continue
             cnt = cnt[:k]
-            bmax = int(cnt.max())
-            bi = idx[:k, s, :bmax].to(device)  # (k, B)
-            valid = (torch.arange(bmax)[None, :] < cnt[:, None]).to(device)  # (k, B)
-            pop.batch_counts = cnt.tolist()  # real rows of the k members stepping (pop.drop reads them)
+            pop.batch_counts = cnt.tolist()  # real rows of the k members stepping
             # one leaf per parameter (views of flat[:k] would each scatter a full (k, P) gradient)
             leaves = {n: v.detach().requires_grad_(True) for n, v in pop.params(pop.flat[:k]).items()}
-            logits = pop.forward_fn(pop, leaves, x_all[bi], True)  # (k, B, K)
-            ce = F.cross_entropy(logits.flatten(0, 1), y_all[:k].gather(1, bi).flatten(), reduction="none")
-            ce = torch.where(valid, ce.view(k, bmax), 0.0)
-            # each member's mean loss over its real rows; members' gradients do not mix
-            loss = (ce.sum(1) / cnt.clamp(min=1).to(ce)).sum()
+            loss = torch.zeros((), device=device)
+            for a, e in _segments(pop.batch_counts) if type(pop) is Population else [(0, k)]:
+                # members a..e-1 padded to their own widest batch (a mixed population pads less)
+                c = cnt[a:e]
+                bmax = int(c.max())
+                bi = idx[a:e, s, :bmax].to(device)  # (e-a, B)
+                pop.row0, pop.drop_calls = a, 0  # pop.drop reads the members' keys and steps from row0
+                part = leaves if (a, e) == (0, k) else {n: v[a:e] for n, v in leaves.items()}
+                logits = pop.forward_fn(pop, part, x_all[bi], True)  # (e-a, B, K)
+                ce = F.cross_entropy(logits.flatten(0, 1), y_all[a:e].gather(1, bi).flatten(), reduction="none")
+                valid = (torch.arange(bmax)[None, :] < c[:, None]).to(device)  # (e-a, B)
+                ce = torch.where(valid, ce.view(e - a, bmax), 0.0)
+                # each member's mean loss over its real rows; members' gradients do not mix
+                loss = loss + (ce.sum(1) / c.clamp(min=1).to(ce)).sum()
+            pop.row0 = 0
             grads = torch.autograd.grad(loss, list(leaves.values()))
             grad = torch.cat([gr.reshape(k, -1) for gr in grads], dim=1)  # (k, P) in layout order
             active = cnt > 0
@@ -239,6 +253,47 @@ def _train_sorted(pop: Population, splits: Splits, datas: list, device: str,
         if progress is not None:
             progress(epoch, epochs)
     return out
+
+
+SEGMENT_ROWS = 256  # padded rows that cost about as much as one more forward/backward call (~1 ms)
+
+
+def _segments(counts: list[int]) -> list[tuple[int, int]]:
+    """Split the stepping members (real rows per member, in population order) into runs [a, e) that
+    each pad to their own widest batch: a member starts a new run when padding it (or the run) to a
+    common width would add more than ``SEGMENT_ROWS`` rows. Results do not depend on the split."""
+    out, a, width = [], 0, counts[0]
+    for i, c in enumerate(counts[1:], 1):
+        merged = max(width, c)
+        if merged * (i + 1 - a) - width * (i - a) - c > SEGMENT_ROWS:
+            out.append((a, i))
+            a, width = i, c
+        else:
+            width = merged
+    return out + [(a, len(counts))]
+
+
+_COUNTERS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _counters(n: int, device: str | torch.device) -> torch.Tensor:
+    """(n,) int32: 0, golden, 2*golden, ... (wrapping): distinct hash inputs for one member's units."""
+    key = (n, str(device))
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.arange(n, dtype=torch.int32, device=device) * _GOLDEN32
+    return _COUNTERS[key]
+
+
+def _wrap32(v: int) -> int:
+    return (v + 2 ** 31) % 2 ** 32 - 2 ** 31
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit mixer, in place on a fresh int32 tensor x (arithmetic wraps; shifts made
+    logical by masking): the same bits on every device and for every batch of members."""
+    x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF)).mul_(_MIX1)
+    x.bitwise_xor_(x.bitwise_right_shift(15).bitwise_and_(0x1FFFF)).mul_(_MIX2)
+    return x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
 
 
 def _epoch_batches(orders: list[torch.Tensor], batch_sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
