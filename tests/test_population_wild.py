@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from core.errors import ZooError
 from fixtures.symmetry import assert_states_close
 from zoo.archs import build
 from zoo.datasets import load_dataset
@@ -150,9 +151,9 @@ def test_padded_layout_and_groups(data):
     assert len({group_key(c) for c in cfgs}) == 1
     padded = padded_config(cfgs)
     assert padded["channels"] == [6, 7, 6] and padded["kernel_sizes"] == [5, 7, 7] and padded["norm"] == "batch"
-    with pytest.raises(Exception, match="share depth and strides"):
+    with pytest.raises(ZooError, match="share depth and strides"):
         padded_config([cfgs[0], {**cfgs[1], "strides": [1, 1, 1]}])
-    with pytest.raises(Exception, match="share depth and strides"):
+    with pytest.raises(ZooError, match="share depth and strides"):
         WildPopulation("wildcnn1d", [cfgs[0], {**cfgs[1], "channels": [4, 7], "kernel_sizes": [5, 3],
                                                 "strides": [2, 1]}], mixed_members()[:2])
 
@@ -161,7 +162,7 @@ def test_build_can_train_wild_families_as_populations(lake, monkeypatch):
     """With populations switched on (zoo build keeps the plain loop by default: faster on CPU), a build
     groups members by depth and stores each one as it trains alone in a population."""
     from storage.writes import read_models, read_weights
-    from zoo.build import build_zoo, plan_build, plan_family
+    from zoo.build import build_zoo, plan_build, plan_family, training_run_id
     from zoo.families import FAMILIES
 
     monkeypatch.setattr(POPULATIONS.get("wildcnn"), "plain_by_default", False)
@@ -178,6 +179,5 @@ def test_build_can_train_wild_families_as_populations(lake, monkeypatch):
     p = plans[small[0]]
     alone = train_population(WildPopulation(fam.arch, [p.arch_config], [Member(p.train_config, p.seed)]), splits)[0]
     stored = {r.run_id: r.model_id for r in read_models(lake)}
-    from zoo.build import training_run_id
     state = read_weights(lake, [stored[training_run_id(fam.arch, p.arch_config, fam.dataset, p)]])
     assert_states_close(next(iter(state.values())), alone[-1].state, atol=1e-5)
