@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from core.errors import ZooError
 from core.hashing import canonical_json
 from zoo.archs import build
-from zoo.population import POPULATIONS, DROP_LEVELS, Member, Population
-from zoo.population_archs import _ACT, _linear
+from zoo.archs.basic import ACTIVATIONS
+from zoo.population import POPULATIONS, Member, Population
 from zoo.sampling import stream
 from zoo.train import init_state
 
@@ -48,6 +48,13 @@ WILD_ARCHS = ("wildcnn", "wildcnn1d")
 # 1.5-5x slower than the plain loop (bench/zoo_build_wild.py, docs/results.md). False: build as populations.
 PLAIN_BY_DEFAULT = True
 BN_MOMENTUM, NORM_EPS = 0.1, 1e-5  # torch's BatchNorm / GroupNorm defaults
+DROP_LEVELS = 65536  # dropout compares 16 random bits: a rate p drops round(p * 65536) of 65536 levels
+_ACT = {name: cls() for name, cls in ACTIVATIONS.items()}
+
+
+def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h (G, B, in), w (G, out, in), b (G, out) -> (G, B, out)."""
+    return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
 
 
 def _kernels(cfg: Mapping) -> list[int]:
