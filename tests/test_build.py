@@ -12,12 +12,11 @@ from core.errors import UnknownEntry
 from storage.lake import Lake
 from storage.writes import read_models, read_weights
 from zoo.archs import ARCHS, load_module
-from zoo.build import build_zoo
+from zoo.build import build_zoo, population_family
 from zoo.families import FAMILIES, Family
 from zoo.sampling import TrainSpace
 from zoo.datasets import DATASETS, load_dataset
 from zoo.families import FAMILIES
-from zoo.population import POPULATIONS
 from zoo.sampling import BadConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -114,7 +113,7 @@ def test_every_family_builds_one_member(lake, family):
     if fam.dataset not in DATASETS or fam.arch not in ARCHS:
         pytest.skip(f"{fam.dataset} or {fam.arch} not registered yet")
     # population families train one epoch; plain-loop ones (slow on 2 cores) store their initialization
-    epoch = 1 if fam.arch in POPULATIONS else 0
+    epoch = 1 if population_family(fam) else 0
     res = build_zoo(lake, family, 1, seed=0, checkpoints=(epoch,))
     (rec,) = read_models(lake)
     assert rec.family == family and rec.arch == fam.arch and rec.epoch == epoch and res.new_ids == [rec.model_id]

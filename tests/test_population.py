@@ -28,7 +28,8 @@ CONFIGS = {
 
 
 # 1-D (sequence) architectures, named "*1d", are tested on MNIST-1D in test_population_1d.py
-IMAGE_ARCHS = [a for a in POPULATIONS.names() if not a.endswith("1d")]
+# heterogeneous (wild) architectures: tests/test_population_wild.py
+IMAGE_ARCHS = [a for a in POPULATIONS.names() if not a.endswith("1d") and not a.startswith("wild")]
 
 
 @pytest.fixture(scope="module")

@@ -78,17 +78,28 @@ def plan_build(lake: Lake, family: str, n: int, seed: int = 0, checkpoints: tupl
                             for p in plans for e in p.train_config.checkpoints])
     pending = [p for p in plans if not {checkpoint_id(fam.arch, p.arch_config, fam.dataset, p, e)
                                         for e in p.train_config.checkpoints} <= stored]
-    if fam.arch not in POPULATIONS:
+    if not population_family(fam):
         return [[p.index for p in pending[i:i + PLAIN_BATCH]] for i in range(0, len(pending), PLAIN_BATCH)]
     # one population per architecture config: members with other batch sizes, data fractions, epochs,
-    # optimizers... train together (zoo.population masks the shorter ones)
-    key = lambda p: canonical_json(p.arch_config)
+    # optimizers... train together (zoo.population masks the shorter ones). Heterogeneous archs
+    # (zoo.population_wild) give their own group key (depth, strides) and an order that keeps each
+    # population's padded widths tight.
+    forward = POPULATIONS.get(fam.arch)
+    group_of = getattr(forward, "group_key", canonical_json)
+    key = lambda p: group_of(p.arch_config)
+    order = getattr(forward, "order_key", None)
     units = []
     for _, group in itertools.groupby(sorted(pending, key=key), key=key):
-        members = sorted(group, key=lambda p: p.index)
+        members = sorted(group, key=lambda p: (order(p.arch_config), p.index) if order else p.index)
         size = _population_size(fam, members, population_size, memory_budget_mb)
         units += [[p.index for p in members[i:i + size]] for i in range(0, len(members), size)]
     return units
+
+
+def population_family(fam: Family) -> bool:
+    """Whether ``zoo build`` trains the family as populations: its arch has a population forward that
+    does not ask for the plain loop (zoo.population_wild's does: slower than the plain loop on CPU)."""
+    return fam.arch in POPULATIONS and not getattr(POPULATIONS.get(fam.arch), "plain_by_default", False)
 
 
 def population_memory(arch: str, arch_config: dict, batch_size: int) -> int:
@@ -111,7 +122,9 @@ def _population_size(fam: Family, members: list[MemberPlan], size: PopulationSiz
         if not str(size).isdigit() or int(size) < 1:
             raise BadConfig(f"--population-size must be a positive number or 'auto' (got {size!r})")
         return int(size)
-    per_member = population_memory(fam.arch, members[0].arch_config, max(p.train_config.batch_size for p in members))
+    padded = getattr(POPULATIONS.get(fam.arch), "padded_config", lambda cfgs: cfgs[0])  # wild: the widest
+    per_member = population_memory(fam.arch, padded([p.arch_config for p in members]),
+                                   max(p.train_config.batch_size for p in members))
     return max(1, int(budget_mb * 2 ** 20 // per_member))
 
 
@@ -193,8 +206,11 @@ def _record(fam: Family, plan: MemberPlan, cp: Checkpoint, model_id: str) -> tup
 def _train_units(fam: Family, units: list[list[MemberPlan]], splits, device: str, progress: Callable[[int], None]):
     """Yield (plans, their checkpoints) unit by unit: one population, or one plain-loop batch."""
     for chunk in units:
-        if fam.arch in POPULATIONS:
-            pop = Population(fam.arch, chunk[0].arch_config, [Member(p.train_config, p.seed) for p in chunk], device)
+        if population_family(fam):
+            members = [Member(p.train_config, p.seed) for p in chunk]
+            make = getattr(POPULATIONS.get(fam.arch), "make_population", None)  # members with own configs
+            pop = (make(fam.arch, [p.arch_config for p in chunk], members, device) if make
+                   else Population(fam.arch, chunk[0].arch_config, members, device))
             # progress in member-epochs: every member counts up to its own last epoch
             lasts = [last_epoch(p.train_config) for p in chunk]
             yield chunk, train_population(pop, splits, device, lambda e, _t: progress(sum(min(e, x) for x in lasts)))

@@ -4,7 +4,8 @@
 
 Member ``index`` of a family built with ``seed`` is a pure function of (family, index, seed): see
 ``Family.member``. Families whose architecture has a batched forward in ``zoo.population.POPULATIONS``
-train as populations; the others (heterogeneous or large) train one by one with the plain loop.
+train as populations (``zoo.build.population_family``); the others (large archs, and the heterogeneous
+wild families, whose padded populations measured slower than the plain loop on CPU) train one by one.
 """
 from __future__ import annotations
 

@@ -313,3 +313,4 @@ def _epoch_batches(orders: list[torch.Tensor], batch_sizes: list[int]) -> tuple[
 
 from zoo.population_archs import _conv, _linear  # noqa: E402,F401  (fill the registry; helpers for forwards)
 from zoo import population_1d  # noqa: E402,F401  (registers the 1-D architectures' forwards)
+from zoo import population_wild  # noqa: E402,F401  (registers the heterogeneous wildcnn / wildcnn1d populations)
