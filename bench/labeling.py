@@ -4,7 +4,7 @@
                                        [--device auto] [--threads 1] [--quick]
     .venv/bin/python bench/labeling.py --families [--lake LAKE] [--family-models 64] [--baseline REV]
 
-``--families`` (issue 12): the benchmark suite's labeling path (``zoo.suite.label_family``: plan, read
+``--families`` (issue 12): the benchmark suite's labeling path (``labeling.suite.label_family``: plan, read
 weights, label, write, one snapshot per batch) per benchmark family and per suite property, on
 ``--family-models`` models of each family: the stored models of ``--lake`` (e.g. built by ``zoo build
 --suite benchmark --n 32 --family F``), else freshly initialized members (untrained: PGD then attacks
@@ -199,7 +199,7 @@ from core.flops import count_flops
 from storage.lake import Lake
 from storage.writes import write_models
 from zoo.datasets import load_dataset
-from zoo.suite import SUITES, label_family
+from labeling.suite import SUITES, label_family
 
 models = torch.load(cfg["models"], weights_only=False)
 rec = models[0][0]
@@ -281,7 +281,7 @@ def baseline_tree(rev: str, dest: str) -> str:
 
 
 def families_bench(lake: str | None, n: int, baseline: str | None, only: str | None, quick: bool) -> None:
-    from zoo.suite import SUITES
+    from labeling.suite import SUITES
 
     suite = SUITES.get("benchmark")
     families = only.split(",") if only else ["bench-digits-wild"] if quick else [f for f, _ in suite.families]

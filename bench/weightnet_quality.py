@@ -28,7 +28,8 @@ from evaluation.predictors import PREDICTORS  # noqa: E402
 from evaluation.widen import widen  # noqa: E402
 from storage.lake import Lake  # noqa: E402
 from weightnet.config import WeightNetConfig  # noqa: E402
-from weightnet.data import load_samples, split_samples  # noqa: E402
+from storage.samples import load_samples  # noqa: E402
+from weightnet.data import split_samples  # noqa: E402
 from weightnet.model import WeightNetPredictor  # noqa: E402
 
 

@@ -54,7 +54,7 @@ def build_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help=
     from zoo.families import FAMILIES
 
     if suite is not None or family is None:
-        from cli.suite import build_suite_cmd  # a suite: its own module (zoo.suite)
+        from cli.suite import build_suite_cmd  # a suite: its own module (labeling.suite)
 
         return build_suite_cmd(suite, family, n, device, threads, lake)
     if n is None:

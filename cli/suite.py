@@ -1,4 +1,4 @@
-"""``zoo build --suite NAME`` and ``zoo families --reliability`` (the work lives in zoo.suite)."""
+"""``zoo build --suite NAME`` and ``zoo families --reliability`` (the work lives in labeling.suite)."""
 from __future__ import annotations
 
 import time
@@ -18,7 +18,7 @@ def build_suite_cmd(suite: Optional[str], family: Optional[str], n: Optional[int
                     threads: Optional[int], lake: Optional[str]) -> None:
     import torch
 
-    from zoo.suite import SUITES, build_suite
+    from labeling.suite import SUITES, build_suite
 
     if suite is None:
         raise ZooError("zoo build needs --family (with --n) or --suite")
@@ -39,7 +39,7 @@ def build_suite_cmd(suite: Optional[str], family: Optional[str], n: Optional[int
 
 
 def reliability_cmd(lake: Optional[str]) -> None:
-    from zoo.suite import stored_reliability
+    from labeling.suite import stored_reliability
 
     with Lake.open(lake) as lk:
         rows = stored_reliability(lk)

@@ -34,7 +34,8 @@ from labeling.reliability import label_reliability
 from storage.lake import Lake
 from storage.runs import Run, finish_run, start_run
 from storage.writes import read_models
-from weightnet.data import ZooSample, load_samples, split_samples
+from storage.samples import ZooSample, load_samples
+from weightnet.data import split_samples
 
 PREFERRED_TARGETS = ("test_accuracy", "gen_gap_accuracy", "pgd_linf_2_255", "corruption_mean_accuracy", "test_loss",
                      "test_f1", "pgd_linf_8_255")

@@ -20,6 +20,9 @@ import torch
 from scipy.stats import kendalltau
 
 
+RECOMPUTE_TOLERANCE = 1e-3  # |recomputed - stored| test accuracy still taken as the same label (or 2 examples)
+
+
 class ZooSample(Protocol):
     """What reliability reads of a stored model (``weightnet.data.ZooSample`` has it; labeling sits below
     weightnet, so it names the fields instead of importing the class)."""
@@ -83,7 +86,9 @@ def label_reliability(samples: Sequence[ZooSample], prop: str = "test_accuracy",
         x, y = load_dataset(family.dataset, family.dataset_seed).split("test")
         correct = correctness(ss, x, y)
         stored = np.array([s.labels[prop] for s in ss])
-        if np.abs(correct.mean(1) - stored).max() > 1e-6:
+        # labels come from batched/stacked forwards whose float rounding can flip a near-tie argmax: a few
+        # examples in 10,000 may differ; another split or other code differs by far more
+        if np.abs(correct.mean(1) - stored).max() > max(RECOMPUTE_TOLERANCE, 2.5 / len(y)):
             notes.append(f"label reliability of {fam}: skipped (recomputed test accuracy differs from the stored "
                          "labels: they were measured on another split or by other code)")
             continue

@@ -11,7 +11,7 @@ import pytest
 
 from zoo.families import FAMILIES
 from zoo.sampling import TrainSpace, sample_train_config
-from zoo.suite import SUITES, BuildSuite, build_suite, format_reliability, stored_reliability
+from labeling.suite import SUITES, BuildSuite, build_suite, format_reliability, stored_reliability
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -90,7 +90,7 @@ def test_suite_builds_labels_tags_and_stores_reliability_then_resumes(lake, tiny
 
 
 def test_a_sample_or_one_family_never_gets_the_suite_tag(tiny_suite) -> None:
-    from zoo.suite import suite_tag
+    from labeling.suite import suite_tag
 
     assert suite_tag(tiny_suite, None) == "tiny-v1"
     assert suite_tag(tiny_suite, 64) == "tiny-v1-n64"
@@ -99,7 +99,7 @@ def test_a_sample_or_one_family_never_gets_the_suite_tag(tiny_suite) -> None:
 
 def test_reliability_is_printed_by_the_cli(lake_dir) -> None:
     from storage.lake import Lake
-    from zoo.suite import FamilyTiming, record_reliability
+    from labeling.suite import FamilyTiming, record_reliability
 
     with Lake.open(lake_dir, create=True) as lk:
         rel = {"n_models": 40, "n_test": 20000, "bootstrap_tau": 0.981, "split_half_tau": 0.962, "n_runs": 20,

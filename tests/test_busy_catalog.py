@@ -15,7 +15,7 @@ import torch
 from core.errors import LakeError
 from storage.lake import CatalogBusy, Lake
 from storage.writes import read_models, read_weights, write_models
-from weightnet.data import load_samples
+from storage.samples import load_samples
 
 
 class FlakyCon:

@@ -11,11 +11,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = ("core", "storage", "zoo", "labeling", "weightnet", "evaluation")
 TOP = ("flows", "cli", "deploy")
 LIBRARIES_WITHOUT = ("prefect",) + TOP
-# zoo/suite.py builds, labels and measures the label reliability of a whole suite: the one module of a lower
-# package that calls a later stage (lazily, inside functions); never evaluation.
-REACHES_UP = {"zoo/suite.py": {"labeling", "weightnet"}}
-
-
 def imported_packages(path: pathlib.Path) -> set[str]:
     """Top-level names of every absolute import in ``path`` (module level or inside functions)."""
     out = set()
@@ -34,7 +29,7 @@ def assert_imports_only_below(package: str) -> None:
     bad = []
     for f in files:
         rel = f.relative_to(ROOT).as_posix()
-        up = (imported_packages(f) & higher) - REACHES_UP.get(rel, set())
+        up = imported_packages(f) & higher
         if up:
             bad.append(f"{rel} imports {sorted(up)}")
     assert not bad, "imports running up the layers: " + "; ".join(bad)

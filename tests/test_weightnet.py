@@ -15,7 +15,8 @@ from storage.lake import Lake
 from storage.writes import Label, ModelRecord, write_labels, write_models
 from weightnet import network as network_module
 from weightnet.config import TokenizerConfig, WeightNetConfig
-from weightnet.data import DatasetConfig, ZooSample, load_samples
+from storage.samples import ZooSample, load_samples
+from weightnet.data import DatasetConfig
 from weightnet.model import WeightNetPredictor
 from weightnet.predict import predict_zoo
 from weightnet.train import train_weightnet

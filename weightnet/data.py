@@ -1,11 +1,11 @@
 """WeightNet datasets: (snapshot or tag, SQL filter, target properties, split rule) -> samples.
 
-A ``ZooSample`` is one stored model: its spec, its weights and its labels. Every predictor (WeightNet
+A ``ZooSample`` (storage.samples) is one stored model: its spec, its weights and its labels. Every predictor (WeightNet
 and the baselines) trains and predicts on lists of samples, so they compare on identical splits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -13,21 +13,7 @@ import torch
 from core.errors import ZooError
 from core.hashing import stable_hash
 from core.registry import Registry
-from core.spec import WeightSpec
-from storage.lake import Lake
-from storage.writes import read_models, read_weights
-
-
-@dataclass(frozen=True)
-class ZooSample:
-    model_id: str
-    run_id: str
-    family: str
-    arch: str
-    arch_config: dict
-    spec: WeightSpec
-    state: dict[str, torch.Tensor]
-    labels: dict[str, float] = field(default_factory=dict)
+from storage.samples import ZooSample
 
 
 @dataclass(frozen=True)
@@ -43,32 +29,6 @@ class DatasetConfig:
     @property
     def id(self) -> str:
         return stable_hash(self)
-
-
-def load_samples(lake: Lake, where: str | None = None, targets: Sequence[str] = (), require_all: bool = True,
-                 batch: int = 256) -> list[ZooSample]:
-    """Models matching ``where`` with their weights and the requested labels.
-
-    With ``require_all`` models lacking any target are skipped (not an error: labeling may lag).
-    """
-    records = read_models(lake, where)
-    labels: dict[str, dict[str, float]] = {}
-    if targets:
-        rows = lake.fetch(
-            "SELECT model_id, property, value FROM lake.main.labels WHERE property IN (SELECT unnest(?::VARCHAR[]))",
-            [list(targets)])
-        for mid, prop, value in rows:
-            labels.setdefault(mid, {})[prop] = float(value)
-    if require_all and targets:
-        records = [r for r in records if all(t in labels.get(r.model_id, {}) for t in targets)]
-    out: list[ZooSample] = []
-    for i in range(0, len(records), batch):
-        chunk = records[i:i + batch]
-        weights = read_weights(lake, [r.model_id for r in chunk])
-        for r in chunk:
-            out.append(ZooSample(r.model_id, r.run_id or r.model_id, r.family, r.arch, r.arch_config, r.spec,
-                                 weights[r.model_id], labels.get(r.model_id, {})))
-    return out
 
 
 def _width(s: ZooSample) -> int:

@@ -14,7 +14,8 @@ from core.hashing import stable_hash
 from storage.lake import Lake
 from storage.runs import Run, finish_run, start_run
 from weightnet.config import WeightNetConfig
-from weightnet.data import DatasetConfig, ZooSample, load_samples, split_samples
+from storage.samples import ZooSample, load_samples
+from weightnet.data import DatasetConfig, split_samples
 from weightnet.metrics import score
 from weightnet.model import WeightNetPredictor
 

@@ -154,7 +154,7 @@ def family_reliability(lake: Lake, family: str) -> dict:
     """Test-accuracy label reliability of a family (all its labeled checkpoints) plus the spread of test
     accuracy over its final checkpoints: quartiles and the share under 20% (members left untrained)."""
     from labeling.reliability import label_reliability
-    from weightnet.data import load_samples
+    from storage.samples import load_samples
 
     samples = load_samples(lake, f"family = '{family}'", ("test_accuracy",))
     if not samples:
