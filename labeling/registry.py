@@ -12,10 +12,9 @@ it produced as stale, so ``labeling.run.plan_labeling`` relabels exactly those m
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -90,21 +89,6 @@ def resolve(names: Sequence[str] | str | None) -> list[Property]:
     for n in dict.fromkeys(names):
         out.append(PROPERTIES.get(n))  # UnknownEntry names the culprit and lists the known ones
     return out
-
-
-@contextlib.contextmanager
-def override_property(prop: Property) -> Iterator[Property]:
-    """Temporarily replace (or add) a registry entry, e.g. the same property at a bumped version (tests)."""
-    entries = PROPERTIES._entries
-    old = entries.get(prop.name)
-    entries[prop.name] = prop
-    try:
-        yield prop
-    finally:
-        if old is None:
-            entries.pop(prop.name, None)
-        else:
-            entries[prop.name] = old
 
 
 def replace(prop: Property, **changes: Any) -> Property:

@@ -10,7 +10,8 @@ import torch
 
 import labeling  # noqa: F401  (fills the registry)
 from core.errors import UnknownEntry, ZooError
-from labeling.registry import PROPERTIES, Property, override_property, replace
+from fixtures.properties import override_property
+from labeling.registry import PROPERTIES, Property, replace
 from labeling.run import label_models, label_zoo, plan, plan_labeling
 from storage.writes import write_models
 
