@@ -1,8 +1,8 @@
 """Population forwards of the 1-D architectures (zoo.archs.conv1d), registered into
 ``zoo.population.POPULATIONS``: G members of one ``cnn1d`` config train as one grouped-conv1d network.
 
-``wildcnn1d`` has no entry: its members differ in shape (and BatchNorm keeps running statistics the
-population's flat parameter buffer does not update), so they train with the plain loop.
+``wildcnn1d`` (members of different shapes, BatchNorm) has its padded population in zoo.population_wild,
+which ``zoo build`` leaves off by default: it measured slower than the plain loop on CPU.
 """
 from __future__ import annotations
 
