@@ -34,7 +34,7 @@ def test_benchmark_suite_is_benchmark_sized() -> None:
     assert all(n >= 2000 for _, n in s.families)
     assert sum(n * len(FAMILIES.get(f).checkpoints) for f, n in s.families) >= 10000
     datasets = {FAMILIES.get(f).dataset for f in BENCH}
-    assert datasets == {"mnist1d-20k", "digits"}
+    assert datasets == {"mnist1d-20k", "digits-t900"}
     assert {FAMILIES.get(f).arch for f in BENCH} == {"mlp", "cnn1d", "wildcnn1d", "wildcnn"}
 
 
@@ -50,6 +50,61 @@ def test_benchmark_members_are_pure_and_heterogeneous_where_wild(family: str) ->
     archs = {json.dumps(p.arch_config, sort_keys=True) for p in plans}
     assert len(archs) >= (10 if fam.arch.startswith("wild") else 2)
     assert all(p.arch_config.get("activation") != "sigmoid" for p in plans)
+
+
+WILD_RANGES = {  # family -> (depths, widths, kernels, mean forward FLOPs per example of 64 members at most)
+    "bench-mnist1d-wild": ((2, 4), (4, 32), {3, 5, 7}, 100_000),
+    "bench-digits-wild": ((2, 4), (8, 24), {3, 5}, 1_500_000),
+}
+
+
+@pytest.mark.parametrize("family", sorted(WILD_RANGES))
+def test_wild_benchmark_members_stay_in_their_cheap_ranges_and_vary_in_every_knob(family: str) -> None:
+    """The wild families' cost is their members' size (docs/results.md): widening a range back fails here."""
+    import torch
+
+    from core.flops import count_flops
+    from zoo.archs import build
+    from zoo.datasets import load_dataset
+
+    (lo_d, hi_d), (lo_c, hi_c), kernels, max_flops = WILD_RANGES[family]
+    fam = FAMILIES.get(family)
+    info = load_dataset(fam.dataset, fam.dataset_seed).info
+    cfgs = [fam.member(i, 0, info).arch_config for i in range(64)]
+    assert all(lo_d <= len(c["channels"]) <= hi_d and lo_c <= min(c["channels"]) <= max(c["channels"]) <= hi_c
+               and set(c["kernel_sizes"]) <= kernels for c in cfgs)
+    for knob in ("activation", "residual", "norm"):
+        assert len({c[knob] for c in cfgs}) > 1, knob
+    assert {len(c["channels"]) for c in cfgs} == set(range(lo_d, hi_d + 1))
+    assert {k for c in cfgs for k in c["kernel_sizes"]} == kernels
+    if fam.arch == "wildcnn1d":
+        assert {s for c in cfgs for s in c["strides"]} == {1, 2}
+    flops = [count_flops(build(fam.arch, c).module, torch.zeros(1, *info.input_shape)) for c in cfgs]
+    assert sum(flops) / len(flops) < max_flops
+
+
+def test_family_label_overrides_touch_only_their_family() -> None:
+    from labeling.suite import label_overrides
+
+    s = SUITES.get("benchmark")
+    suite_wide = {prop: dict(kv) for prop, kv in s.label_params}
+    assert label_overrides(s, "bench-digits-wild")["pgd"] == {**suite_wide["pgd"], "n_examples": 128}
+    for family in ("bench-mnist1d-mlp", "bench-mnist1d-cnn", "bench-mnist1d-wild"):
+        assert label_overrides(s, family) == suite_wide  # the homogeneous families keep the suite's params
+
+
+def test_a_family_override_is_stored_with_that_familys_labels_only(lake, tiny_suite) -> None:
+    s = dataclasses.replace(tiny_suite, name="tiny-override", properties=("pgd",),
+                            families=(("bench-mnist1d-mlp", 1), ("bench-mnist1d-cnn", 1)),
+                            family_label_params=(("bench-mnist1d-cnn", "pgd", (("n_examples", 30),)),))
+    SUITES.register("tiny-override")(s)
+    try:
+        build_suite(lake, "tiny-override")
+    finally:
+        SUITES._entries.pop("tiny-override")
+    rows = lake.fetch("SELECT DISTINCT m.family, l.params FROM lake.main.labels l JOIN lake.main.models m "
+                      "USING (model_id) WHERE l.labeler = 'pgd'")
+    assert {fam: json.loads(p)["n_examples"] for fam, p in rows} == {"bench-mnist1d-mlp": 40, "bench-mnist1d-cnn": 30}
 
 
 def test_sgd_lr_scale_multiplies_only_sgd_learning_rates() -> None:

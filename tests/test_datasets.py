@@ -13,7 +13,7 @@ import torch
 from core.errors import DatasetUnavailable, UnknownEntry
 from zoo.datasets import DATASETS, SplitMismatch, load_dataset
 
-EMBEDDED = ["digits", "mnist1d", "mnist1d-20k", "arrests"]
+EMBEDDED = ["digits", "digits-t900", "mnist1d", "mnist1d-20k", "arrests"]
 DOWNLOADABLE = [n for n in DATASETS.names() if n not in EMBEDDED]
 
 
@@ -102,6 +102,18 @@ def test_mnist1d_20k_has_a_large_fixed_test_set_and_leaves_mnist1d_alone(cache) 
     # no training example reappears in the test set
     seen = {tuple(r.tolist()) for r in big.x_train[:, 0].numpy().round(5)}
     assert not any(tuple(r.tolist()) in seen for r in big.x_test[:, 0].numpy().round(5))
+
+
+def test_digits_t900_has_half_the_digits_as_a_fixed_test_set(cache) -> None:
+    wide, wide1, small = load_dataset("digits-t900", 0), load_dataset("digits-t900", 1), load_dataset("digits", 0)
+    assert (len(wide.y_train), len(wide.y_val), len(wide.y_test)) == (672, 225, 900)
+    assert len(small.y_test) == 360 and small.info.name == "digits"  # digits itself is left alone
+    assert torch.equal(wide.x_test, wide1.x_test) and not torch.equal(wide.x_train, wide1.x_train)
+    assert wide.y_test.bincount(minlength=10).min() >= 70  # every class well represented
+    rows = lambda x: {tuple(r) for r in x.flatten(1).numpy().round(4).tolist()}  # noqa: E731
+    assert not rows(wide.x_test) & rows(torch.cat([wide.x_train, wide.x_val]))  # no duplicate crosses the split
+    assert len(rows(torch.cat([wide.x_train, wide.x_val, wide.x_test]))) == len(rows(torch.cat(
+        [small.x_train, small.x_val, small.x_test])))  # the same examples as digits
 
 
 def test_arrests_sensitive_features_match_the_inputs(cache) -> None:
