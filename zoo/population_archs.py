@@ -36,8 +36,9 @@ def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
 
 
 def _bias_act_drop(pop: Population, y: torch.Tensor, bias: torch.Tensor, train: bool) -> torch.Tensor:
-    """act(y + bias) with the members' dropout: y (G', B, ..., C) without its bias, bias (G', C). ReLU
-    runs as one hand-written autograd step (``_BiasReluDrop``); other activations through autograd."""
+    """act(y + bias) with the members' dropout: y (G', B, ..., C) without its bias, bias (G', C); y must be
+    a fresh kernel output that no backward saves (it may be overwritten). ReLU runs as one hand-written
+    autograd step (``_BiasReluDrop``); other activations through autograd."""
     name = pop.arch_config.get("activation", "relu")
     if name != "relu":
         return pop.drop(_ACT[name](y + bias.view(bias.shape[0], *[1] * (y.dim() - 2), bias.shape[1])), train)
@@ -55,7 +56,9 @@ class _BiasReluDrop(torch.autograd.Function):
     def forward(ctx, y: torch.Tensor, bias: torch.Tensor, mult: torch.Tensor | None,
                 scale: torch.Tensor | None) -> torch.Tensor:
         k, c = bias.shape
-        out = torch.add(y, bias.view(k, *[1] * (y.dim() - 2), c)).clamp_min_(0)
+        # y is a fresh kernel output nothing else reads (no backward saves it): overwrite it in place
+        # (a new 16 MB tensor per call costs page faults on top of the pass)
+        out = y.detach().add_(bias.view(k, *[1] * (y.dim() - 2), c)).clamp_min_(0)
         if mult is not None:
             out.mul_(mult.view(out.shape))
             scale = scale.view(k, *[1] * (y.dim() - 1))
@@ -164,16 +167,20 @@ def _dense_rows(table: torch.Tensor, ci: int, device: str) -> torch.Tensor:
 
 
 @lru_cache(maxsize=None)
-def _tap_sums(table: torch.Tensor, device: str) -> torch.Tensor:
-    """(9, pin*pout) float: which (input, output) position pairs each kernel tap joins."""
-    return F.one_hot(table.reshape(-1), 10)[:, :9].t().float().contiguous().to(device)
+def _tap_pairs(table: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (input, output) position pairs a kernel tap joins: input positions (n,), output positions
+    (n,), and the (9, n) float matrix that sums each tap's pairs."""
+    pin, pout = (table < 9).nonzero().unbind(1)
+    sums = F.one_hot(table[pin, pout], 9).t().float().contiguous()
+    return pin.to(device), pout.to(device), sums.to(device)
 
 
 class _DenseConv(torch.autograd.Function):
     """Kernel (G, Co, Ci, 3, 3) -> dense matrix (G, H*W*Ci, H'*W'*Co), rows (position, channel) like
     channels-last activations. Forward: one gather of Co-float rows from the (10*Ci, Co) kernel blocks
-    (a gather then a permute copy of the whole matrix was ~3x slower); backward: one permute of the
-    gradient to (pin, pout, Ci, Co), then one matmul sums each tap's position pairs."""
+    (a gather then a permute copy of the whole matrix was ~3x slower); backward: gather the gradient's
+    (Ci, Co) blocks of the position pairs some tap joins (25 of 64 on a 4x4 input), then one matmul
+    sums each tap's pairs (no permute copy of the whole gradient)."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -187,6 +194,7 @@ class _DenseConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         g, co, ci, pin, pout = ctx.dims
-        per_pair = grad.reshape(g, pin, ci, pout, co).permute(0, 1, 3, 2, 4).reshape(g, pin * pout, ci * co)
-        taps = torch.matmul(_tap_sums(ctx.table, str(grad.device)).to(grad.dtype), per_pair)  # (G, 9, Ci*Co)
-        return taps.view(g, 3, 3, ci, co).permute(0, 4, 3, 1, 2), None
+        pins, pouts, sums = _tap_pairs(ctx.table, str(grad.device))
+        blocks = grad.reshape(g, pin, ci, pout, co)[:, pins, :, pouts, :]  # (n pairs, G, Ci, Co)
+        taps = (sums.to(grad.dtype) @ blocks.reshape(len(pins), -1)).view(3, 3, g, ci, co)
+        return taps.permute(2, 4, 3, 0, 1), None
