@@ -37,41 +37,54 @@ def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
 
 def _bias_act_drop(pop: Population, y: torch.Tensor, bias: torch.Tensor, train: bool) -> torch.Tensor:
     """act(y + bias) with the members' dropout: y (G', B, ..., C) without its bias, bias (G', C); y must be
-    a fresh kernel output that no backward saves (it may be overwritten). ReLU runs as one hand-written
-    autograd step (``_BiasReluDrop``); other activations through autograd."""
+    a fresh kernel output that no backward saves (it may be overwritten). ReLU and tanh run as one
+    hand-written autograd step (``_BiasActDrop``); other activations through autograd."""
     name = pop.arch_config.get("activation", "relu")
-    if name != "relu":
+    if name not in _BiasActDrop.ACTS:
         return pop.drop(_ACT[name](y + bias.view(bias.shape[0], *[1] * (y.dim() - 2), bias.shape[1])), train)
     mult, scale = pop.drop_mask(y.shape[0], y[0].numel(), train)
-    return _BiasReluDrop.apply(y, bias, mult, scale)
+    return _BiasActDrop.apply(y, bias, mult, scale, name)
 
 
-class _BiasReluDrop(torch.autograd.Function):
-    """relu(y + bias) times the dropout multiplier, in place on one fresh tensor; the backward needs only
-    that output and the members' scales (a unit passes gradient iff its output is > 0, scaled by
-    1/(1-p)). Autograd's version of the same ops keeps more full-size tensors, and an in-place bias on a
-    view of the matmul output makes it copy the whole activation three times in the backward."""
+class _BiasActDrop(torch.autograd.Function):
+    """act(y + bias) times the dropout multiplier, computed in place on y (a fresh kernel output nothing
+    else reads: a new 16 MB tensor per call costs page faults on top of the pass). Autograd's version of
+    the same ops keeps more full-size tensors, and an in-place bias on a view of the matmul output makes
+    it copy the whole activation three times in the backward. Same arithmetic as autograd, same bits.
+    ReLU's backward needs only the output (a unit passes gradient iff its output is > 0, scaled by
+    1/(1-p)); tanh's needs tanh(y + bias) and the multiplier."""
+
+    ACTS = ("relu", "tanh")
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, bias: torch.Tensor, mult: torch.Tensor | None,
-                scale: torch.Tensor | None) -> torch.Tensor:
+                scale: torch.Tensor | None, act: str) -> torch.Tensor:
         k, c = bias.shape
-        # y is a fresh kernel output nothing else reads (no backward saves it): overwrite it in place
-        # (a new 16 MB tensor per call costs page faults on top of the pass)
-        out = y.detach().add_(bias.view(k, *[1] * (y.dim() - 2), c)).clamp_min_(0)
+        z = y.detach().add_(bias.view(k, *[1] * (y.dim() - 2), c))
+        mult = None if mult is None else mult.view(z.shape)
+        ctx.act = act
+        if act == "tanh":
+            t = z.tanh_()
+            ctx.save_for_backward(t, mult)
+            return t if mult is None else t * mult
+        out = z.clamp_min_(0)
         if mult is not None:
-            out.mul_(mult.view(out.shape))
+            out.mul_(mult)
             scale = scale.view(k, *[1] * (y.dim() - 1))
         ctx.save_for_backward(out, scale)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        out, scale = ctx.saved_tensors
-        g = torch.ops.aten.threshold_backward(grad, out, 0)
-        if scale is not None:
-            g.mul_(scale)
-        return g, g.sum(dim=tuple(range(1, g.dim() - 1))), None, None
+        if ctx.act == "tanh":
+            t, mult = ctx.saved_tensors
+            g = torch.ops.aten.tanh_backward(grad if mult is None else grad * mult, t)
+        else:
+            out, scale = ctx.saved_tensors
+            g = torch.ops.aten.threshold_backward(grad, out, 0)
+            if scale is not None:
+                g.mul_(scale)
+        return g, g.sum(dim=tuple(range(1, g.dim() - 1))), None, None, None
 
 
 @POPULATIONS.register("mlp")
@@ -95,7 +108,7 @@ def _conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, impl: str
     """3x3, stride 2, padding 1 convolution of every member, channels last: (G, B, H, W, Ci) -> (G, B, H', W', Co).
     ``bias`` None: without the bias (the caller adds it)."""
     y = _conv_nobias(h, w, impl)
-    return y if bias is None else y + bias.view(bias.shape[0], 1, 1, 1, -1)  # not in place: see _BiasReluDrop
+    return y if bias is None else y + bias.view(bias.shape[0], 1, 1, 1, -1)  # not in place: see _BiasActDrop
 
 
 def _conv_nobias(h: torch.Tensor, w: torch.Tensor, impl: str) -> torch.Tensor:
