@@ -247,3 +247,34 @@ def test_bench_quick_prints_every_figure(capsys):
     for figure in ("torch.mm probe", "population:", "plain loop:", "speedup population vs plain", "GFLOP/s achieved",
                    "% of the torch.mm probe"):
         assert figure in text
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("rates", [(0.0, 0.0), (0.5, 0.0, 0.3)])
+def test_hand_written_bias_activation_dropout_matches_autograd(tiny_digits, act, rates):
+    """The fused step (zoo.population_archs._BiasActDrop) equals autograd on act(y + bias) * multiplier,
+    values and gradients, with and without dropout, and leaves the members' masks where pop.drop puts them."""
+    from zoo.population_archs import _ACT, _BiasActDrop, _bias_act_drop
+
+    assert act in _BiasActDrop.ACTS
+    cfg = {**arch_config("cnn", tiny_digits), "activation": act}
+    members = [Member(TrainConfig(dropout=r), 3 + i) for i, r in enumerate(rates)]
+    g = torch.Generator().manual_seed(1)
+    y0 = torch.randn(len(rates), 6, 4, 4, 5, generator=g)
+    bias = torch.randn(len(rates), 5, generator=g, requires_grad=True)
+    up = torch.randn(y0.shape, generator=g)
+    y = y0.clone().requires_grad_(True)
+    pop = Population("cnn", cfg, members)
+    got = _bias_act_drop(pop, y * 1.0, bias, train=True)  # y * 1.0: a fresh tensor it may overwrite
+    ref_pop = Population("cnn", cfg, members)
+    ref_y = y0.clone().requires_grad_(True)
+    ref = ref_pop.drop(_ACT[act](ref_y + bias.view(-1, 1, 1, 1, 5)), train=True)
+    assert torch.equal(got, ref)
+    assert pop.drop_calls == ref_pop.drop_calls == 1
+    if max(rates) > 0:
+        assert bool((got == 0).any()) and not torch.equal(got, _ACT[act](y0 + bias.view(-1, 1, 1, 1, 5)))
+    grads = torch.autograd.grad((got * up).sum(), (y, bias))
+    want = torch.autograd.grad((ref * up).sum(), (ref_y, bias))
+    for a, e in zip(grads, want):
+        assert torch.allclose(a, e, atol=1e-6)
+    assert torch.equal(y0, y.detach())  # the caller's leaf is untouched (only the fresh y * 1.0 is overwritten)

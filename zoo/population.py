@@ -89,7 +89,8 @@ class Population:
         self.dropout = col(lambda t: t.dropout)[:, 0]  # (G,)
         self.rates = [m.train_config.dropout for m in self.members]
         levels = [round(r * DROP_LEVELS) for r in self.rates]  # dropped levels of 65536
-        self.drop_threshold = torch.tensor([[lv - 32768] for lv in levels], dtype=torch.int16, device=self.device)
+        # a unit is kept iff its int16 level >= lv - 32768; held as that threshold - 1, in float
+        self.drop_below = torch.tensor([[lv - 32769.0] for lv in levels], device=self.device)
         self.drop_scale = torch.tensor([[DROP_LEVELS / (DROP_LEVELS - lv)] for lv in levels], device=self.device)
         self.adam, self.not_adam, self.sgd = adam, 1 - adam, sgd
         self.decay = adam * ADAM_BETAS[1] + rms * RMS_ALPHA + sgd  # second-moment decay; 1 (unused) for SGD
@@ -121,22 +122,31 @@ class Population:
         return self.forward_fn(self, self.params(), x, train)
 
     def drop(self, h: torch.Tensor, train: bool) -> torch.Tensor:
-        """Per-member inverted dropout on h (G', B, ...), all members in one set of tensor ops. Unit u
-        (row-major over (B, ...)) of member m gets 16 bits of hash(key_m, step_m, call, u // 2) (two units
-        per 32-bit hash), so its masks depend only on its seed, its own optimizer steps, the call index
-        within the step and its own rows (padded rows get bits too: their loss is masked out). Its rate
-        is used to 1/65536 (``DROP_LEVELS``)."""
-        rows = slice(self.row0, self.row0 + h.shape[0])  # the members in h
+        """Per-member inverted dropout on h (G', B, ...), all members in one set of tensor ops (the bits:
+        ``drop_mask``)."""
+        mult, _ = self.drop_mask(h.shape[0], h[0].numel(), train)
+        return h if mult is None else h * mult.view(h.shape)
+
+    def drop_mask(self, k: int, n: int, train: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The dropout of the next call on n units per member, for the k members from ``row0``: a (k, n)
+        multiplier (0 for a dropped unit, 1/(1-p) for a kept one) and the (k, 1) scales 1/(1-p), or
+        (None, None) when nothing drops. Unit u (row-major over (B, ...)) of member m gets 16 bits of
+        hash(key_m, step_m, call, u // 2) (two units per 32-bit hash), so its masks depend only on its
+        seed, its own optimizer steps, the call index within the step and its own rows (padded rows get
+        bits too: their loss is masked out). Its rate is used to 1/65536 (``DROP_LEVELS``)."""
         call, self.drop_calls = self.drop_calls, self.drop_calls + 1
+        rows = slice(self.row0, self.row0 + k)  # the members being computed
         if not train or max(self.rates[rows]) <= 0:
-            return h
-        n = h[0].numel()
+            return None, None
         step = self.steps[rows].to(torch.int32)  # (k, 1): exact below 2**24 steps
         base = _mix32(_mix32(self.drop_keys[rows] + step * _GOLDEN32) + _wrap32(call * _GOLDEN32))  # (k, 1)
-        levels = _mix32(base + _counters((n + 1) // 2, h.device)).view(torch.int16)[:, :n]  # (k, n)
-        keep = levels >= self.drop_threshold[rows]  # (k, n) bool
-        scale = keep.to(h.dtype).mul_(self.drop_scale[rows])  # 0 or 1/(1-p) (a bool * float op is slower)
-        return h * scale.view(h.shape)
+        levels = _mix32(base + _counters((n + 1) // 2, self.device)).view(torch.int16)[:, :n]  # (k, n)
+        # kept iff level >= threshold; in float arithmetic, exact on int16 values: clamp(level -
+        # (threshold - 1), 0, 1) is 1 for kept, 0 for dropped (bool masks and where/masked_fill are
+        # several times slower on CPU than these float passes)
+        scale = self.drop_scale[rows]
+        mult = levels.to(torch.float32).sub_(self.drop_below[rows]).clamp_(0, 1).mul_(scale)
+        return mult, scale
 
     @torch.no_grad()
     def update(self, k: int, grad: torch.Tensor, active: torch.Tensor | None = None) -> None:
@@ -290,10 +300,15 @@ def _wrap32(v: int) -> int:
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
     """A bijective 32-bit mixer, in place on a fresh int32 tensor x (arithmetic wraps; shifts made
-    logical by masking): the same bits on every device and for every batch of members."""
-    x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF)).mul_(_MIX1)
-    x.bitwise_xor_(x.bitwise_right_shift(15).bitwise_and_(0x1FFFF)).mul_(_MIX2)
-    return x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
+    logical by masking): the same bits on every device and for every batch of members. The shifts
+    reuse one scratch tensor (fresh large tensors cost page faults on every call)."""
+    tmp = torch.empty_like(x)
+    torch.bitwise_right_shift(x, 16, out=tmp)
+    x.bitwise_xor_(tmp.bitwise_and_(0xFFFF)).mul_(_MIX1)
+    torch.bitwise_right_shift(x, 15, out=tmp)
+    x.bitwise_xor_(tmp.bitwise_and_(0x1FFFF)).mul_(_MIX2)
+    torch.bitwise_right_shift(x, 16, out=tmp)
+    return x.bitwise_xor_(tmp.bitwise_and_(0xFFFF))
 
 
 def _epoch_batches(orders: list[torch.Tensor], batch_sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

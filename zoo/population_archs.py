@@ -28,33 +28,90 @@ _ACT = {name: cls() for name, cls in ACTIVATIONS.items()}
 CONV_IMPLS = ("auto", "grouped", "unfold", "dense", "rows")
 
 
-def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """h (G, B, in), w (G, out, in), b (G, out) -> (G, B, out). bmm, then the bias in place: baddbmm
     with a broadcast bias first copies it over the whole output (up to 3.7x slower at these shapes)."""
-    return torch.bmm(h, w.transpose(1, 2)).add_(b.unsqueeze(1))
+    y = torch.bmm(h, w.transpose(1, 2))
+    return y if b is None else y.add_(b.unsqueeze(1))
+
+
+def _bias_act_drop(pop: Population, y: torch.Tensor, bias: torch.Tensor, train: bool) -> torch.Tensor:
+    """act(y + bias) with the members' dropout: y (G', B, ..., C) without its bias, bias (G', C); y must be
+    a fresh kernel output that no backward saves (it may be overwritten). ReLU and tanh run as one
+    hand-written autograd step (``_BiasActDrop``); other activations through autograd."""
+    name = pop.arch_config.get("activation", "relu")
+    if name not in _BiasActDrop.ACTS:
+        return pop.drop(_ACT[name](y + bias.view(bias.shape[0], *[1] * (y.dim() - 2), bias.shape[1])), train)
+    mult, scale = pop.drop_mask(y.shape[0], y[0].numel(), train)
+    return _BiasActDrop.apply(y, bias, mult, scale, name)
+
+
+class _BiasActDrop(torch.autograd.Function):
+    """act(y + bias) times the dropout multiplier, computed in place on y (a fresh kernel output nothing
+    else reads: a new 16 MB tensor per call costs page faults on top of the pass). Autograd's version of
+    the same ops keeps more full-size tensors, and an in-place bias on a view of the matmul output makes
+    it copy the whole activation three times in the backward. Same arithmetic as autograd, same bits.
+    ReLU's backward needs only the output (a unit passes gradient iff its output is > 0, scaled by
+    1/(1-p)); tanh's needs tanh(y + bias) and the multiplier."""
+
+    ACTS = ("relu", "tanh")
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, bias: torch.Tensor, mult: torch.Tensor | None,
+                scale: torch.Tensor | None, act: str) -> torch.Tensor:
+        k, c = bias.shape
+        z = y.detach().add_(bias.view(k, *[1] * (y.dim() - 2), c))
+        mult = None if mult is None else mult.view(z.shape)
+        ctx.act = act
+        if act == "tanh":
+            t = z.tanh_()
+            ctx.save_for_backward(t, mult)
+            return t if mult is None else t * mult
+        out = z.clamp_min_(0)
+        if mult is not None:
+            out.mul_(mult)
+            scale = scale.view(k, *[1] * (y.dim() - 1))
+        ctx.save_for_backward(out, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.act == "tanh":
+            t, mult = ctx.saved_tensors
+            g = torch.ops.aten.tanh_backward(grad if mult is None else grad * mult, t)
+        else:
+            out, scale = ctx.saved_tensors
+            g = torch.ops.aten.threshold_backward(grad, out, 0)
+            if scale is not None:
+                g.mul_(scale)
+        return g, g.sum(dim=tuple(range(1, g.dim() - 1))), None, None, None
 
 
 @POPULATIONS.register("mlp")
 def _mlp(pop: Population, p: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> torch.Tensor:
-    act = _ACT[pop.arch_config.get("activation", "relu")]
     h = x.flatten(2)  # (G, B, F)
     for i in range(int(pop.arch_config.get("depth", 2))):
-        h = pop.drop(act(_linear(h, p[f"layers.{i}.weight"], p[f"layers.{i}.bias"])), train)
+        h = _bias_act_drop(pop, _linear(h, p[f"layers.{i}.weight"], None), p[f"layers.{i}.bias"], train)
     return _linear(h, p["head.weight"], p["head.bias"])
 
 
 @POPULATIONS.register("cnn")
 def _cnn(pop: Population, p: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> torch.Tensor:
-    act = _ACT[pop.arch_config.get("activation", "relu")]
     h = x.permute(0, 1, 3, 4, 2)  # channels last: (G, B, H, W, C); free for one input channel
     for i in range(int(pop.arch_config.get("n_layers", 3))):
         w, bias = p[f"convs.{i}.weight"], p[f"convs.{i}.bias"]  # (G, Co, Ci, 3, 3), (G, Co)
-        h = pop.drop(act(_conv(h, w, bias, pop.conv_impl)), train)
+        h = _bias_act_drop(pop, _conv(h, w, None, pop.conv_impl), bias, train)
     return _linear(h.mean(dim=(2, 3)), p["head.weight"], p["head.bias"])
 
 
-def _conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
-    """3x3, stride 2, padding 1 convolution of every member, channels last: (G, B, H, W, Ci) -> (G, B, H', W', Co)."""
+def _conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, impl: str) -> torch.Tensor:
+    """3x3, stride 2, padding 1 convolution of every member, channels last: (G, B, H, W, Ci) -> (G, B, H', W', Co).
+    ``bias`` None: without the bias (the caller adds it)."""
+    y = _conv_nobias(h, w, impl)
+    return y if bias is None else y + bias.view(bias.shape[0], 1, 1, 1, -1)  # not in place: see _BiasActDrop
+
+
+def _conv_nobias(h: torch.Tensor, w: torch.Tensor, impl: str) -> torch.Tensor:
     g, b, hh, ww, ci = h.shape
     co = w.shape[1]
     ho, wo = (hh + 1) // 2, (ww + 1) // 2
@@ -63,30 +120,26 @@ def _conv(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, impl: str) -> to
     if impl == "grouped":
         # (B, H, W, G*Ci) seen as an NCHW tensor in channels-last memory format: no copies either way
         xin = h.permute(1, 2, 3, 0, 4).reshape(b, hh, ww, g * ci).permute(0, 3, 1, 2)
-        y = F.conv2d(xin, w.reshape(g * co, ci, 3, 3), bias.reshape(-1), stride=2, padding=1, groups=g)
+        y = F.conv2d(xin, w.reshape(g * co, ci, 3, 3), None, stride=2, padding=1, groups=g)
         return y.permute(0, 2, 3, 1).reshape(b, ho, wo, g, co).permute(3, 0, 1, 2, 4)  # (G, B, H', W', Co)
     if impl == "dense":
-        table = _tap_table(hh, ww)
-        dense = _DenseConv.apply(w, table, _one_hot(hh, ww))  # (G, H*W*Ci, H'*W'*Co)
-        y = torch.bmm(h.reshape(g, b, hh * ww * ci), dense)  # bias added in place (see _linear)
-        return y.view(g, b, ho, wo, co).add_(bias.view(g, 1, 1, 1, co))
+        dense = _DenseConv.apply(w, _tap_table(hh, ww))  # (G, H*W*Ci, H'*W'*Co)
+        return torch.bmm(h.reshape(g, b, hh * ww * ci), dense).view(g, b, ho, wo, co)
     if impl == "rows":
         # im2col over rows only: each output row reads 3 input rows (k, B*H', 3*W*Ci), then one dense
         # (3*W*Ci, W'*Co) matrix per member does the columns; a strided view, so kept for inputs
         # without gradient (the data), where its copy needs no backward
         rows = F.pad(h, (0, 0, 0, 0, 1, 1)).unfold(2, 3, 2)  # (G, B, H', W, Ci, 3)
         rows = rows.permute(0, 1, 2, 5, 3, 4).reshape(g, b * ho, 3 * ww * ci)
-        dense = _DenseConv.apply(w, _row_table(ww), _one_hot_of(_row_table(ww)))  # (G, 3*W*Ci, W'*Co)
-        y = torch.bmm(rows, dense)
-        return y.view(g, b, ho, wo, co).add_(bias.view(g, 1, 1, 1, co))
+        dense = _DenseConv.apply(w, _row_table(ww))  # (G, 3*W*Ci, W'*Co)
+        return torch.bmm(rows, dense).view(g, b, ho, wo, co)
     if impl != "unfold":
         raise ValueError(f"unknown conv_impl {impl!r} (known: {', '.join(CONV_IMPLS)})")
     # im2col by strided views (F.unfold's im2col is slow on CPU for many small images)
     xp = F.pad(h.reshape(g * b, hh, ww, ci), (0, 0, 1, 1, 1, 1))  # zero padding 1 on H and W
     cols = xp.unfold(1, 3, 2).unfold(2, 3, 2)  # (G*B, H', W', Ci, 3, 3): taps ordered like the weight
     cols = cols.reshape(g, b * ho * wo, ci * 9)
-    y = torch.baddbmm(bias.unsqueeze(1), cols, w.reshape(g, co, ci * 9).transpose(1, 2))  # (G, B*H'*W', Co)
-    return y.view(g, b, ho, wo, co)
+    return torch.bmm(cols, w.reshape(g, co, ci * 9).transpose(1, 2)).view(g, b, ho, wo, co)  # (G, B, H', W', Co)
 
 
 @lru_cache(maxsize=None)
@@ -117,39 +170,44 @@ def _row_table(ww: int) -> torch.Tensor:
     return t.view(3 * ww, wo)
 
 
-def _one_hot(hh: int, ww: int) -> torch.Tensor:
-    return _one_hot_of(_tap_table(hh, ww))
+@lru_cache(maxsize=None)
+def _dense_rows(table: torch.Tensor, ci: int, device: str) -> torch.Tensor:
+    """(pin*Ci*pout,) int64: for each row (input position, input channel, output position) of the dense
+    matrix seen as (pin*Ci*pout, Co), its row of the kernel blocks (10*Ci, Co): tap*Ci + channel (tap 9:
+    the zero block). Tables are cached, so hashing them by identity is stable."""
+    rows = table[:, None, :] * ci + torch.arange(ci)[None, :, None]  # (pin, Ci, pout)
+    return rows.reshape(-1).to(device)
 
 
-_ONE_HOT: dict[int, torch.Tensor] = {}
-
-
-def _one_hot_of(table: torch.Tensor) -> torch.Tensor:
-    """(pin*pout, 9) float: which tap each (input, output) pair of ``table`` uses (none: a zero row)."""
-    key = id(table)  # tables are cached, so their ids are stable
-    if key not in _ONE_HOT:
-        _ONE_HOT[key] = F.one_hot(table.reshape(-1), 10)[:, :9].float()
-    return _ONE_HOT[key]
+@lru_cache(maxsize=None)
+def _tap_pairs(table: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (input, output) position pairs a kernel tap joins: input positions (n,), output positions
+    (n,), and the (9, n) float matrix that sums each tap's pairs."""
+    pin, pout = (table < 9).nonzero().unbind(1)
+    sums = F.one_hot(table[pin, pout], 9).t().float().contiguous()
+    return pin.to(device), pout.to(device), sums.to(device)
 
 
 class _DenseConv(torch.autograd.Function):
     """Kernel (G, Co, Ci, 3, 3) -> dense matrix (G, H*W*Ci, H'*W'*Co), rows (position, channel) like
-    channels-last activations. Backward sums each tap's blocks with one matmul against the one-hot table."""
+    channels-last activations. Forward: one gather of Co-float rows from the (10*Ci, Co) kernel blocks
+    (a gather then a permute copy of the whole matrix was ~3x slower); backward: gather the gradient's
+    (Ci, Co) blocks of the position pairs some tap joins (25 of 64 on a 4x4 input), then one matmul
+    sums each tap's pairs (no permute copy of the whole gradient)."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, table: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         g, co, ci = w.shape[:3]
         pin, pout = table.shape
         blocks = torch.cat([w.reshape(g, co, ci, 9).permute(0, 3, 2, 1), w.new_zeros(g, 1, ci, co)], 1)  # (G, 10, Ci, Co)
-        dense = blocks.index_select(1, table.reshape(-1).to(w.device)).view(g, pin, pout, ci, co).transpose(2, 3)
-        ctx.save_for_backward(one_hot)
-        ctx.dims = (g, co, ci, pin, pout)
-        return dense.reshape(g, pin * ci, pout * co)
+        dense = blocks.view(g, 10 * ci, co).index_select(1, _dense_rows(table, ci, str(w.device)))
+        ctx.table, ctx.dims = table, (g, co, ci, pin, pout)
+        return dense.view(g, pin * ci, pout * co)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (one_hot,) = ctx.saved_tensors
         g, co, ci, pin, pout = ctx.dims
-        per_pair = grad.reshape(g, pin, ci, pout, co).permute(0, 2, 4, 1, 3).reshape(g, ci * co, pin * pout)
-        taps = per_pair @ one_hot.to(grad)  # (G, Ci*Co, 9)
-        return taps.view(g, ci, co, 3, 3).permute(0, 2, 1, 3, 4), None, None
+        pins, pouts, sums = _tap_pairs(ctx.table, str(grad.device))
+        blocks = grad.reshape(g, pin, ci, pout, co)[:, pins, :, pouts, :]  # (n pairs, G, Ci, Co)
+        taps = (sums.to(grad.dtype) @ blocks.reshape(len(pins), -1)).view(3, 3, g, ci, co)
+        return taps.permute(2, 4, 3, 0, 1), None
