@@ -70,8 +70,14 @@ class WeightNetConfig:
     loss_weights: tuple[tuple[str, float], ...] = ()  # (property, weight); default 1
     lr: float = 2e-3
     weight_decay: float = 1e-2
-    epochs: int = 40
+    epochs: int = 40  # passes over the training set, unless max_examples stops the fit sooner
+    # training budget per member in examples seen (optimizer steps x batch_size): beyond max_examples /
+    # epochs training models the fit no longer grows with the zoo (docs/results.md "WeightNet fit cost")
+    max_examples: int = 40_000
     batch_size: int = 32
+    # validation checks: one per epoch (or per 1/epochs of the budget), each on at most val_max
+    # validation models (a seeded subset), so early stopping costs the same on any zoo size
+    val_max: int = 256
     # epochs without validation improvement before stopping; the best validation state is kept either
     # way. Stopping early on ~15 validation models was noise (measured: 0.60 -> 0.615 Kendall tau without)
     patience: int = 40
@@ -96,6 +102,9 @@ class WeightNetConfig:
                                    (self.pooling, POOLINGS, "pooling"), (self.loss, LOSSES, "loss")):
             if value not in known:
                 raise ZooError(f"unknown {what} {value!r} (known: {', '.join(known)})")
+        for name in ("epochs", "max_examples", "batch_size", "val_max"):
+            if getattr(self, name) < 1:
+                raise ZooError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.ensemble < 1:
             raise ZooError(f"ensemble must be >= 1, got {self.ensemble}")
         if self.d_model % self.heads:
