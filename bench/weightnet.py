@@ -9,7 +9,8 @@
 2. batched predictions per second on digits CNNs (Small-CNN-Zoo shape, default config: every one of
    its ``ensemble`` members runs), with the encoder's achieved GFLOP/s (torch.utils.flop_counter) and
    the cost of one member alone;
-3. one training epoch over 1,000 digits CNNs (random weights and labels).
+3. one training epoch over 1,000 digits CNNs (random weights and labels), and the default fit
+   (all members, bounded by ``max_examples``) projected from it at that size and at 3,000 models.
 Timings are wall clock; a 1024x1024 float32 matmul measured in the same run is the baseline, so the
 ratios stay meaningful on a shared machine. ``--quick`` (seconds, run by the tests) swaps in a small
 ResNet and 16 digits CNNs: its figures only show that every section still runs.
@@ -176,6 +177,21 @@ def main() -> None:
     steps = len(buckets([len(x) for x in p.pipeline.many(train)], p.config.batch_size))
     print(f"training: one epoch over {len(train)} digits CNNs {t_fit:.1f} s ({p.config.ensemble} members x {steps} steps of {p.config.batch_size}; "
           f"tokenizing them first {t_tok:.1f} s, cached per snapshot afterwards; baseline matmul {base:.0f} GFLOP/s)")
+    # a default fit is bounded by max_examples per member, whatever the zoo's size: project it from the
+    # marginal cost of two more epochs (a fit's fixed costs, rebuilding modules and probe handles, excluded)
+    q = WeightNetPredictor(WeightNetConfig(epochs=3), pipeline=p.pipeline)
+    t = time.perf_counter()
+    q.fit(train, [], ["test_accuracy"], seed=0)
+    t_three = time.perf_counter() - t
+    per_example = max(t_three - t_fit, 1e-9) / (2 * q.config.ensemble * len(train))
+    fixed = max(0.0, t_fit - per_example * q.config.ensemble * len(train))
+    for n in (len(train), 3000):
+        budget = min(cfg.epochs * n, cfg.max_examples)
+        total = fixed + per_example * budget * cfg.ensemble
+        print(f"default fit on {n} training models: {cfg.ensemble} members x {budget} examples seen "
+              f"(min({cfg.epochs} epochs, max_examples {cfg.max_examples})) ~ {total:.0f} s projected "
+              f"({per_example * 1e3:.2f} ms per example from epochs 2-3, {fixed:.1f} s fixed; "
+              f"target ~60 s at 3,000: {total / 60:.2f} x target)")
 
 
 if __name__ == "__main__":

