@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM stops everything the way Ctrl-C does, from the first moment (the children have their own sessions)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # a process started in the background by a non-interactive shell (`cmd &`, nohup, CI runners) inherits
+    # SIGINT as ignored, and Python then leaves it ignored: "Press Ctrl-C to stop" must hold there too
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"starting the Prefect server (home {home}) ...", flush=True)
     try:
         server = start_server(home, args.port)
