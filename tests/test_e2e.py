@@ -177,12 +177,15 @@ def test_make_serve_serves_the_ui_registers_deployments_and_stops_on_sigint(tmp_
 
 
 def test_make_serve_interrupted_while_starting_leaves_no_server(tmp_path):
-    """Ctrl-C during the server's start-up (it runs in its own session, so only serve can stop it)."""
+    """Ctrl-C during the server's start-up (it runs in its own session, so only serve can stop it). serve
+    starts with SIGINT ignored, as a background job of a non-interactive shell (`make serve &`, CI) does:
+    it must still stop on Ctrl-C."""
     log = tmp_path / "serve.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "deploy.serve", "--port", "0", "--lake", str(tmp_path / "lake"),
                                  "--home", str(tmp_path / "home")], cwd=ROOT, env=clean_env(), stdout=fh,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 120
         children: list[int] = []
