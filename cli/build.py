@@ -45,7 +45,9 @@ def build_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help=
               shards: int = typer.Option(1, "--shards", help="Split the build into this many tasks (runs the build_zoo flow)"),
               runner: str = typer.Option("threads", "--runner", help="Task runner for shards: threads | dask"),
               dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Existing Dask scheduler"),
-              workers: int = typer.Option(2, "--workers", help="Threads or Dask LocalCluster workers for shards"),
+              workers: Optional[int] = typer.Option(None, "--workers", help="Shards: threads or Dask LocalCluster "
+                                                    "workers (default 2). --suite: worker processes (default 1; "
+                                                    "> 1 needs a sqlite: or postgres: lake)"),
               lake: Optional[str] = LakeOption) -> None:
     """Train members of a zoo family and store every checkpoint (re-running resumes, never duplicates)."""
     import torch
@@ -56,7 +58,7 @@ def build_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help=
     if suite is not None or family is None:
         from cli.suite import build_suite_cmd  # a suite: its own module (labeling.suite)
 
-        return build_suite_cmd(suite, family, n, device, threads, lake)
+        return build_suite_cmd(suite, family, n, device, threads, lake, workers or 1)
     if n is None:
         raise typer.BadParameter("--n is required with --family", param_hint="--n")
     FAMILIES.get(family)  # unknown family: one clear line before the lake is touched
@@ -72,7 +74,7 @@ def build_cmd(family: Optional[str] = typer.Option(None, "--family", "-f", help=
         Lake.open(location, create=True).close()
         out = build_flow(family=family, n=n, seed=seed, checkpoints=list(cps) if cps else None,
                          lake=location, device=device, population_size=population_size, memory_mb=memory_mb,
-                         shards=shards, runner=runner, dask_address=dask_address, workers=workers)
+                         shards=shards, runner=runner, dask_address=dask_address, workers=workers or 2)
         console.print(f"build {out['run_id']}: {len(out['new_ids'])} new models in {len(out['shards'])} shards, "
                       f"snapshot {out['snapshot_id']}, {time.time() - started:.1f} s")
         return

@@ -15,7 +15,7 @@ console = Console(stderr=True)
 
 
 def build_suite_cmd(suite: Optional[str], family: Optional[str], n: Optional[int], device: str,
-                    threads: Optional[int], lake: Optional[str]) -> None:
+                    threads: Optional[int], lake: Optional[str], workers: int = 1) -> None:
     import torch
 
     from labeling.suite import SUITES, build_suite
@@ -23,14 +23,14 @@ def build_suite_cmd(suite: Optional[str], family: Optional[str], n: Optional[int
     if suite is None:
         raise ZooError("zoo build needs --family (with --n) or --suite")
     SUITES.get(suite)  # unknown suite: one clear line before the lake is touched
-    if threads:
+    if threads and workers == 1:
         torch.set_num_threads(threads)
     started = time.time()
     with Lake.open(lake, create=True) as lk, Progress(
             TextColumn("{task.description:<32}"), BarColumn(), TaskProgressColumn(), TextColumn("work units"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task(f"suite {suite}", total=None)
-        result = build_suite(lk, suite, n, device=device, only=family,
+        result = build_suite(lk, suite, n, device=device, only=family, workers=workers, threads=threads,
                              progress=lambda desc, done, total: bar.update(task, description=desc, completed=done,
                                                                            total=total),
                              log=lambda msg: bar.console.print(msg, markup=False, highlight=False))

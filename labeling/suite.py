@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -88,10 +89,13 @@ def suite_tag(suite: BuildSuite, n: int | None, only: str | None = None) -> str:
 
 def build_suite(lake: Lake, suite: str, n: int | None = None, device: str = "cpu", label_batch: int = 64,
                 progress: SuiteProgress | None = None, log: Callable[[str], None] | None = None,
-                only: str | None = None) -> SuiteResult:
+                only: str | None = None, workers: int = 1, threads: int | None = None) -> SuiteResult:
     """Build, label and measure every family of ``suite`` (``n`` runs each instead of the suite's sizes;
-    ``only``: just that family of the suite)."""
+    ``only``: just that family of the suite). ``workers`` > 1 trains and labels each family in that
+    many processes of ``threads`` torch threads each (default: the cores shared out), on a lake whose
+    catalog admits several writers (``labeling.suite_workers``); the models and labels are the same."""
     from labeling.registry import resolve
+    from labeling.suite_workers import require_shared_catalog
     from zoo.build import build_zoo, plan_family
     from zoo.families import FAMILIES
     from zoo.train import last_epoch
@@ -99,6 +103,10 @@ def build_suite(lake: Lake, suite: str, n: int | None = None, device: str = "cpu
     s = SUITES.get(suite)
     if n is not None and n < 1:
         raise ZooError(f"--n must be >= 1 for a suite build (got {n})")
+    if workers < 1:
+        raise ZooError(f"--workers must be >= 1 (got {workers})")
+    require_shared_catalog(lake.config, workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     sizes = [(fam, n if n is not None else size) for fam, size in s.families if only in (None, fam)]
     if not sizes:
         raise ZooError(f"family {only!r} is not in suite {suite!r} ({', '.join(f for f, _ in s.families)})")
@@ -114,12 +122,17 @@ def build_suite(lake: Lake, suite: str, n: int | None = None, device: str = "cpu
     for fam, size in sizes:
         epochs, models = work[fam]
         t0 = time.time()
-        res = build_zoo(lake, fam, size, seed=s.seed, device=device,
-                        progress=lambda d, t, o=offset: progress and progress(f"build {fam}", o + epochs - t + d, total))
+        if workers > 1:
+            res = _build_family_in_workers(lake, fam, size, s.seed, device, workers, threads,
+                                           lambda d, t, o=offset: progress and progress(f"build {fam}", o + epochs - t + d, total))
+        else:
+            res = build_zoo(lake, fam, size, seed=s.seed, device=device,
+                            progress=lambda d, t, o=offset: progress and progress(f"build {fam}", o + epochs - t + d, total))
         t1 = time.time()
         offset += epochs
         labeled = label_family(lake, s, fam, device, label_batch,
-                               lambda d, t, o=offset: progress and progress(f"label {fam}", o + models - t + d, total))
+                               lambda d, t, o=offset: progress and progress(f"label {fam}", o + models - t + d, total),
+                               workers=workers, threads=threads)
         t2 = time.time()
         offset += models
         if progress:
@@ -138,6 +151,23 @@ def build_suite(lake: Lake, suite: str, n: int | None = None, device: str = "cpu
     return SuiteResult(s.name, tag, snap, out)
 
 
+def _build_family_in_workers(lake: Lake, family: str, n: int, seed: int, device: str, workers: int, threads: int,
+                             progress: Callable[[int, int], None]):
+    """``build_zoo`` of the family with its units dealt to worker processes; the one-process result."""
+    from labeling.suite_workers import build_in_workers
+    from zoo.build import build_zoo, plan_build, plan_family
+    from zoo.families import FAMILIES
+    from zoo.train import last_epoch
+
+    units = plan_build(lake, family, n, seed)
+    plans = plan_family(FAMILIES.get(family), n, seed)
+    pending = sum(last_epoch(plans[i].train_config) for u in units for i in u)
+    if units:
+        build_in_workers(lake.config, family, n, seed, device, units, workers, threads,
+                         lambda done: progress(done, pending))
+    return build_zoo(lake, family, n, seed=seed, units=[])  # every member's ids, nothing trained
+
+
 def label_overrides(suite: BuildSuite, family: str) -> dict[str, dict[str, object]]:
     """property -> parameter overrides for ``family``'s labels: the suite's, then the family's own."""
     out = {prop: dict(kv) for prop, kv in suite.label_params}
@@ -148,7 +178,8 @@ def label_overrides(suite: BuildSuite, family: str) -> dict[str, dict[str, objec
 
 
 def label_family(lake: Lake, suite: BuildSuite, family: str, device: str, batch_size: int,
-                 progress: Callable[[int, int], None] | None = None) -> int:
+                 progress: Callable[[int, int], None] | None = None, workers: int = 1,
+                 threads: int = 1) -> int:
     """Label the family's models lacking a current label of a suite property (with the suite's parameter
     overrides), one snapshot per batch; returns how many models were labeled."""
     from labeling.run import label_models, plan
@@ -156,6 +187,12 @@ def label_family(lake: Lake, suite: BuildSuite, family: str, device: str, batch_
     overrides = label_overrides(suite, family)
     batches = plan(lake, list(suite.properties), f"family = '{family}'", batch_size)
     total, done = sum(len(ids) for ids, _ in batches), 0
+    if workers > 1 and batches:
+        from labeling.suite_workers import label_in_workers
+
+        named = [(ids, [p.name for p in props]) for ids, props in batches]
+        return label_in_workers(lake.config, named, overrides, device, suite.seed, workers, threads,
+                                lambda d: progress and progress(d, total))
     for ids, props in batches:
         props = [dataclasses.replace(p, params=dataclasses.replace(p.params, **overrides[p.name]))
                  if p.name in overrides else p for p in props]

@@ -164,3 +164,36 @@ def test_baseline_names_a_missing_label(zoos):
     pred = _make("statnn-gbt")
     with pytest.raises(ZooError, match="no label 'test_accuracy'"):
         pred.fit(zoos["mlp"][:8], [], ["test_accuracy"], seed=0)
+
+
+@pytest.mark.parametrize("max_examples,with_val", [(50, True), (50, False), (None, True)])
+def test_fit_torch_stops_at_its_examples_budget(max_examples, with_val):
+    """The budget counts training examples, stops the epoch in progress, and still validates it."""
+    from evaluation.baselines.base import fit_torch
+
+    seen = {"train": 0, "val": 0}
+    xs, ys = torch.randn(40, 3), torch.randn(40, 1)
+
+    def batches(split, g):
+        if split == "val" and not with_val:
+            return
+        order = torch.randperm(40, generator=g)
+        for i in range(0, 40, 16):
+            idx = order[i:i + 16]
+            seen[split] += len(idx)
+            yield xs[idx], ys[idx]
+
+    fit_torch(torch.nn.Linear(3, 1), batches, lambda m, x: m(x), seed=0, epochs=5, patience=100,
+              max_examples=max_examples)
+    if max_examples is None:
+        assert seen["train"] == 5 * 40
+    else:
+        assert seen["train"] == 56  # 40 (epoch 1) + 16: the first batch of epoch 2 crosses 50
+    assert seen["val"] == (0 if not with_val else (5 if max_examples is None else 2) * 40)
+
+
+def test_fit_torch_refuses_an_empty_budget():
+    from evaluation.baselines.base import fit_torch
+
+    with pytest.raises(ZooError, match="max_examples"):
+        fit_torch(torch.nn.Linear(3, 1), lambda s, g: iter(()), lambda m, x: m(x), seed=0, max_examples=0)

@@ -177,3 +177,50 @@ def test_cli_refuses_an_unknown_suite_and_a_family_with_a_suite(tmp_path) -> Non
     other = subprocess.run([sys.executable, "-m", "cli", "build", "--suite", "benchmark", "--family",
                             "digits-mlp", "--n", "2", "--lake", lake], capture_output=True, text=True)
     assert other.returncode == 2 and "digits-mlp" in other.stderr and "not in suite" in other.stderr
+
+
+def _lake_contents(lk) -> tuple[dict, list]:
+    from storage.writes import read_weights
+
+    ids = [r[0] for r in lk.fetch("SELECT model_id FROM lake.main.models ORDER BY model_id")]
+    labels = lk.fetch("SELECT model_id, property, value, params FROM lake.main.labels "
+                      "ORDER BY model_id, property")
+    return read_weights(lk, ids), labels
+
+
+def test_suite_in_worker_processes_stores_the_same_models_and_labels(tmp_path, tiny_suite) -> None:
+    """--workers 2 on a SQLite catalog: units and label batches in two processes, same result as one."""
+    import torch
+
+    from storage.lake import Lake
+
+    s = dataclasses.replace(tiny_suite, name="tiny-workers", families=(("bench-mnist1d-mlp", 4),))
+    SUITES.register("tiny-workers")(s)
+    try:
+        with Lake.open(f"sqlite:{tmp_path / 'one'}", create=True) as one:
+            build_suite(one, "tiny-workers", label_batch=2)
+            w_one, l_one = _lake_contents(one)
+        calls: list[tuple[str, int, int]] = []
+        with Lake.open(f"sqlite:{tmp_path / 'two'}", create=True) as two:
+            res = build_suite(two, "tiny-workers", label_batch=2, workers=2, threads=1,
+                              progress=lambda d, a, b: calls.append((d, a, b)))
+            w_two, l_two = _lake_contents(two)
+            shards = two.fetch("SELECT count(*) FROM lake.main.runs WHERE kind = 'build'")[0][0]
+    finally:
+        SUITES._entries.pop("tiny-workers")
+    assert res.families[0].models == 8 and res.tag == "tiny-v1"
+    assert shards == 2  # the 4 runs' populations were dealt to two worker processes
+    assert sorted(w_one) == sorted(w_two) and len(w_one) == 8
+    for mid, state in w_one.items():
+        assert all(torch.equal(t, w_two[mid][k]) for k, t in state.items()), mid
+    assert l_one == l_two and len(l_one) > 8
+    assert calls[-1][1] == calls[-1][2] == 4 * 20 + 8
+    assert all(a <= b for (_, a, _), (_, b, _) in zip(calls, calls[1:]))
+
+
+def test_suite_workers_refuse_a_single_writer_catalog(lake, tiny_suite) -> None:
+    from core.errors import ZooError
+
+    with pytest.raises(ZooError, match="sqlite"):
+        build_suite(lake, "tiny-test", workers=2)
+    assert lake.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 0

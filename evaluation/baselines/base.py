@@ -105,21 +105,25 @@ def one_thread() -> Iterator[None]:
 
 def fit_torch(model: nn.Module, batches: Callable[[str, torch.Generator], Iterable[tuple[object, torch.Tensor]]],
               forward: Callable[[nn.Module, object], torch.Tensor], seed: int, epochs: int = 200, lr: float = 1e-3,
-              weight_decay: float = 1e-4, patience: int = 30) -> nn.Module:
+              weight_decay: float = 1e-4, patience: int = 30, max_examples: int | None = None) -> nn.Module:
     """Adam on MSE (standardized targets) with early stopping on the validation loss.
 
     ``batches(split, generator)`` yields (inputs, y) for split "train" (shuffled) or "val"; the best
     validation state is restored at the end (the last state when there is no validation set).
+    ``max_examples`` caps the training examples seen (the epoch in progress stops there and is
+    validated), so the fit's cost stops growing with the zoo's size.
     """
+    if max_examples is not None and max_examples < 1:
+        raise ZooError(f"max_examples must be >= 1 (got {max_examples})")
     with one_thread():
-        return _fit_torch(model, batches, forward, seed, epochs, lr, weight_decay, patience)
+        return _fit_torch(model, batches, forward, seed, epochs, lr, weight_decay, patience, max_examples)
 
 
 def _fit_torch(model: nn.Module, batches, forward, seed: int, epochs: int, lr: float, weight_decay: float,
-               patience: int) -> nn.Module:
+               patience: int, max_examples: int | None = None) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, waited = math.inf, None, 0
+    best, best_state, waited, seen = math.inf, None, 0, 0
     for _ in range(epochs):
         model.train()
         for x, y in batches("train", g):
@@ -127,18 +131,22 @@ def _fit_torch(model: nn.Module, batches, forward, seed: int, epochs: int, lr: f
             loss = torch.mean((forward(model, x) - y) ** 2)
             loss.backward()
             opt.step()
+            seen += len(y)
+            if max_examples is not None and seen >= max_examples:
+                break
         model.eval()
         with torch.no_grad():
             losses = [torch.mean((forward(model, x) - y) ** 2).item() for x, y in batches("val", g)]
-        if not losses:
-            continue
-        val = float(np.mean(losses))
-        if val < best - 1e-6:
-            best, best_state, waited = val, copy.deepcopy(model.state_dict()), 0
-        else:
-            waited += 1
-            if waited >= patience:
-                break
+        if losses:
+            val = float(np.mean(losses))
+            if val < best - 1e-6:
+                best, best_state, waited = val, copy.deepcopy(model.state_dict()), 0
+            else:
+                waited += 1
+                if waited >= patience:
+                    break
+        if max_examples is not None and seen >= max_examples:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

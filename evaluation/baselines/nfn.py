@@ -135,6 +135,7 @@ class NFNConfig:
     lr: float = 2e-3
     batch_size: int = 16
     patience: int = 15  # epochs without validation improvement before stopping
+    max_examples: int | None = None  # cap on training examples seen (None: up to `epochs` passes)
 
 
 class NFNPredictor(ConformalMixin):
@@ -194,7 +195,7 @@ class NFNPredictor(ConformalMixin):
             torch.manual_seed(seed)  # parameter init from the seed; global RNG restored afterwards
             self.net = NFN(self.layout, len(self.targets), c.hidden, c.n_layers, c.head_hidden).to(self.device)
         self.net = fit_torch(self.net, batches, lambda m, x: m(x), seed, epochs=c.epochs, lr=c.lr,
-                             patience=c.patience)
+                             patience=c.patience, max_examples=c.max_examples)
         self._calibrate(calibration)
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
