@@ -137,10 +137,18 @@ def build_suite(lake: Lake, suite: str, n: int | None = None, device: str = "cpu
         offset += models
         if progress:
             progress(f"reliability {fam}", offset, total)
-        rel = family_reliability(lake, fam)
-        t3 = time.time()
-        timing = FamilyTiming(fam, size, len(res.model_ids), round(t1 - t0, 1), round(t2 - t1, 1), round(t3 - t2, 1), rel)
-        record_reliability(lake, s.name, timing)
+        stored = None if res.new_ids or labeled else _finished(lake, s.name, fam, size, len(res.model_ids))
+        if stored is not None:  # a finished family (resumed suite): its measured reliability and times stand
+            rel = {k: v for k, v in stored.items() if k not in ("models", "build_s", "label_s", "reliability_s")}
+            timing = FamilyTiming(fam, size, stored["models"], stored["build_s"], stored["label_s"],
+                                  stored["reliability_s"], rel)
+            t3 = time.time()
+        else:
+            rel = family_reliability(lake, fam)
+            t3 = time.time()
+            timing = FamilyTiming(fam, size, len(res.model_ids), round(t1 - t0, 1), round(t2 - t1, 1),
+                                  round(t3 - t2, 1), rel)
+            record_reliability(lake, s.name, timing)
         out.append(timing)
         if log:
             log(f"{fam}: {size} runs, {len(res.model_ids)} models ({len(res.new_ids)} new), build {t1 - t0:.0f} s, "
@@ -237,6 +245,16 @@ def record_reliability(lake: Lake, suite: str, t: FamilyTiming) -> None:
                "reliability_s": t.reliability_s}
     write_run(lake, run_id, "reliability", {"suite": suite, "family": t.family, "n": t.n}, "completed", metrics,
               snapshot_id=snap)
+
+
+def _finished(lake: Lake, suite: str, family: str, n: int, models: int) -> dict | None:
+    """The latest reliability row of (suite, family, n) when it measured all ``models`` models, else None."""
+    rows = lake.fetch("SELECT config, metrics FROM lake.main.runs WHERE kind = 'reliability' ORDER BY snapshot_id DESC")
+    for config, metrics in rows:
+        c, m = json.loads(config), json.loads(metrics)
+        if (c.get("suite"), c.get("family"), c.get("n")) == (suite, family, n):
+            return m if m.get("models") == models and m.get("n_models") == models else None
+    return None
 
 
 def stored_reliability(lake: Lake) -> dict[str, dict]:

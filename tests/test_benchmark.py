@@ -121,7 +121,9 @@ def test_sgd_lr_scale_multiplies_only_sgd_learning_rates() -> None:
     assert seen == {"sgd", "adam", "rmsprop"}
 
 
-def test_suite_builds_labels_tags_and_stores_reliability_then_resumes(lake, tiny_suite) -> None:
+def test_suite_builds_labels_tags_and_stores_reliability_then_resumes(lake, tiny_suite, monkeypatch) -> None:
+    import labeling.suite as suite_mod
+
     calls: list[tuple[str, int, int]] = []
     res = build_suite(lake, "tiny-test", progress=lambda d, a, b: calls.append((d, a, b)))
     assert res.tag == "tiny-v1" and lake.resolve("tiny-v1") == res.snapshot_id
@@ -141,10 +143,22 @@ def test_suite_builds_labels_tags_and_stores_reliability_then_resumes(lake, tiny
     assert all(a <= b for (_, a, _), (_, b, _) in zip(calls, calls[1:]))  # one bar, never going back
     # re-running resumes: nothing new is trained or labeled
     before = lake.fetch("SELECT count(*) FROM lake.main.labels")[0][0]
+    n_rel = lake.fetch("SELECT count(*) FROM lake.main.runs WHERE kind = 'reliability'")[0][0]
+    measured = []
+    monkeypatch.setattr(suite_mod, "family_reliability", lambda lk, f: measured.append(f) or {})
     again = build_suite(lake, "tiny-test")
-    assert again.families[0].models == 6
+    assert again.families[0].models == 6 and again.tag == "tiny-v1"
+    # a finished family keeps its measured reliability and times: not measured again, no new row
+    assert measured == [] and again.families[0].reliability["split_half_tau"] == rel["split_half_tau"]
+    assert again.families[0].build_s == fam.build_s
+    assert lake.fetch("SELECT count(*) FROM lake.main.runs WHERE kind = 'reliability'")[0][0] == n_rel
     assert lake.fetch("SELECT count(*) FROM lake.main.labels")[0][0] == before
     assert lake.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 6
+    # one more run of the family: its models change, so its reliability is measured again
+    bigger = dataclasses.replace(tiny_suite, families=(("bench-mnist1d-mlp", 4),))
+    monkeypatch.setitem(SUITES._entries, "tiny-test", bigger)
+    third = build_suite(lake, "tiny-test")
+    assert measured == ["bench-mnist1d-mlp"] and third.families[0].models == 8
 
 
 def test_a_sample_or_one_family_never_gets_the_suite_tag(tiny_suite) -> None:
