@@ -185,6 +185,12 @@ def label_overrides(suite: BuildSuite, family: str) -> dict[str, dict[str, objec
     return out
 
 
+def with_overrides(props: list, overrides: dict[str, dict[str, object]]) -> list:
+    """The properties with their parameter overrides applied (stored with every label as its params)."""
+    return [dataclasses.replace(p, params=dataclasses.replace(p.params, **overrides[p.name]))
+            if p.name in overrides else p for p in props]
+
+
 def label_family(lake: Lake, suite: BuildSuite, family: str, device: str, batch_size: int,
                  progress: Callable[[int, int], None] | None = None, workers: int = 1,
                  threads: int = 1) -> int:
@@ -202,9 +208,7 @@ def label_family(lake: Lake, suite: BuildSuite, family: str, device: str, batch_
         return label_in_workers(lake.config, named, overrides, device, suite.seed, workers, threads,
                                 lambda d: progress and progress(d, total))
     for ids, props in batches:
-        props = [dataclasses.replace(p, params=dataclasses.replace(p.params, **overrides[p.name]))
-                 if p.name in overrides else p for p in props]
-        label_models(lake, ids, props, device, seed=suite.seed)
+        label_models(lake, ids, with_overrides(props, overrides), device, seed=suite.seed)
         done += len(ids)
         if progress is not None:
             progress(done, total)

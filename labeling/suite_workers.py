@@ -60,18 +60,15 @@ def _build_shard(config: LakeConfig, family: str, n: int, seed: int, device: str
 
 def _label_batches(config: LakeConfig, batches: list[tuple[list[str], list[str]]],
                    overrides: dict[str, dict[str, object]], device: str, seed: int, worker: int) -> int:
-    import dataclasses
-
     from labeling.registry import resolve
     from labeling.run import label_models
+    from labeling.suite import with_overrides
     from storage.lake import Lake
 
     done = 0
     with Lake.open(config) as lk:
         for ids, names in batches:
-            props = [dataclasses.replace(p, params=dataclasses.replace(p.params, **overrides[p.name]))
-                     if p.name in overrides else p for p in resolve(names)]
-            label_models(lk, ids, props, device, seed=seed)
+            label_models(lk, ids, with_overrides(resolve(names), overrides), device, seed=seed)
             done += len(ids)
             _report(worker, done)
     return done
