@@ -123,7 +123,7 @@ def build_suite(lake: Lake, suite: str, n: int | None = None, device: str = "cpu
         epochs, models = work[fam]
         t0 = time.time()
         if workers > 1:
-            res = _build_family_in_workers(lake, fam, size, s.seed, device, workers, threads,
+            res = _build_family_in_workers(lake, fam, size, s.seed, plans[fam], device, workers, threads,
                                            lambda d, t, o=offset: progress and progress(f"build {fam}", o + epochs - t + d, total))
         else:
             res = build_zoo(lake, fam, size, seed=s.seed, device=device,
@@ -159,16 +159,15 @@ def build_suite(lake: Lake, suite: str, n: int | None = None, device: str = "cpu
     return SuiteResult(s.name, tag, snap, out)
 
 
-def _build_family_in_workers(lake: Lake, family: str, n: int, seed: int, device: str, workers: int, threads: int,
-                             progress: Callable[[int, int], None]):
-    """``build_zoo`` of the family with its units dealt to worker processes; the one-process result."""
+def _build_family_in_workers(lake: Lake, family: str, n: int, seed: int, plans: list, device: str, workers: int,
+                             threads: int, progress: Callable[[int, int], None]):
+    """``build_zoo`` of the family with its units dealt to worker processes; the one-process result.
+    ``plans``: the family's member plans (``zoo.build.plan_family``), already made by the caller."""
     from labeling.suite_workers import build_in_workers
-    from zoo.build import build_zoo, plan_build, plan_family
-    from zoo.families import FAMILIES
+    from zoo.build import build_zoo, plan_build
     from zoo.train import last_epoch
 
     units = plan_build(lake, family, n, seed)
-    plans = plan_family(FAMILIES.get(family), n, seed)
     pending = sum(last_epoch(plans[i].train_config) for u in units for i in u)
     if units:
         build_in_workers(lake.config, family, n, seed, device, units, workers, threads,
