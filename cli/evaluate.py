@@ -24,6 +24,8 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
                  where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL predicate over the models table"),
                  device: str = typer.Option("cpu", "--device", "-d", help="cpu | cuda"),
                  threads: int = typer.Option(1, "--threads", help="torch threads while fitting (small models: 1 is fastest)"),
+                 workers: int = typer.Option(1, "--workers", help="processes fitting (experiment, seed) units "
+                                             "in parallel, one thread each (Linux/macOS; same report as 1)"),
                  lake: Optional[str] = LakeOption) -> None:
     """Evaluate WeightNet and the baselines (StatNN, NFN, flat MLP, calculators) on identical splits."""
     from core.errors import ZooError
@@ -42,7 +44,7 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
         with Progress(TextColumn(f"evaluate ({suite})"), BarColumn(), MofNCompleteColumn(), TextColumn("fits"),
                       TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("evaluate", total=None)
-            res = evaluate(lk, suite, at, out, seed_list, where=where, device=device, threads=threads,
+            res = evaluate(lk, suite, at, out, seed_list, where=where, device=device, threads=threads, workers=workers,
                            progress=lambda done, n: bar.update(task, completed=done, total=n))
     for failure in res.failures:
         console.print(f"FAILED: {failure}", style="red", markup=False, highlight=False, soft_wrap=True)

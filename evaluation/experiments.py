@@ -68,27 +68,46 @@ def n_units(exps: Sequence[Experiment], seeds: Sequence[int]) -> int:
 
 
 def run(exps: Sequence[Experiment], seeds: Sequence[int], device: str = "cpu",
-        progress: Callable[[int, int], None] | None = None) -> Outcome:
+        progress: Callable[[int, int], None] | None = None, workers: int = 1) -> Outcome:
+    """Fit and score every (experiment, seed, predictor); with ``workers`` > 1 the (experiment, seed)
+    units run in that many forked processes (see ``evaluation.parallel``), merged in the serial order."""
+    if workers > 1:
+        from evaluation.parallel import run_forked
+
+        return run_forked(exps, seeds, device, progress, workers)
     out = Outcome()
     total, done = n_units(exps, seeds), 0
-    skipped: set[tuple[str, str]] = set()
-    for exp in exps:
+    for i in range(len(exps)):
         for seed in seeds:
-            train, val, tests = exp.split_fn(seed)
-            all_test = [s for ss in tests.values() for s in ss]
-            for name in exp.predictors:
-                label = exp.labels.get(name, name)
-                why = applicable(name, train, all_test, exp.targets)
-                if why:
-                    if (exp.name, label) not in skipped:
-                        out.notes.append(f"{exp.name}: {label} skipped: {why}")
-                        skipped.add((exp.name, label))
-                else:
-                    _fit_and_score(exp, name, label, seed, seeds[0], train, val, tests, device, out)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+            merge(out, run_unit(exps, i, seed, seeds[0], device))
+            done += len(exps[i].predictors)
+            if progress is not None:
+                progress(done, total)
     return out
+
+
+def run_unit(exps: Sequence[Experiment], index: int, seed: int, first_seed: int, device: str) -> Outcome:
+    """Experiment ``index`` on one seed: one split, every predictor fitted on it and scored."""
+    exp, out = exps[index], Outcome()
+    train, val, tests = exp.split_fn(seed)
+    all_test = [s for ss in tests.values() for s in ss]
+    for name in exp.predictors:
+        label = exp.labels.get(name, name)
+        why = applicable(name, train, all_test, exp.targets)
+        if why:
+            out.notes.append(f"{exp.name}: {label} skipped: {why}")
+        else:
+            _fit_and_score(exp, name, label, seed, first_seed, train, val, tests, device, out)
+    return out
+
+
+def merge(into: Outcome, part: Outcome) -> None:
+    """Append ``part`` to ``into``; a note already there (a skip repeated for every seed) is kept once."""
+    into.scores += part.scores
+    into.scatter.update(part.scatter)
+    into.fitted.update(part.fitted)
+    into.notes += [n for n in part.notes if n not in into.notes]
+    into.failures += part.failures
 
 
 def _fit_and_score(exp: Experiment, name: str, label: str, seed: int, first_seed: int, train, val, tests,

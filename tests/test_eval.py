@@ -222,6 +222,67 @@ def test_an_evaluation_that_measured_nothing_has_failed(tiny_zoo, tmp_path, monk
     assert "## Status: FAILED" in (tmp_path / res.run_id / "report.md").read_text()
 
 
+def _tiny_experiments(lake) -> list:
+    from storage.samples import load_samples
+
+    with lake.viewing(lake.resolve("v1"), True):
+        samples = load_samples(lake, None, targets=["test_accuracy", "test_loss"], require_all=False)
+    suite = dataclasses.replace(TINY, name="tiny-workers", predictors=("weightnet", "statnn-gbt", "nfn", "calc"),
+                                held_out_family=True)
+    exps, _, _ = run.plan(samples, suite, {}, [])
+    return exps
+
+
+def test_workers_give_the_serial_scores_in_the_serial_order(tiny_zoo):
+    """2 forked workers fit every (experiment, seed) unit and return exactly what one process does."""
+    exps = _tiny_experiments(tiny_zoo)
+    assert {e.name for e in exps} >= {"digits-cnn / random", "held-out family digits-cnn"}
+    with run._threads(1):
+        serial = experiments.run(exps, [0, 1])
+    ticks = []
+    forked = experiments.run(exps, [0, 1], progress=lambda d, n: ticks.append((d, n)), workers=2)
+    assert serial.failures == forked.failures == []
+    assert [(s.experiment, s.test_set, s.predictor, s.property, s.seed, s.n_test) for s in forked.scores] == \
+        [(s.experiment, s.test_set, s.predictor, s.property, s.seed, s.n_test) for s in serial.scores]
+    for a, b in zip(serial.scores, forked.scores):
+        keys = set(a.values) - {"fit_seconds"}
+        assert keys == set(b.values) - {"fit_seconds"}
+        np.testing.assert_array_equal([a.values[k] for k in sorted(keys)], [b.values[k] for k in sorted(keys)],
+                                      err_msg=str((a, b)))  # bit for bit (NaN where both are NaN)
+    assert forked.notes == serial.notes and len(set(serial.notes)) == len(serial.notes)
+    assert set(forked.scatter) == set(serial.scatter)
+    assert set(forked.fitted) == set(serial.fitted) != set()  # the fitted seed-0 predictors come back
+    assert [d for d, _ in ticks] == sorted(d for d, _ in ticks) and ticks[-1] == (experiments.n_units(exps, [0, 1]),) * 2
+
+
+def test_a_failing_or_dying_worker_is_a_failure_not_a_hang(tiny_zoo, monkeypatch):
+    import os
+
+    exps = [e for e in _tiny_experiments(tiny_zoo) if e.name.endswith("/ random")][:2]
+    real = experiments.make_predictor
+
+    def make(name, device="cpu", overrides=None):
+        if name == "nfn":
+            raise RuntimeError("injected failure of nfn")
+        if name == "weightnet" and os.getpid() != parent:
+            os._exit(3)  # the worker process dies mid-unit (as when the kernel kills it for memory)
+        return real(name, device, overrides)
+
+    parent = os.getpid()
+    monkeypatch.setattr(experiments, "make_predictor", make)
+    out = experiments.run(exps, [0], workers=2)
+    assert out.failures and any("worker process died" in f for f in out.failures), out.failures
+    serial = experiments.run(exps[:1], [0])  # in the parent weightnet fits; nfn still fails, as a failure
+    assert any("injected failure of nfn" in f for f in serial.failures)
+
+
+def test_workers_refuse_more_threads_and_a_bad_count(tiny_zoo, tmp_path):
+    with pytest.raises(ZooError, match="one thread per worker"):
+        run.evaluate(tiny_zoo, "small", at="v1", out_dir=tmp_path, workers=2, threads=2)
+    with pytest.raises(ZooError, match="workers must be >= 1"):
+        run.evaluate(tiny_zoo, "small", at="v1", out_dir=tmp_path, workers=0)
+
+
 def test_a_crashing_experiment_plan_is_a_failure_and_a_data_limit_a_note(rng, monkeypatch):
     samples = synthetic_samples("mlp", 12, rng)
     suite = dataclasses.replace(TINY, name="w", widths=True, hparams=True)
