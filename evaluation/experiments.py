@@ -101,6 +101,11 @@ def run_unit(exps: Sequence[Experiment], index: int, seed: int, first_seed: int,
     return out
 
 
+def kept_test(tests: Mapping[str, list[ZooSample]]) -> list[ZooSample]:
+    """The test set a kept (fitted) predictor is interpreted on: "test", else the first one."""
+    return tests.get("test") or next(iter(tests.values()))
+
+
 def merge(into: Outcome, part: Outcome) -> None:
     """Append ``part`` to ``into``; a note already there (a skip repeated for every seed) is kept once."""
     into.scores += part.scores
@@ -121,7 +126,7 @@ def _fit_and_score(exp: Experiment, name: str, label: str, seed: int, first_seed
         return
     fit_seconds = time.perf_counter() - t0  # wall time, so it depends on the machine's load
     if exp.keep_fitted and seed == first_seed:
-        out.fitted[(exp.name, label)] = (pred, tests.get("test") or next(iter(tests.values())))
+        out.fitted[(exp.name, label)] = (pred, kept_test(tests))
     for test_name, samples in tests.items():
         if not samples:
             continue

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from evaluation import experiments
-from evaluation.experiments import Experiment, Outcome, merge, n_units, run_unit
+from evaluation.experiments import Experiment, Outcome, kept_test, merge, n_units, run_unit
 
 _EXPERIMENTS: Sequence[Experiment] = ()  # set in the parent just before forking; children read their copy
 
@@ -44,14 +44,24 @@ def _init() -> None:
 
 def _unit(index: int, seed: int, first_seed: int, device: str) -> Outcome:
     out = run_unit(_EXPERIMENTS, index, seed, first_seed, device)
-    for key, fitted in list(out.fitted.items()):  # kept for interpretability; must survive the trip back
+    # a kept predictor goes back without its test samples (thousands of state dicts would make the trip
+    # slower than the fit: measured); the parent takes them from its own copy of the split
+    for key, (pred, _test) in list(out.fitted.items()):
         try:
-            pickle.dumps(fitted)
+            pickle.dumps(pred)
+            out.fitted[key] = (pred, None)
         except Exception as e:
             del out.fitted[key]
             out.notes.append(f"{key[0]}: fitted {key[1]} not kept for interpretation "
                              f"(does not pickle across --workers: {type(e).__name__})")
     return out
+
+
+def _with_tests(exps: Sequence[Experiment], index: int, first_seed: int, part: Outcome) -> Outcome:
+    if part.fitted:
+        test = kept_test(exps[index].split_fn(first_seed)[2])
+        part.fitted = {key: (pred, test) for key, (pred, _none) in part.fitted.items()}
+    return part
 
 
 def run_forked(exps: Sequence[Experiment], seeds: Sequence[int], device: str,
@@ -77,7 +87,7 @@ def run_forked(exps: Sequence[Experiment], seeds: Sequence[int], device: str,
                 k = futures[fut]
                 i, seed = units[k]
                 try:
-                    parts[k] = fut.result()
+                    parts[k] = _with_tests(exps, i, seeds[0], fut.result())
                 except BrokenProcessPool as e:  # a worker died (killed, out of memory): its units are failures
                     parts[k] = Outcome(failures=[f"{exps[i].name}: seed {seed} lost: worker process died ({e})"])
                 except Exception as e:

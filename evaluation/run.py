@@ -212,7 +212,7 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
         elif outside:
             notes.append(f"zoo {zoo}: {len(outside)} ingested models of its architecture scored as '{targets_mod.OUTSIDE_SET}'")
         exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss, outside), learned, targets,
-                               overrides=suite.overrides_for(), keep_fitted=(i == 0)))
+                               overrides=suite.overrides_for(), keep_fitted=(i == 0 and suite.interpret)))
         for p in suite.predictors:  # zero-shot calculators: scored on the properties they compute
             computed = calculated_targets(ss, PREDICTORS.get(p).computes)
             if computed:

@@ -228,7 +228,7 @@ def _tiny_experiments(lake) -> list:
     with lake.viewing(lake.resolve("v1"), True):
         samples = load_samples(lake, None, targets=["test_accuracy", "test_loss"], require_all=False)
     suite = dataclasses.replace(TINY, name="tiny-workers", predictors=("weightnet", "statnn-gbt", "nfn", "calc"),
-                                held_out_family=True)
+                                held_out_family=True, interpret=True)
     exps, _, _ = run.plan(samples, suite, {}, [])
     return exps
 
@@ -252,6 +252,9 @@ def test_workers_give_the_serial_scores_in_the_serial_order(tiny_zoo):
     assert forked.notes == serial.notes and len(set(serial.notes)) == len(serial.notes)
     assert set(forked.scatter) == set(serial.scatter)
     assert set(forked.fitted) == set(serial.fitted) != set()  # the fitted seed-0 predictors come back
+    for key, (pred, test) in forked.fitted.items():  # with the parent's own test samples
+        assert [s.model_id for s in test] == [s.model_id for s in serial.fitted[key][1]]
+        assert test[0] is next(s for s in exps[0].split_fn(0)[2]["test"] if s.model_id == test[0].model_id)
     assert [d for d, _ in ticks] == sorted(d for d, _ in ticks) and ticks[-1] == (experiments.n_units(exps, [0, 1]),) * 2
 
 
