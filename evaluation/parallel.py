@@ -10,11 +10,14 @@ dicts), which neither pickles cheaply nor can be rebuilt in a child without open
 DuckDB-file catalog admits one writer). Forked children inherit the experiments; only (index, seed)
 goes in and an ``Outcome`` comes back. Forking a process whose OpenMP pool has run is safe only while
 the child stays on one thread (a child that starts a multi-threaded OpenMP region hangs: measured
-here), so every worker is pinned to one torch thread and one BLAS/OpenMP thread.
+here), so every worker is pinned to one torch thread and one BLAS/OpenMP thread. And once autograd
+has started its device threads in the parent, torch refuses backward in forked children; a forked probe
+checks that first, and the units run in one process (with a note) when it fails.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +33,28 @@ _EXPERIMENTS: Sequence[Experiment] = ()  # set in the parent just before forking
 
 def can_fork() -> bool:
     return "fork" in mp.get_all_start_methods()
+
+
+def _backward_in_child() -> None:
+    try:
+        x = torch.ones(2, requires_grad=True)
+        (x * x).sum().backward()
+    except RuntimeError:
+        os._exit(1)
+    os._exit(0)
+
+
+def autograd_survives_fork() -> bool:
+    """Whether a forked child of this process can run a backward pass. Once autograd has started its
+    device threads here (a backward on a machine where torch sees an accelerator, or any other device
+    type), torch refuses autograd in forked children; a one-off forked probe finds out in milliseconds."""
+    probe = mp.get_context("fork").Process(target=_backward_in_child)
+    probe.start()
+    probe.join(60)
+    if probe.exitcode is None:
+        probe.kill()
+        probe.join()
+    return probe.exitcode == 0
 
 
 def _init() -> None:
@@ -68,9 +93,12 @@ def run_forked(exps: Sequence[Experiment], seeds: Sequence[int], device: str,
                progress: Callable[[int, int], None] | None, workers: int) -> Outcome:
     """``experiments.run`` over ``workers`` forked processes; falls back to one process (with a note)
     where the platform cannot fork."""
-    if not can_fork():
+    why = ("this platform cannot fork" if not can_fork() else
+           "" if autograd_survives_fork() else
+           "autograd's threads already run in this process, so forked children could not train")
+    if why:
         out = experiments.run(exps, seeds, device, progress, workers=1)
-        out.notes.insert(0, f"--workers {workers}: this platform cannot fork; ran in one process")
+        out.notes.insert(0, f"--workers {workers}: {why}; ran in one process")
         return out
     if device != "cpu":
         raise ValueError(f"--workers > 1 runs on CPU only (got device {device!r}): "

@@ -11,7 +11,7 @@ import torch
 from core.errors import ZooError
 from fixtures.eval_zoo import synthetic_samples, trained_digits_zoo
 from weightnet.data import _width
-from evaluation import ablations, experiments, interpret, run, splits
+from evaluation import ablations, experiments, interpret, parallel, run, splits
 from evaluation.targets import STATNN
 from evaluation.widen import widen
 from zoo.archs import build
@@ -233,14 +233,62 @@ def _tiny_experiments(lake) -> list:
     return exps
 
 
+FORKED_VS_SERIAL = """
+import json, torch
+from fixtures.eval_zoo import synthetic_samples
+from evaluation import experiments, parallel, run
+from evaluation.experiments import Experiment
+
+assert parallel.autograd_survives_fork()  # a fresh process: nothing has run backward yet
+g = torch.Generator().manual_seed(0)
+samples = synthetic_samples("mlp", 24, g) + synthetic_samples("cnn", 24, g)
+fast = {"weightnet": {"epochs": 2}, "nfn": {"epochs": 3}, "statnn-gbt": {"gbt_iter": 20}}
+exps = [Experiment(f"{f} / random", f, "random", run._random([s for s in samples if s.family == f]),
+                   ("weightnet", "nfn", "statnn-gbt"), ("norm0",), overrides=fast, keep_fitted=True)
+        for f in ("synthetic-mlp", "synthetic-cnn")]
+forked = experiments.run(exps, [0, 1], workers=2)  # first: the fork path, before any backward here
+torch.set_num_threads(1)
+serial = experiments.run(exps, [0, 1])
+key = lambda o: [(s.experiment, s.predictor, s.seed, s.n_test, json.dumps(
+    {k: v for k, v in s.values.items() if k != "fit_seconds"}, sort_keys=True)) for s in o.scores]
+print(json.dumps({"same": key(forked) == key(serial), "n": len(serial.scores),
+                  "weightnet": sum(s.predictor == "weightnet" for s in serial.scores),
+                  "failures": forked.failures + serial.failures, "notes": forked.notes,
+                  "fitted": sorted(map(list, forked.fitted)) == sorted(map(list, serial.fitted)) != [],
+                  "tests": all([s.model_id for s in forked.fitted[k][1]] == [s.model_id for s in serial.fitted[k][1]]
+                               for k in serial.fitted)}))
+"""
+
+
+def test_forked_workers_give_the_serial_scores_bit_for_bit(tmp_path):
+    """In a fresh process (so the fork path is taken, whatever earlier tests ran here), 2 forked workers
+    return exactly the scores, fitted predictors and test sets of one process (NaN-equal via JSON)."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")]), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", FORKED_VS_SERIAL], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["failures"] == [] and out["same"] and out["fitted"] and out["tests"], out
+    assert out["n"] == 12 and out["weightnet"] == 4  # 2 zoos x 2 seeds x 3 predictors, none skipped
+    assert not any("ran in one process" in n for n in out["notes"]), out["notes"]
+
+
 def test_workers_give_the_serial_scores_in_the_serial_order(tiny_zoo):
-    """2 forked workers fit every (experiment, seed) unit and return exactly what one process does."""
+    """2 workers (forked, or one process with a note where this process can no longer fork autograd)
+    return exactly what one process does."""
     exps = _tiny_experiments(tiny_zoo)
     assert {e.name for e in exps} >= {"digits-cnn / random", "held-out family digits-cnn"}
     with run._threads(1):
         serial = experiments.run(exps, [0, 1])
     ticks = []
     forked = experiments.run(exps, [0, 1], progress=lambda d, n: ticks.append((d, n)), workers=2)
+    forked.notes = [n for n in forked.notes if "autograd's threads already run" not in n]
     assert serial.failures == forked.failures == []
     assert [(s.experiment, s.test_set, s.predictor, s.property, s.seed, s.n_test) for s in forked.scores] == \
         [(s.experiment, s.test_set, s.predictor, s.property, s.seed, s.n_test) for s in serial.scores]
@@ -273,10 +321,20 @@ def test_a_failing_or_dying_worker_is_a_failure_not_a_hang(tiny_zoo, monkeypatch
 
     parent = os.getpid()
     monkeypatch.setattr(experiments, "make_predictor", make)
+    monkeypatch.setattr(parallel, "autograd_survives_fork", lambda: True)  # the fork path (no child backward here)
     out = experiments.run(exps, [0], workers=2)
     assert out.failures and any("worker process died" in f for f in out.failures), out.failures
     serial = experiments.run(exps[:1], [0])  # in the parent weightnet fits; nfn still fails, as a failure
     assert any("injected failure of nfn" in f for f in serial.failures)
+
+
+def test_workers_fall_back_to_one_process_when_forked_autograd_would_fail(tiny_zoo, monkeypatch):
+    exps = [e for e in _tiny_experiments(tiny_zoo) if e.name.endswith("/ random")][:1]
+    monkeypatch.setattr(parallel, "autograd_survives_fork", lambda: False)
+    out = experiments.run(exps, [0], workers=2)
+    assert out.failures == [] and out.scores
+    assert out.notes[0] == ("--workers 2: autograd's threads already run in this process, so forked children "
+                            "could not train; ran in one process")
 
 
 def test_workers_refuse_more_threads_and_a_bad_count(tiny_zoo, tmp_path):
