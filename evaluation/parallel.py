@@ -46,8 +46,8 @@ def _backward_in_child() -> None:
 
 def autograd_survives_fork() -> bool:
     """Whether a forked child of this process can run a backward pass. Once autograd has started its
-    device threads here (a backward on a machine where torch sees an accelerator, or any other device
-    type), torch refuses autograd in forked children; a one-off forked probe finds out in milliseconds."""
+    worker threads here (e.g. a backward on a machine where torch sees an accelerator; seen too in a long
+    test process), torch refuses autograd in forked children; a one-off forked probe finds out quickly."""
     probe = mp.get_context("fork").Process(target=_backward_in_child)
     probe.start()
     probe.join(60)
