@@ -46,8 +46,8 @@ def _backward_in_child() -> None:
 
 def autograd_survives_fork() -> bool:
     """Whether a forked child of this process can run a backward pass. Once autograd has started its
-    worker threads here (e.g. a backward on a machine where torch sees an accelerator; seen too in a long
-    test process), torch refuses autograd in forked children; a one-off forked probe finds out quickly."""
+    worker threads here (measured: after a ``torch.compile``d backward; by torch's design also after a
+    backward where it sees a GPU), torch refuses autograd in forked children; a forked probe finds out."""
     probe = mp.get_context("fork").Process(target=_backward_in_child)
     probe.start()
     probe.join(60)
