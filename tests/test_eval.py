@@ -287,7 +287,8 @@ def test_workers_give_the_serial_scores_in_the_serial_order(tiny_zoo):
     with run._threads(1):
         serial = experiments.run(exps, [0, 1])
     ticks = []
-    forked = experiments.run(exps, [0, 1], progress=lambda d, n: ticks.append((d, n)), workers=2)
+    with run._threads(1):  # as evaluate() runs it: a fallback to one process fits on this thread count
+        forked = experiments.run(exps, [0, 1], progress=lambda d, n: ticks.append((d, n)), workers=2)
     forked.notes = [n for n in forked.notes if "autograd's threads already run" not in n]
     assert serial.failures == forked.failures == []
     assert [(s.experiment, s.test_set, s.predictor, s.property, s.seed, s.n_test) for s in forked.scores] == \
