@@ -69,12 +69,12 @@ def _init() -> None:
 
 def _unit(index: int, seed: int, first_seed: int, device: str) -> Outcome:
     out = run_unit(_EXPERIMENTS, index, seed, first_seed, device)
-    # a kept predictor goes back without its test samples (thousands of state dicts would make the trip
-    # slower than the fit: measured); the parent takes them from its own copy of the split
+    # a kept predictor goes back pickled here (one that cannot be is dropped with a note, not the unit)
+    # and without its test samples (thousands of state dicts would make the trip slower than the fit:
+    # measured); the parent takes them from its own copy of the split
     for key, (pred, _test) in list(out.fitted.items()):
         try:
-            pickle.dumps(pred)
-            out.fitted[key] = (pred, None)
+            out.fitted[key] = (pickle.dumps(pred), None)
         except Exception as e:
             del out.fitted[key]
             out.notes.append(f"{key[0]}: fitted {key[1]} not kept for interpretation "
@@ -85,7 +85,7 @@ def _unit(index: int, seed: int, first_seed: int, device: str) -> Outcome:
 def _with_tests(exps: Sequence[Experiment], index: int, first_seed: int, part: Outcome) -> Outcome:
     if part.fitted:
         test = kept_test(exps[index].split_fn(first_seed)[2])
-        part.fitted = {key: (pred, test) for key, (pred, _none) in part.fitted.items()}
+        part.fitted = {key: (pickle.loads(blob), test) for key, (blob, _none) in part.fitted.items()}
     return part
 
 

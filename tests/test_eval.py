@@ -304,6 +304,8 @@ def test_workers_give_the_serial_scores_in_the_serial_order(tiny_zoo):
     for key, (pred, test) in forked.fitted.items():  # with the parent's own test samples
         assert [s.model_id for s in test] == [s.model_id for s in serial.fitted[key][1]]
         assert test[0] is next(s for s in exps[0].split_fn(0)[2]["test"] if s.model_id == test[0].model_id)
+        ours, theirs = pred.predict(test), serial.fitted[key][0].predict(test)  # the predictor itself came back
+        assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
     assert [d for d, _ in ticks] == sorted(d for d, _ in ticks) and ticks[-1] == (experiments.n_units(exps, [0, 1]),) * 2
 
 
