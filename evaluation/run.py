@@ -126,6 +126,28 @@ def calculated_targets(samples: Sequence[ZooSample], props: Sequence[str] | None
                  if samples and all(t in s.labels for s in samples) and len({s.labels[t] for s in samples}) > 1)
 
 
+RELIABILITY_KEYS = ("n_models", "n_test", "bootstrap_tau", "split_half_tau")
+
+
+def measured_reliability(lake: Lake, samples: Sequence[ZooSample]) -> tuple[dict[str, dict], list[str]]:
+    """Test-accuracy label reliability per family (``label_reliability``), read from the family's latest
+    build-suite ``reliability`` row where that row measured exactly as many labelled models as the
+    evaluation has of the family (a suite measures all of a family's models: re-measuring them ran every
+    model on the family's test set on one core, ~5 min per benchmark wild family), measured otherwise."""
+    from labeling.suite import stored_reliability
+
+    stored = stored_reliability(lake)
+    counts = Counter(s.family for s in samples if "test_accuracy" in s.labels)
+    reused = {f: {k: stored[f][k] for k in RELIABILITY_KEYS} for f, n in counts.items()
+              if all(k in stored.get(f, {}) for k in RELIABILITY_KEYS) and stored[f]["n_models"] == n}
+    rest = [s for s in samples if s.family not in reused]
+    out, notes = label_reliability(rest) if rest else ({}, [])
+    if reused:
+        notes.append(f"label reliability of {', '.join(sorted(reused))}: read from the build suite's measurement "
+                     "of the same number of models (zoo families --reliability), not measured again")
+    return {**out, **reused}, notes
+
+
 def _labelled(samples: Sequence[ZooSample], targets: Sequence[str]) -> list[ZooSample]:
     return [s for s in samples if all(t in s.labels for t in targets)]
 
@@ -348,7 +370,7 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
                     except Exception as e:
                         failures.append(f"sensitivity of {label} failed: {type(e).__name__}: {e}")
         try:
-            reliability, rel_notes = label_reliability(samples)
+            reliability, rel_notes = measured_reliability(lake, samples)
             notes += rel_notes
         except Exception as e:  # a diagnostic: the report goes out without it, as a partial evaluation
             reliability = {}

@@ -238,3 +238,34 @@ def test_suite_workers_refuse_a_single_writer_catalog(lake, tiny_suite) -> None:
     with pytest.raises(ZooError, match="sqlite"):
         build_suite(lake, "tiny-test", workers=2)
     assert lake.fetch("SELECT count(*) FROM lake.main.models")[0][0] == 0
+
+
+def test_evaluation_reads_a_suites_stored_reliability_only_for_the_same_models(lake, monkeypatch) -> None:
+    import evaluation.run as run_mod
+    from labeling.suite import FamilyTiming, record_reliability
+    from storage.samples import ZooSample
+
+    rel = {"n_models": 4, "n_test": 20000, "bootstrap_tau": 0.981, "split_half_tau": 0.962, "n_runs": 2,
+           "acc_q1": 0.3, "acc_median": 0.5, "acc_q3": 0.7, "frac_under_20": 0.05}
+    record_reliability(lake, "benchmark", FamilyTiming("bench-mnist1d-cnn", 2, 4, 12.0, 3.0, 1.0, rel))
+    measured: list[list[str]] = []
+
+    def fake_measure(samples):
+        measured.append(sorted({s.family for s in samples}))
+        return {f: {"n_models": 1, "n_test": 10, "bootstrap_tau": 0.5, "split_half_tau": 0.4} for f in measured[-1]}, []
+
+    monkeypatch.setattr(run_mod, "label_reliability", fake_measure)
+
+    def samples(n_cnn: int) -> list:
+        fams = ["bench-mnist1d-cnn"] * n_cnn + ["bench-mnist1d-mlp"] * 3
+        return [ZooSample(f"m{i}", f"r{i}", f, "x", {}, None, {}, {"test_accuracy": 0.5}) for i, f in enumerate(fams)]
+
+    out, notes = run_mod.measured_reliability(lake, samples(4))
+    assert measured == [["bench-mnist1d-mlp"]]  # the suite's family is not measured again
+    assert out["bench-mnist1d-cnn"] == {k: rel[k] for k in run_mod.RELIABILITY_KEYS}
+    assert out["bench-mnist1d-mlp"]["split_half_tau"] == 0.4
+    assert any("bench-mnist1d-cnn" in n and "not measured again" in n for n in notes)
+    # another set of models of the family (here one more): measured, the stored row does not stand for it
+    out, notes = run_mod.measured_reliability(lake, samples(5))
+    assert measured[-1] == ["bench-mnist1d-cnn", "bench-mnist1d-mlp"]
+    assert out["bench-mnist1d-cnn"]["split_half_tau"] == 0.4 and not notes

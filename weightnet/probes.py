@@ -5,7 +5,9 @@ initialized from uniform noise, optimized end to end; never examples from a data
 probe outputs depend only on the function it computes, so they are exactly invariant to hidden-unit
 permutations and to function-preserving widening (up to float rounding), and every architecture on one
 input space gives tokens of one shape. Models of one architecture configuration are stacked and run in
-one ``torch.func.vmap(functional_call)``; a model whose architecture cannot be rebuilt (ingested from
+one ``torch.func.vmap(functional_call)``; models of an architecture with a registered stacked forward
+(``zoo.stacked``: the wild CNNs, whose members nearly all differ in config) run in one padded call per
+stacking key instead; a model whose architecture cannot be rebuilt (ingested from
 an unknown source, another input space) gets no probe tokens and is read from its weight tokens only.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.func import functional_call, vmap
 
 from core.flops import count_flops
 from weightnet.data import ZooSample
+from zoo.stacked import STACKED
 
 LOGP_FLOOR = -30.0  # log-probabilities are floored here (and divided by 10) before embedding
 
@@ -29,9 +32,13 @@ LOGP_FLOOR = -30.0  # log-probabilities are floored here (and divided by 10) bef
 class ProbeHandle:
     """What running probes needs from one model: its module key, its tensors and its input shape."""
 
-    key: str  # models with one key stack into one vmap call
+    key: str  # the model's module (arch, arch_config); models with one key stack into one vmap call
     state: Mapping[str, torch.Tensor]
     input_shape: tuple[int, ...]
+    # models with one (non-empty) stack key run in one ``zoo.stacked`` call, whatever their configs
+    stack: str = ""
+    arch: str = ""
+    arch_config: Mapping | None = None
 
 
 class ProbeRunner:
@@ -69,7 +76,11 @@ class ProbeRunner:
         _, names = built
         if any(n not in sample.state or tuple(sample.state[n].shape) != shp for n, shp in names.items()):
             return None
-        return ProbeHandle(key, {n: sample.state[n] for n in names}, tuple(int(x) for x in shape))
+        state, shape = {n: sample.state[n] for n in names}, tuple(int(x) for x in shape)
+        if sample.arch in STACKED:
+            stack = json.dumps([sample.arch, STACKED.get(sample.arch).key(sample.arch_config)])
+            return ProbeHandle(key, state, shape, stack, sample.arch, sample.arch_config)
+        return ProbeHandle(key, state, shape)
 
     def handles(self, samples: Sequence[ZooSample]) -> list[ProbeHandle | None]:
         return [self.handle(s) for s in samples]
@@ -92,12 +103,17 @@ class ProbeRunner:
         groups: dict[str, list[int]] = {}
         for i, h in enumerate(handles):
             if h is not None and h.input_shape == tuple(probes.shape[1:]):
-                groups.setdefault(h.key, []).append(i)
+                groups.setdefault(h.stack or h.key, []).append(i)
         rows, values = [], []
         for key, idx in groups.items():
-            module, names = self._modules[key]
-            stacked = {n: torch.stack([handles[i].state[n] for i in idx]).to(probes.device) for n in names}
-            y = _stacked_forward(module, stacked, probes)  # (G, P, K)
+            first = handles[idx[0]]
+            if first.stack:
+                y = STACKED.get(first.arch).logits([handles[i].arch_config for i in idx],
+                                                   [handles[i].state for i in idx], probes)  # (G, P, K)
+            else:
+                module, names = self._modules[key]
+                stacked = {n: torch.stack([handles[i].state[n] for i in idx]).to(probes.device) for n in names}
+                y = _stacked_forward(module, stacked, probes)  # (G, P, K)
             if y.dim() != 3 or y.shape[2] != n_out:
                 continue
             rows += idx

@@ -1,0 +1,124 @@
+"""Eval-mode forwards of many trained members at once, members of differing configs included.
+
+``weightnet.probes`` runs its learned probe inputs through every model of a training batch, many
+times per WeightNet fit. Models of one config stack into one ``vmap``; but in a heterogeneous (wild)
+zoo nearly every member has its own config (800 mnist1d-wild members: 713 configs), so the probes ran
+one tiny forward per model. A ``StackedForward`` registered here for an architecture runs every
+member of one ``key`` (for the 1-D wild CNNs: depth, strides, input and classes) in one padded layout,
+the one ``zoo.population_wild`` trains in: per layer the widest channel count and largest kernel of
+the stacked members, each member's tensors zero-padded into it (kernels centred). Padded weights are
+zero, so padded channels never reach a real one, and the result equals each member's own forward up
+to float rounding (the padded sums add exact zeros). Per-member differences that are not shapes
+(norm kind, activation, residual) are applied per member. Eval mode only: BatchNorm reads running
+statistics, dropout is off. Gradients flow to the shared input (the probes), not to the members.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from core.hashing import canonical_json
+from core.registry import Registry
+from zoo.archs import build
+from zoo.population_wild import (NORM_EPS, _ACT, _grouped_conv, _linear, _region, _skips, _strides,
+                                 group_key, padded_config)
+
+
+@dataclass(frozen=True)
+class StackedForward:
+    """How to run members of one architecture together: ``key(config)`` names the members that may
+    share one call; ``logits(configs, states, x)`` maps a shared input x (P, *input_shape) to (G, P, K)."""
+
+    key: Callable[[Mapping], str]
+    logits: Callable[[Sequence[Mapping], Sequence[Mapping[str, torch.Tensor]], torch.Tensor], torch.Tensor]
+
+
+STACKED: Registry[StackedForward] = Registry("stacked forward")
+
+
+@lru_cache(maxsize=4096)
+def _padded_shapes(arch: str, padded_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(name, shape) of the padded config's parameters and float buffers (BatchNorm's running
+    statistics; its step counter is unused in eval mode), cached per layout."""
+    module = build(arch, json.loads(padded_json)).module
+    return tuple((k, tuple(v.shape)) for k, v in module.state_dict().items() if v.is_floating_point())
+
+
+def _stack_padded(arch: str, configs: Sequence[Mapping], states: Sequence[Mapping[str, torch.Tensor]],
+                  device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """name -> (G, *padded shape): member m's tensor in row m, zeros where it has none (padded channels,
+    outer kernel taps, a norm it does not have)."""
+    padded = padded_config(configs)
+    out = {}
+    for name, shape in _padded_shapes(arch, canonical_json(padded)):
+        t = torch.zeros((len(states), *shape), dtype=dtype)
+        for m, s in enumerate(states):
+            if name in s:
+                t[m][_region(name, tuple(s[name].shape), shape)] = s[name]
+        out[name] = t.to(device)
+    return out
+
+
+def _norm(kind: str, y: torch.Tensor, p: Mapping[str, torch.Tensor], i: int, idx: torch.Tensor,
+          chans: torch.Tensor) -> torch.Tensor:
+    """Member rows ``idx`` of y (n, P, C, *S) through their norm of layer i, eval mode."""
+    if kind == "none":
+        return y
+    n, c = y.shape[0], y.shape[2]
+    view = (n, 1, c) + (1,) * (y.dim() - 3)
+    w, b = p[f"norms.{i}.weight"].index_select(0, idx), p[f"norms.{i}.bias"].index_select(0, idx)
+    if kind == "batch":  # running statistics: one per-member, per-channel affine map
+        mean = p[f"norms.{i}.running_mean"].index_select(0, idx)
+        scale = w * torch.rsqrt(p[f"norms.{i}.running_var"].index_select(0, idx) + NORM_EPS)
+        return torch.addcmul((b - mean * scale).view(view), y, scale.view(view))
+    # GroupNorm(1, C): per example over the member's real channels and every position
+    real = chans[idx.cpu()].to(y.device)  # (n,)
+    cm = (torch.arange(c, device=y.device)[None, :] < real[:, None]).to(y.dtype).view(view)
+    red = tuple(range(2, y.dim()))
+    per = (real * math.prod(y.shape[3:])).to(y.dtype).view((n, 1) + (1,) * (y.dim() - 2))
+    mean = (y * cm).sum(red, keepdim=True) / per
+    var = ((y - mean).square() * cm).sum(red, keepdim=True) / per
+    return torch.addcmul(b.view(view), (y - mean) * torch.rsqrt(var + NORM_EPS), w.view(view))
+
+
+def wild_logits(arch: str, configs: Sequence[Mapping], states: Sequence[Mapping[str, torch.Tensor]],
+                x: torch.Tensor) -> torch.Tensor:
+    """Members of one ``group_key`` (their own configs and state dicts), shared input x (P, C, *S)
+    -> logits (G, P, K), as each member's own module in eval mode would give them."""
+    G = len(configs)
+    p = _stack_padded(arch, configs, states, x.device, x.dtype)
+    padded = padded_config(configs)
+    strides, depth = _strides(padded), len(padded["channels"])
+    chans = torch.tensor([[int(c) for c in cfg["channels"]] for cfg in configs])  # (G, depth)
+    skip = torch.tensor([[float(s) for s in _skips(c)] for c in configs], dtype=x.dtype, device=x.device)
+    kinds = [(c.get("norm", "none"), c.get("activation", "relu")) for c in configs]
+    subsets = {kind: torch.tensor([m for m in range(G) if kinds[m] == kind]) for kind in dict.fromkeys(kinds)}
+    order = torch.cat(list(subsets.values()))
+    inverse = torch.empty_like(order).index_copy_(0, order, torch.arange(G))
+    h = x.unsqueeze(0).expand(G, *x.shape)
+    for i in range(depth):
+        y = _grouped_conv(h, p[f"convs.{i}.weight"], p[f"convs.{i}.bias"], strides[i])  # (G, P, C_i, *S_i)
+        parts = []
+        for (norm, act), idx in subsets.items():  # each (norm, activation) on its own members' rows
+            parts.append(_ACT[act](_norm(norm, y.index_select(0, idx), p, i, idx, chans[:, i])))
+        y = (torch.cat(parts) if len(parts) > 1 else parts[0]).index_select(0, inverse.to(y.device))
+        if bool(skip[:, i].any()):  # a member without this skip adds 0 * h
+            c = y.shape[2]
+            prev = h[:, :, :c] if h.shape[2] >= c else F.pad(h, (0, 0) * (h.dim() - 3) + (0, c - h.shape[2]))
+            y = torch.addcmul(y, skip[:, i].view((G,) + (1,) * (y.dim() - 1)), prev)
+        h = y
+    return _linear(h.mean(dim=tuple(range(3, h.dim()))), p["head.weight"], p["head.bias"])
+
+
+# Registered where it measured faster than one vmap per config (WeightNet fits on 482 members of the
+# benchmark zoos, 250 steps, one thread): wildcnn1d 50 -> 38 s, tiny 1-D members whose probe runs are
+# call-overhead bound. Not wildcnn: on bench-digits-wild the fit went 41 -> 45 s (grouped conv2d over
+# padded members is slower than one plain conv2d per member; cutting calls to <= 1.5x padding waste
+# did not help), so its members keep the per-config vmap. wild_logits itself runs both.
+STACKED.register("wildcnn1d")(StackedForward(group_key, lambda cs, ss, x: wild_logits("wildcnn1d", cs, ss, x)))
