@@ -6,7 +6,7 @@ probe outputs depend only on the function it computes, so they are exactly invar
 permutations and to function-preserving widening (up to float rounding), and every architecture on one
 input space gives tokens of one shape. Models of one architecture configuration are stacked and run in
 one ``torch.func.vmap(functional_call)``; models of an architecture with a registered stacked forward
-(``zoo.stacked``: the wild CNNs, whose members nearly all differ in config) run in one padded call per
+(``zoo.stacked``: the 1-D wild CNNs, whose members nearly all differ in config) run in one padded call per
 stacking key instead; a model whose architecture cannot be rebuilt (ingested from
 an unknown source, another input space) gets no probe tokens and is read from its weight tokens only.
 """

@@ -50,11 +50,10 @@ def _padded_shapes(arch: str, padded_json: str) -> tuple[tuple[str, tuple[int, .
     return tuple((k, tuple(v.shape)) for k, v in module.state_dict().items() if v.is_floating_point())
 
 
-def _stack_padded(arch: str, configs: Sequence[Mapping], states: Sequence[Mapping[str, torch.Tensor]],
+def _stack_padded(arch: str, padded: Mapping, states: Sequence[Mapping[str, torch.Tensor]],
                   device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """name -> (G, *padded shape): member m's tensor in row m, zeros where it has none (padded channels,
-    outer kernel taps, a norm it does not have)."""
-    padded = padded_config(configs)
+    """name -> (G, *shape in the ``padded`` config): member m's tensor in row m, zeros where it has none
+    (padded channels, outer kernel taps, a norm it does not have)."""
     out = {}
     for name, shape in _padded_shapes(arch, canonical_json(padded)):
         t = torch.zeros((len(states), *shape), dtype=dtype)
@@ -92,8 +91,8 @@ def wild_logits(arch: str, configs: Sequence[Mapping], states: Sequence[Mapping[
     """Members of one ``group_key`` (their own configs and state dicts), shared input x (P, C, *S)
     -> logits (G, P, K), as each member's own module in eval mode would give them."""
     G = len(configs)
-    p = _stack_padded(arch, configs, states, x.device, x.dtype)
     padded = padded_config(configs)
+    p = _stack_padded(arch, padded, states, x.device, x.dtype)
     strides, depth = _strides(padded), len(padded["channels"])
     chans = torch.tensor([[int(c) for c in cfg["channels"]] for cfg in configs])  # (G, depth)
     skip = torch.tensor([[float(s) for s in _skips(c)] for c in configs], dtype=x.dtype, device=x.device)
