@@ -145,10 +145,6 @@ class WildPopulation(Population):
         """Per-member columns in the current member order (rebuilt after ``permute``)."""
         cfgs, dev = self.configs, self.device
         self.chans = torch.tensor([[int(c) for c in cfg["channels"]] for cfg in cfgs])  # (G, depth)
-        widths = [r.shape[1] for r in self.running_mean]
-        # (G, C_i) 0/1: the member's real channels of layer i
-        self.chan_mask = [(torch.arange(w)[None, :] < self.chans[:, i:i + 1]).float().to(dev)
-                          for i, w in enumerate(widths)]
         self.skip = torch.tensor([[float(s) for s in _skips(c)] for c in cfgs], device=dev)  # (G, depth)
         self.kinds = [(c.get("norm", "none"), c.get("activation", "relu")) for c in cfgs]
         self.batch_normed = torch.tensor([[k[0] == "batch"] for k in self.kinds], device=dev)  # (G, 1)
@@ -294,21 +290,29 @@ def _batch_norm(pop: WildPopulation, i: int, y: torch.Tensor, idx: torch.Tensor,
                 pop.tracked[sel.cpu()] += 1
     else:
         mean, var = pop.running_mean[i].index_select(0, idx), pop.running_var[i].index_select(0, idx)
+    return bn_affine(y, mean, var, w, bias)
+
+
+def bn_affine(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, w: torch.Tensor,
+              bias: torch.Tensor) -> torch.Tensor:
+    """BatchNorm's output for y (n, B, C, *S) from per-member, per-channel (n, C) statistics and
+    affine params: y * scale + shift, scale = w / sqrt(var + eps), shift = bias - mean * scale."""
+    n, c = y.shape[0], y.shape[2]
+    view = (n, 1, c) + (1,) * (y.dim() - 3)
     scale = w * torch.rsqrt(var + NORM_EPS)
     return torch.addcmul((bias - mean * scale).view(view), y, scale.view(view))
 
 
-def _layer_norm(pop: WildPopulation, i: int, y: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
-                bias: torch.Tensor) -> torch.Tensor:
-    """GroupNorm(1, C) per example over the member's real channels and every position."""
+def masked_layer_norm(y: torch.Tensor, real: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """GroupNorm(1, C) per example of y (n, B, C, *S) over member m's first ``real[m]`` channels (its real
+    ones; ``real`` (n,) on the CPU) and every position; w, bias (n, C)."""
     n, bs, c = y.shape[:3]
     view = (n, 1, c) + (1,) * (y.dim() - 3)
     red = tuple(range(2, y.dim()))
-    real = pop.chans[idx.cpu(), i]
     if bool((real == c).all()):  # no padded channels
         var, mean = torch.var_mean(y, dim=red, unbiased=False, keepdim=True)
     else:
-        cm = pop.chan_mask[i].index_select(0, idx).view(view)  # (n, 1, C, 1..)
+        cm = (torch.arange(c)[None, :] < real[:, None]).to(y).view(view)  # (n, 1, C, 1..)
         per = (real * math.prod(y.shape[3:])).to(y).view((n, 1) + (1,) * (y.dim() - 2))
         mean = (y * cm).sum(red, keepdim=True) / per
         var = ((y - mean).square() * cm).sum(red, keepdim=True) / per
@@ -326,7 +330,7 @@ def _norm_act(pop: WildPopulation, i: int, y: torch.Tensor, p: Mapping[str, torc
         if norm != "none":
             w, bias = ((p[f"norms.{i}.{n}"] * masks[f"norms.{i}.{n}"]).index_select(0, idx) for n in ("weight", "bias"))
             part = (_batch_norm(pop, i, part, idx, w, bias, train) if norm == "batch"
-                    else _layer_norm(pop, i, part, idx, w, bias))
+                    else masked_layer_norm(part, pop.chans[idx.cpu(), i], w, bias))
         outs.append(_ACT[act](part))
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
     return out if inverse is None else out.index_select(0, inverse)

@@ -15,7 +15,6 @@ statistics, dropout is off. Gradients flow to the shared input (the probes), not
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Mapping, Sequence
@@ -26,8 +25,8 @@ import torch.nn.functional as F
 from core.hashing import canonical_json
 from core.registry import Registry
 from zoo.archs import build
-from zoo.population_wild import (NORM_EPS, _ACT, _grouped_conv, _linear, _region, _skips, _strides,
-                                 group_key, padded_config)
+from zoo.population_wild import (_ACT, _grouped_conv, _linear, _region, _skips, _strides, bn_affine, group_key,
+                                 masked_layer_norm, padded_config)
 
 
 @dataclass(frozen=True)
@@ -66,24 +65,14 @@ def _stack_padded(arch: str, padded: Mapping, states: Sequence[Mapping[str, torc
 
 def _norm(kind: str, y: torch.Tensor, p: Mapping[str, torch.Tensor], i: int, idx: torch.Tensor,
           chans: torch.Tensor) -> torch.Tensor:
-    """Member rows ``idx`` of y (n, P, C, *S) through their norm of layer i, eval mode."""
+    """Member rows ``idx`` of y (n, P, C, *S) through their norm of layer i, eval mode; chans (G,) CPU."""
     if kind == "none":
         return y
-    n, c = y.shape[0], y.shape[2]
-    view = (n, 1, c) + (1,) * (y.dim() - 3)
     w, b = p[f"norms.{i}.weight"].index_select(0, idx), p[f"norms.{i}.bias"].index_select(0, idx)
-    if kind == "batch":  # running statistics: one per-member, per-channel affine map
-        mean = p[f"norms.{i}.running_mean"].index_select(0, idx)
-        scale = w * torch.rsqrt(p[f"norms.{i}.running_var"].index_select(0, idx) + NORM_EPS)
-        return torch.addcmul((b - mean * scale).view(view), y, scale.view(view))
-    # GroupNorm(1, C): per example over the member's real channels and every position
-    real = chans[idx.cpu()].to(y.device)  # (n,)
-    cm = (torch.arange(c, device=y.device)[None, :] < real[:, None]).to(y.dtype).view(view)
-    red = tuple(range(2, y.dim()))
-    per = (real * math.prod(y.shape[3:])).to(y.dtype).view((n, 1) + (1,) * (y.dim() - 2))
-    mean = (y * cm).sum(red, keepdim=True) / per
-    var = ((y - mean).square() * cm).sum(red, keepdim=True) / per
-    return torch.addcmul(b.view(view), (y - mean) * torch.rsqrt(var + NORM_EPS), w.view(view))
+    if kind == "batch":  # running statistics
+        return bn_affine(y, p[f"norms.{i}.running_mean"].index_select(0, idx),
+                         p[f"norms.{i}.running_var"].index_select(0, idx), w, b)
+    return masked_layer_norm(y, chans[idx.cpu()], w, b)
 
 
 def wild_logits(arch: str, configs: Sequence[Mapping], states: Sequence[Mapping[str, torch.Tensor]],
