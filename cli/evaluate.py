@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
 
 
 def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
-                                           help="small (minutes) | standard (everything) | cross (cross-architecture targets)"),
+                                           help="small (minutes) | standard (everything) | cross (cross-architecture targets) "
+                                           "| ablations (WeightNet's input and permutation ablations on one zoo)"),
                  at: Optional[str] = AtOption,
                  out: str = typer.Option("reports", "--out", "-o", help="Folder for reports/<run>/report.md and plots"),
                  seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (metrics: mean ± std)"),
@@ -26,6 +27,10 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
                  threads: int = typer.Option(1, "--threads", help="torch threads while fitting (small models: 1 is fastest)"),
                  workers: int = typer.Option(1, "--workers", help="processes fitting (experiment, seed) units "
                                              "in parallel, one thread each (Linux/macOS; same report as 1)"),
+                 predictors: Optional[str] = typer.Option(None, "--predictors", "-p",
+                                                          help="Comma-separated subset of the suite's predictors "
+                                                          "(default: all), e.g. weightnet,statnn-gbt,statnn-mlp "
+                                                          "leaves out the NFN (4-15 min a fit on a benchmark zoo)"),
                  lake: Optional[str] = LakeOption) -> None:
     """Evaluate WeightNet and the baselines (StatNN, NFN, flat MLP, calculators) on identical splits."""
     from core.errors import ZooError
@@ -40,12 +45,13 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
         raise ZooError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     if not seed_list:
         raise ZooError("--seeds is empty")
+    chosen = None if predictors is None else tuple(p.strip() for p in predictors.split(",") if p.strip())
     with Lake.open(lake) as lk:
         with Progress(TextColumn(f"evaluate ({suite})"), BarColumn(), MofNCompleteColumn(), TextColumn("fits"),
                       TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("evaluate", total=None)
             res = evaluate(lk, suite, at, out, seed_list, where=where, device=device, threads=threads, workers=workers,
-                           progress=lambda done, n: bar.update(task, completed=done, total=n))
+                           predictors=chosen, progress=lambda done, n: bar.update(task, completed=done, total=n))
     for failure in res.failures:
         console.print(f"FAILED: {failure}", style="red", markup=False, highlight=False, soft_wrap=True)
     console.print(res.format_headline(), markup=False, highlight=False, soft_wrap=True)

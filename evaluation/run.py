@@ -11,6 +11,8 @@ Suites (``SUITES``):
 - ``cross``: only the cross-architecture targets: the heterogeneous zoos (``WILD_ZOOS``) on a random
   split and every family held out in turn (trained on the other families of its input space),
   test_accuracy only, WeightNet vs StatNN vs NFN.
+- ``ablations``: one zoo's random split (test_accuracy) with WeightNet's input and permutation-handling
+  ablations beside WeightNet and the StatNNs.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from core.errors import ZooError
+from core.errors import UnknownEntry, ZooError
 from core.hashing import code_version, stable_hash
 from evaluation import ablations, experiments, interpret, report, splits
 from evaluation import targets as targets_mod
@@ -79,7 +81,25 @@ SUITES = {
                       learning_curve=(0.25, 0.5, 1.0), interpret=True),
     "cross": Suite("cross", len(WILD_ZOOS), 0, (WEIGHTNET, "statnn-gbt", "statnn-mlp", "nfn"), held_out_family=True,
                    zoos=WILD_ZOOS, max_held_out=16),
+    # issue 14's ablations (probes, weight tokens, summary, each permutation handling) on one zoo's random
+    # split, beside the StatNNs on the same splits: what `standard` measures too, without its hours of
+    # other experiments on a benchmark zoo (choose the zoo with --where)
+    "ablations": Suite("ablations", 1, 0, (WEIGHTNET, "statnn-gbt", "statnn-mlp"),
+                       ablation_groups=("inputs", "permutation")),
 }
+
+
+def with_predictors(suite: Suite, names: Sequence[str]) -> Suite:
+    """The suite with only ``names`` of its predictors (in the suite's order), e.g. without the NFN, whose
+    fits take 4-15 min each on a benchmark zoo. A name the suite does not run is refused, naming the
+    ones it does; the run id changes with the choice (the suite's config is part of it)."""
+    unknown = [n for n in names if n not in suite.predictors]
+    if unknown:
+        raise UnknownEntry(f"suite {suite.name} has no predictor {', '.join(map(repr, unknown))} "
+                           f"(it runs: {', '.join(suite.predictors)})")
+    if not names:
+        raise ZooError(f"no predictors chosen for suite {suite.name} (it runs: {', '.join(suite.predictors)})")
+    return dataclasses.replace(suite, predictors=tuple(p for p in suite.predictors if p in names))
 
 
 @dataclass(frozen=True)
@@ -289,7 +309,8 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
             notes.append(f"held-out hyperparameter split not run on {primary}: {e}")
         except Exception as e:
             failed(f"held-out hyperparameter split on {primary}", e)
-    if suite.learning_curve:
+    curve_predictors = tuple(p for p in (WEIGHTNET, "statnn-gbt") if p in suite.predictors)
+    if suite.learning_curve and curve_predictors:
         for frac in suite.learning_curve:
             def lfn(seed: int, frac=frac, ss=primary_samples):
                 tr, va, te = split_samples(ss, "random", seed)
@@ -298,7 +319,7 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
                 keep = {runs[i] for i in torch.randperm(len(runs), generator=g)[:max(2, int(frac * len(runs)))].tolist()}
                 return [s for s in tr if s.run_id in keep], va, {"test": te}
             exps.append(Experiment(f"{primary} / learning curve {frac:g}", primary, f"learning-curve:{frac:g}", lfn,
-                                   (WEIGHTNET, "statnn-gbt"), ("test_accuracy",), overrides=base.overrides))
+                                   curve_predictors, ("test_accuracy",), overrides=base.overrides))
     if suite.ablation_groups and WEIGHTNET in suite.predictors:
         variants, why = ablations.plan(suite.ablation_groups)
         notes += why
@@ -313,7 +334,8 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
 
 def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_dir: str | pathlib.Path = "reports",
              seeds: Sequence[int] = (0, 1, 2), progress: Callable[[int, int], None] | None = None,
-             where: str | None = None, device: str = "cpu", threads: int | None = 1, workers: int = 1) -> EvalResult:
+             where: str | None = None, device: str = "cpu", threads: int | None = 1, workers: int = 1,
+             predictors: Sequence[str] | None = None) -> EvalResult:
     """Run a suite on the zoo at snapshot/tag ``at`` (default latest), write reports/<run>/report.md
     with its plots, and record a ``runs`` row (kind=evaluate).
 
@@ -327,17 +349,17 @@ def evaluate(lake: Lake, suite: str = "small", at: str | int | None = None, out_
 
     ``workers``: fit the (experiment, seed) units in that many forked processes, one thread each
     (``evaluation.parallel``); the scores and the report are the serial run's. Not part of the run id.
+
+    ``predictors``: run only these of the suite's predictors (``with_predictors``); None runs them all.
     """
     if suite not in SUITES:
-        from core.errors import UnknownEntry
-
         raise UnknownEntry(f"unknown evaluation suite {suite!r} (known: {', '.join(SUITES)})")
     if workers < 1:
         raise ZooError(f"workers must be >= 1, got {workers}")
     if workers > 1 and threads not in (None, 1):
         raise ZooError(f"--workers {workers} fits on one thread per worker; --threads {threads} cannot apply "
                        "(use --threads 1, or --workers 1 with more threads)")
-    cfg = SUITES[suite]
+    cfg = SUITES[suite] if predictors is None else with_predictors(SUITES[suite], predictors)
     snapshot = lake.pin(at)
     with lake.viewing(snapshot, True):
         props = [r[0] for r in lake.fetch("SELECT DISTINCT property FROM lake.main.labels ORDER BY 1")]

@@ -222,6 +222,53 @@ def test_an_evaluation_that_measured_nothing_has_failed(tiny_zoo, tmp_path, monk
     assert "## Status: FAILED" in (tmp_path / res.run_id / "report.md").read_text()
 
 
+def test_evaluate_runs_only_the_chosen_predictors(tiny_zoo, tmp_path, monkeypatch):
+    from core.errors import UnknownEntry
+
+    monkeypatch.setitem(run.SUITES, "tiny-cheap", CHEAP)
+    res = run.evaluate(tiny_zoo, "tiny-cheap", at="v1", out_dir=tmp_path, seeds=(0,), predictors=("statnn-gbt",))
+    assert res.status == "completed", res.failures
+    assert {r["predictor"] for r in res.headline} == {"statnn-gbt"}  # neither the NFN nor the calculator ran
+    config = json.loads(tiny_zoo.fetch("SELECT config FROM lake.main.runs WHERE run_id = ?", [res.run_id])[0][0])
+    assert config["suite"]["predictors"] == ["statnn-gbt"]  # the choice is recorded, and names the run
+    with pytest.raises(UnknownEntry, match=r"no predictor 'flat-mlp'.*it runs: statnn-gbt, nfn, calc"):
+        run.evaluate(tiny_zoo, "tiny-cheap", at="v1", out_dir=tmp_path, predictors=("statnn-gbt", "flat-mlp"))
+    with pytest.raises(ZooError, match="no predictors chosen"):
+        run.with_predictors(CHEAP, ())
+
+
+def test_a_chosen_subset_reaches_every_experiment_of_the_plan(tiny_zoo):
+    from storage.samples import load_samples
+
+    with tiny_zoo.viewing(tiny_zoo.resolve("v1"), True):
+        samples = load_samples(tiny_zoo, None, targets=["test_accuracy", "test_loss"], require_all=False)
+    suite = run.with_predictors(TINY_STANDARD, ("statnn-gbt",))
+    exps, _, _ = run.plan(samples, suite, {}, [])
+    kinds = {e.split.split(":")[0] for e in exps}
+    assert {"random", "family", "learning-curve"} <= kinds
+    assert all(e.predictors == ("statnn-gbt",) for e in exps)  # no WeightNet fit, and no ablation of it
+    exps, _, _ = run.plan(samples, run.with_predictors(TINY_STANDARD, ("weightnet",)), {}, [])
+    assert any(e.split.startswith("ablation") for e in exps) and all(e.predictors == ("weightnet",) for e in exps)
+
+
+def test_ablations_suite_plans_one_zoo_with_every_input_and_permutation_variant(tiny_zoo):
+    from storage.samples import load_samples
+
+    with tiny_zoo.viewing(tiny_zoo.resolve("v1"), True):
+        samples = load_samples(tiny_zoo, None, targets=["test_accuracy"], require_all=False)
+    notes: list[str] = []
+    exps, primary, targets = run.plan(samples, run.SUITES["ablations"], {}, notes)
+    assert {e.zoo for e in exps} == {primary} and targets == ("test_accuracy",)
+    base = [e for e in exps if e.split == "random"]
+    assert [e.predictors for e in base] == [("weightnet", "statnn-gbt", "statnn-mlp")]
+    variants = {e.labels["weightnet"] for e in exps if e.split.startswith("ablation")}
+    assert variants == {"inputs: probes on", "inputs: probes off", "inputs: weight tokens off", "inputs: summary off",
+                        *(f"permutation: {p}" for p in ("invariant", "weight_sort", "activation_sort", "align", "none"))}
+    # every ablation fit sees the base split: same split function output for a seed
+    ab = next(e for e in exps if e.split.startswith("ablation"))
+    assert [s.model_id for s in ab.split_fn(3)[2]["test"]] == [s.model_id for s in base[0].split_fn(3)[2]["test"]]
+
+
 def _tiny_experiments(lake) -> list:
     from storage.samples import load_samples
 
