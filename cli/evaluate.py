@@ -35,7 +35,7 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
     """Evaluate WeightNet and the baselines (StatNN, NFN, flat MLP, calculators) on identical splits."""
     from core.errors import ZooError
     from storage.lake import Lake
-    from evaluation.run import SUITES, evaluate
+    from evaluation.run import SUITES, evaluate, with_predictors
 
     if suite not in SUITES:
         raise ZooError(f"unknown evaluation suite {suite!r} (known: {', '.join(SUITES)})")
@@ -46,6 +46,8 @@ def evaluate_cmd(suite: str = typer.Option("small", "--suite", "-s",
     if not seed_list:
         raise ZooError("--seeds is empty")
     chosen = None if predictors is None else tuple(p.strip() for p in predictors.split(",") if p.strip())
+    if chosen is not None:
+        with_predictors(SUITES[suite], chosen)  # a bad name fails here, before the lake is opened
     with Lake.open(lake) as lk:
         with Progress(TextColumn(f"evaluate ({suite})"), BarColumn(), MofNCompleteColumn(), TextColumn("fits"),
                       TimeElapsedColumn(), console=console) as bar:

@@ -237,6 +237,14 @@ def test_evaluate_runs_only_the_chosen_predictors(tiny_zoo, tmp_path, monkeypatc
         run.with_predictors(CHEAP, ())
 
 
+@pytest.mark.parametrize("arg, why", [("weightnet,foo", "no predictor 'foo'"), (",", "no predictors chosen")])
+def test_zoo_evaluate_refuses_a_bad_predictor_choice_before_opening_the_lake(tmp_path, zoo_cli, arg, why):
+    r = zoo_cli("evaluate", "--predictors", arg, "--out", str(tmp_path / "rep"), lake=tmp_path / "lake")
+    assert r.returncode != 0 and why in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert not (tmp_path / "lake").exists() and not (tmp_path / "rep").exists()
+
+
 def test_a_chosen_subset_reaches_every_experiment_of_the_plan(tiny_zoo):
     from storage.samples import load_samples
 
