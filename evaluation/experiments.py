@@ -4,9 +4,15 @@ An ``Experiment`` is a named zoo (a list of samples) plus a split function ``see
 {test set name: samples})``. ``run`` returns one ``Score`` row per (test set, predictor, property,
 seed); ``summarize`` turns them into mean/std rows. Predictors that cannot read a zoo (the NFN on a
 heterogeneous one, calculators for learned properties) are skipped and said so, never faked.
+
+A fit is made once: where two experiments promise the same split (the same ``split_key``) and a predictor
+would be fitted on both with the same targets and the same resolved config (an ablation variant that
+equals WeightNet's default, e.g. "probes on"), the later one takes the earlier one's scores on the test
+sets they share instead of fitting the same model again (``shared_fits``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,7 +20,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from evaluation.predictors import PREDICTORS, make_predictor
+from evaluation.predictors import PREDICTORS, fit_identity, make_predictor
 from weightnet import metrics
 from weightnet.data import ZooSample
 
@@ -32,6 +38,19 @@ class Experiment:
     overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # predictor -> config overrides
     labels: Mapping[str, str] = field(default_factory=dict)  # predictor -> display name (ablation variants)
     keep_fitted: bool = False  # keep seed-0 predictors (for interpretability)
+    # experiments with the same non-empty key draw the same train and val for every seed, and their test
+    # sets of one name hold the same models (the planner makes it a hash of the zoo's ordered model ids)
+    split_key: str = ""
+
+
+@dataclass(frozen=True)
+class SharedFit:
+    """A predictor of a later experiment scored by an earlier, identical fit (same split, targets, config)."""
+    source: tuple[str, str]  # (experiment name, predictor label) that fits
+    target: tuple[str, str]  # (experiment name, predictor label) that takes its scores
+    seed: int
+    tests: tuple[str, ...]  # the target's test sets
+    first: bool  # the first seed: scatter data is copied too
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,7 @@ class Outcome:
     fitted: dict = field(default_factory=dict)  # (experiment, predictor) -> (predictor, test samples) of the first seed
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # fits/predictions that raised: the evaluation is not complete
+    shared: list[SharedFit] = field(default_factory=list)  # resolved by ``merge`` once the source is in
 
 
 def applicable(name: str, train: Sequence[ZooSample], tests: Sequence[ZooSample], targets: Sequence[str]) -> str:
@@ -63,8 +83,40 @@ def applicable(name: str, train: Sequence[ZooSample], tests: Sequence[ZooSample]
     return entry.skip(list(train) + list(tests))
 
 
+def _fit_key(exp: Experiment, name: str) -> tuple | None:
+    if not exp.split_key:
+        return None
+    return exp.split_key, tuple(exp.targets), name, fit_identity(name, exp.overrides.get(name))
+
+
+def shared_fits(exps: Sequence[Experiment]) -> dict[tuple[int, str], tuple[int, str]]:
+    """(experiment index, predictor) -> the earlier (index, predictor) whose fit it reuses. A fit is only
+    shared where its (experiment name, label) names one fit (the scores are found by them) and the later
+    experiment does not keep its fitted predictors (interpretation needs its own object)."""
+    labels = [(e.name, e.labels.get(n, n)) for e in exps for n in e.predictors]
+    unique = {k for k in labels if labels.count(k) == 1}
+    first: dict[tuple, tuple[int, str]] = {}
+    alias: dict[tuple[int, str], tuple[int, str]] = {}
+    for i, e in enumerate(exps):
+        for name in e.predictors:
+            key = _fit_key(e, name)
+            if key is None or key[3] is None or (e.name, e.labels.get(name, name)) not in unique:
+                continue
+            if key not in first:
+                first[key] = (i, name)
+            elif not e.keep_fitted:
+                alias[(i, name)] = first[key]
+    return alias
+
+
+def n_fits(exps: Sequence[Experiment], index: int, alias: Mapping[tuple[int, str], tuple[int, str]]) -> int:
+    return sum((index, n) not in alias for n in exps[index].predictors)
+
+
 def n_units(exps: Sequence[Experiment], seeds: Sequence[int]) -> int:
-    return sum(len(e.predictors) for e in exps) * len(seeds)
+    """Fits the run makes: every (experiment, predictor, seed) but the shared ones."""
+    alias = shared_fits(exps)
+    return sum(n_fits(exps, i, alias) for i in range(len(exps))) * len(seeds)
 
 
 def run(exps: Sequence[Experiment], seeds: Sequence[int], device: str = "cpu",
@@ -76,23 +128,33 @@ def run(exps: Sequence[Experiment], seeds: Sequence[int], device: str = "cpu",
 
         return run_forked(exps, seeds, device, progress, workers)
     out = Outcome()
+    alias = shared_fits(exps)
     total, done = n_units(exps, seeds), 0
     for i in range(len(exps)):
         for seed in seeds:
-            merge(out, run_unit(exps, i, seed, seeds[0], device))
-            done += len(exps[i].predictors)
+            merge(out, run_unit(exps, i, seed, seeds[0], device, alias))
+            done += n_fits(exps, i, alias)
             if progress is not None:
                 progress(done, total)
     return out
 
 
-def run_unit(exps: Sequence[Experiment], index: int, seed: int, first_seed: int, device: str) -> Outcome:
-    """Experiment ``index`` on one seed: one split, every predictor fitted on it and scored."""
+def run_unit(exps: Sequence[Experiment], index: int, seed: int, first_seed: int, device: str,
+             alias: Mapping[tuple[int, str], tuple[int, str]] | None = None) -> Outcome:
+    """Experiment ``index`` on one seed: one split, every predictor fitted on it and scored (those in
+    ``alias`` take an earlier experiment's scores when the unit is merged, see ``shared_fits``)."""
     exp, out = exps[index], Outcome()
     train, val, tests = exp.split_fn(seed)
     all_test = [s for ss in tests.values() for s in ss]
     for name in exp.predictors:
         label = exp.labels.get(name, name)
+        if alias and (index, name) in alias:
+            j, src = alias[(index, name)]
+            source = (exps[j].name, exps[j].labels.get(src, src))
+            out.shared.append(SharedFit(source, (exp.name, label), seed, tuple(tests), seed == first_seed))
+            out.notes.append(f"{exp.name}: {label} is the fit of {source[0]}: {source[1]} "
+                             "(same split, targets and config), scored once")
+            continue
         why = applicable(name, train, all_test, exp.targets)
         if why:
             out.notes.append(f"{exp.name}: {label} skipped: {why}")
@@ -113,6 +175,23 @@ def merge(into: Outcome, part: Outcome) -> None:
     into.fitted.update(part.fitted)
     into.notes += [n for n in part.notes if n not in into.notes]
     into.failures += part.failures
+    for c in part.shared:
+        _copy_shared(into, c)
+
+
+def _copy_shared(out: Outcome, c: SharedFit) -> None:
+    """The source's scores (and first-seed scatter) on the target's test sets, under the target's names;
+    the source unit was merged before (it comes earlier in the serial order)."""
+    rows = [s for s in out.scores if (s.experiment, s.predictor) == c.source and s.seed == c.seed and s.test_set in c.tests]
+    if not rows:
+        out.notes.append(f"{c.target[0]}: {c.target[1]} not scored on seed {c.seed}: "
+                         f"its fit is {c.source[1]}'s, which has no scores")
+        return
+    out.scores += [dataclasses.replace(s, experiment=c.target[0], predictor=c.target[1]) for s in rows]
+    if c.first:
+        for (e, t, p, prop), v in list(out.scatter.items()):
+            if (e, p) == c.source and t in c.tests:
+                out.scatter[(c.target[0], t, c.target[1], prop)] = v
 
 
 def _fit_and_score(exp: Experiment, name: str, label: str, seed: int, first_seed: int, train, val, tests,

@@ -26,9 +26,10 @@ from typing import Callable, Sequence
 import torch
 
 from evaluation import experiments
-from evaluation.experiments import Experiment, Outcome, kept_test, merge, n_units, run_unit
+from evaluation.experiments import Experiment, Outcome, kept_test, merge, n_fits, n_units, run_unit, shared_fits
 
 _EXPERIMENTS: Sequence[Experiment] = ()  # set in the parent just before forking; children read their copy
+_SHARED: dict = {}  # experiments.shared_fits of them, likewise
 
 
 def can_fork() -> bool:
@@ -68,7 +69,7 @@ def _init() -> None:
 
 
 def _unit(index: int, seed: int, first_seed: int, device: str) -> Outcome:
-    out = run_unit(_EXPERIMENTS, index, seed, first_seed, device)
+    out = run_unit(_EXPERIMENTS, index, seed, first_seed, device, _SHARED)
     # a kept predictor goes back pickled here (one that cannot be is dropped with a note, not the unit)
     # and without its test samples (thousands of state dicts would make the trip slower than the fit:
     # measured); the parent takes them from its own copy of the split
@@ -103,11 +104,11 @@ def run_forked(exps: Sequence[Experiment], seeds: Sequence[int], device: str,
     if device != "cpu":
         raise ValueError(f"--workers > 1 runs on CPU only (got device {device!r}): "
                          "forked children cannot share a CUDA context")
-    global _EXPERIMENTS
+    global _EXPERIMENTS, _SHARED
     units = [(i, seed) for i in range(len(exps)) for seed in seeds]
     parts: dict[int, Outcome] = {}
     total, done = n_units(exps, seeds), 0
-    _EXPERIMENTS = exps
+    _EXPERIMENTS, _SHARED = exps, shared_fits(exps)
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init) as ex:
             futures = {ex.submit(_unit, i, seed, seeds[0], device): k for k, (i, seed) in enumerate(units)}
@@ -120,11 +121,11 @@ def run_forked(exps: Sequence[Experiment], seeds: Sequence[int], device: str,
                     parts[k] = Outcome(failures=[f"{exps[i].name}: seed {seed} lost: worker process died ({e})"])
                 except Exception as e:
                     parts[k] = Outcome(failures=[f"{exps[i].name}: seed {seed} failed: {type(e).__name__}: {e}"])
-                done += len(exps[i].predictors)
+                done += n_fits(exps, i, _SHARED)
                 if progress is not None:
                     progress(done, total)
     finally:
-        _EXPERIMENTS = ()
+        _EXPERIMENTS, _SHARED = (), {}
     out = Outcome()
     for k in range(len(units)):
         merge(out, parts[k])

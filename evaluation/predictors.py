@@ -16,8 +16,8 @@ from core.errors import ZooError
 from evaluation.registry import PREDICTORS, PredictorEntry, predictor
 from weightnet.predictor import Predictor
 
-__all__ = ["PREDICTORS", "PredictorEntry", "WEIGHTNET", "computed_properties", "config_fields", "make_predictor",
-           "resolve_overrides"]
+__all__ = ["PREDICTORS", "PredictorEntry", "WEIGHTNET", "computed_properties", "config_fields", "fit_identity",
+           "make_predictor", "resolve_overrides"]
 
 WEIGHTNET = "weightnet"
 
@@ -64,6 +64,18 @@ def weightnet(device: str = "cpu", **overrides) -> Predictor:
     if missing:
         raise ZooError(f"WeightNetConfig has no field {', '.join(missing)} (known: {', '.join(sorted(config_fields()))})")
     return WeightNetPredictor(config=apply_overrides(WeightNetConfig(), applicable), device=device)
+
+
+def fit_identity(name: str, overrides: Mapping[str, object] | None) -> str | None:
+    """What decides predictor ``name``'s fit besides its data, targets and seed: equal identities fit the
+    same model. WeightNet's is its resolved config, so an override equal to the default ("probes on")
+    is the default; None where the overrides name a field WeightNet's config lacks (that fit raises)."""
+    if name == WEIGHTNET:
+        from weightnet.config import WeightNetConfig
+
+        applicable, missing = resolve_overrides(overrides or {})
+        return None if missing else f"{name}:{apply_overrides(WeightNetConfig(), applicable)!r}"
+    return f"{name}:{sorted((overrides or {}).items())!r}"
 
 
 def computed_properties() -> tuple[str, ...]:

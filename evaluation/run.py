@@ -179,6 +179,12 @@ def _random(samples: list[ZooSample], outside: Sequence[ZooSample] = ()) -> expe
     return fn
 
 
+def _random_key(samples: Sequence[ZooSample]) -> str:
+    """``Experiment.split_key`` of ``_random(samples, ...)``: the random split is a function of the ordered
+    models and the seed, so equal keys are equal splits (the outside set adds a test set, nothing else)."""
+    return "random:" + stable_hash([s.model_id for s in samples])
+
+
 def _shape_key(s: ZooSample) -> tuple:
     """What a model must share with a zoo to be scored as one of its outside-recipe models."""
     cfg = s.arch_config
@@ -254,11 +260,13 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
         elif outside:
             notes.append(f"zoo {zoo}: {len(outside)} ingested models of its architecture scored as '{targets_mod.OUTSIDE_SET}'")
         exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss, outside), learned, targets,
-                               overrides=suite.overrides_for(), keep_fitted=(i == 0 and suite.interpret)))
+                               overrides=suite.overrides_for(), keep_fitted=(i == 0 and suite.interpret),
+                               split_key=_random_key(ss)))
         for p in suite.predictors:  # zero-shot calculators: scored on the properties they compute
             computed = calculated_targets(ss, PREDICTORS.get(p).computes)
             if computed:
-                exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), (p,), computed))
+                exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), (p,), computed,
+                                       split_key=_random_key(ss)))
     base = exps[0] if exps else None
     if base is None:
         return exps, primary, primary_targets
@@ -328,7 +336,8 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
                                    _random(primary_samples), (WEIGHTNET,), ("test_accuracy",),
                                    overrides={WEIGHTNET: {**suite.overrides_for().get(WEIGHTNET, {}),
                                                           **v.as_dict}},
-                                   labels={WEIGHTNET: f"{v.group}: {v.label}"}))
+                                   labels={WEIGHTNET: f"{v.group}: {v.label}"},
+                                   split_key=_random_key(primary_samples)))
     return exps, primary, primary_targets
 
 

@@ -12,6 +12,7 @@ from core.errors import ZooError
 from fixtures.eval_zoo import synthetic_samples, trained_digits_zoo
 from weightnet.data import _width
 from evaluation import ablations, experiments, interpret, parallel, run, splits
+from evaluation import targets as targets_mod
 from evaluation.targets import STATNN
 from evaluation.widen import widen
 from zoo.archs import build
@@ -275,6 +276,80 @@ def test_ablations_suite_plans_one_zoo_with_every_input_and_permutation_variant(
     # every ablation fit sees the base split: same split function output for a seed
     ab = next(e for e in exps if e.split.startswith("ablation"))
     assert [s.model_id for s in ab.split_fn(3)[2]["test"]] == [s.model_id for s in base[0].split_fn(3)[2]["test"]]
+
+
+def test_an_ablation_equal_to_the_default_shares_the_base_fit(tiny_zoo):
+    """In the ablations suite the variants whose resolved config is WeightNet's default ("probes on",
+    "permutation: invariant") are the base fit (same split, same single target), not fitted again."""
+    from storage.samples import load_samples
+    from weightnet.config import WeightNetConfig
+    from evaluation.predictors import apply_overrides
+
+    with tiny_zoo.viewing(tiny_zoo.resolve("v1"), True):
+        samples = load_samples(tiny_zoo, None, targets=["test_accuracy"], require_all=False)
+    exps, _, _ = run.plan(samples, run.SUITES["ablations"], {}, [])
+    alias = experiments.shared_fits(exps)
+    default = [v.label for v in ablations.ABLATIONS if v.group in ("inputs", "permutation")
+               and apply_overrides(WeightNetConfig(), v.as_dict) == WeightNetConfig()]
+    assert default  # otherwise this test proves nothing
+    assert sorted(exps[i].labels[n] for i, n in alias) == sorted(f"{v.group}: {v.label}" for v in ablations.ABLATIONS
+                                                                   if v.label in default)
+    assert set(alias.values()) == {(0, "weightnet")} and exps[0].split == "random"
+    assert experiments.n_units(exps, [0, 1]) == (sum(len(e.predictors) for e in exps) - len(alias)) * 2
+
+
+def test_fit_identity_is_the_resolved_config():
+    from evaluation.predictors import fit_identity
+
+    assert fit_identity("weightnet", {"probes": 16}) == fit_identity("weightnet", {}) != fit_identity("weightnet", {"probes": 0})
+    assert fit_identity("weightnet", {"no_such_field": 1}) is None
+    assert fit_identity("statnn-gbt", {"gbt_iter": 20}) != fit_identity("statnn-gbt", {"gbt_iter": 21})
+    assert fit_identity("statnn-gbt", {}) != fit_identity("statnn-mlp", {})
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_fit_equal_to_an_earlier_one_is_made_once_and_scored_under_both_names(monkeypatch, workers):
+    from evaluation.experiments import Experiment
+
+    g = torch.Generator().manual_seed(0)
+    samples = synthetic_samples("mlp", 40, g)
+    key, fast = run._random_key(samples), {"statnn-gbt": {"gbt_iter": 20}}
+
+    def exp(name, label, overrides=fast, split_key=key, outside=()):
+        return Experiment(name, "z", "random", run._random(samples, outside), ("statnn-gbt",), ("norm0",),
+                          overrides=overrides, labels={"statnn-gbt": label}, split_key=split_key)
+    exps = [exp("z / random", "statnn-gbt", outside=samples[:8]),  # tests: "test" and the outside set
+            exp("z / ablation", "same"),  # same split, targets and config: shares the first fit
+            exp("z / ablation", "other", overrides={"statnn-gbt": {"gbt_iter": 21}}),
+            exp("z / unkeyed", "unkeyed", split_key="")]  # no promise of the same split: fitted
+    assert experiments.shared_fits(exps) == {(1, "statnn-gbt"): (0, "statnn-gbt")}
+    fits = []
+    real = experiments.make_predictor
+
+    def counting(name, device="cpu", overrides=None):
+        fits.append(name)
+        return real(name, device, overrides)
+    monkeypatch.setattr(experiments, "make_predictor", counting)
+    monkeypatch.setattr(parallel, "autograd_survives_fork", lambda: True)  # gradient boosting needs no autograd
+    ticks = []
+    out = experiments.run(exps, [0, 1], workers=workers, progress=lambda d, n: ticks.append((d, n)))
+    assert out.failures == []
+    if workers == 1:
+        assert len(fits) == 6  # 3 fits a seed, not 4 (forked children count in their own copy)
+    assert ticks[-1] == (6, 6) == (experiments.n_units(exps, [0, 1]),) * 2
+    rows = {(s.predictor, s.test_set, s.seed): s for s in out.scores}
+    assert {t for (p, t, _) in rows if p == "statnn-gbt"} == {"test", targets_mod.OUTSIDE_SET}
+    assert {t for (p, t, _) in rows if p == "same"} == {"test"}  # only the test sets it has itself
+    for seed in (0, 1):
+        same, base, refit = rows[("same", "test", seed)], rows[("statnn-gbt", "test", seed)], rows[("unkeyed", "test", seed)]
+        assert same.experiment == "z / ablation" and same.values == base.values
+        # what the shared scores stand for: fitting the same model again gives the same numbers
+        assert {k: v for k, v in same.values.items() if k != "fit_seconds"} == \
+            {k: v for k, v in refit.values.items() if k != "fit_seconds"}
+    assert rows[("other", "test", 0)].values["rmse"] != rows[("same", "test", 0)].values["rmse"]  # a fit of its own
+    y, p = out.scatter[("z / ablation", "test", "same", "norm0")]
+    np.testing.assert_array_equal(p, out.scatter[("z / random", "test", "statnn-gbt", "norm0")][1])
+    assert any("same is the fit of z / random: statnn-gbt" in n for n in out.notes)
 
 
 def _tiny_experiments(lake) -> list:
