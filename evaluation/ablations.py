@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from evaluation.predictors import resolve_overrides
+from weightnet.config import WeightNetConfig
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ ABLATIONS: tuple[Variant, ...] = (
     *(_v("depth", f"depth={d}", depth=d) for d in (1, 2, 4)),
     *(_v("heads", f"heads={h}", heads=h) for h in (1, 2, 4)),
     *(_v("d_model", f"d_model={d}", d_model=d) for d in (32, 64, 128)),
-    _v("inputs", "probes on", probes=16),
+    _v("inputs", "probes on", probes=WeightNetConfig().probes),
+    _v("inputs", "probes=16", probes=16),
     _v("inputs", "probes off", probes=0),
     _v("inputs", "weight tokens off", weight_tokens=False),
     _v("inputs", "summary off", summary=False),

@@ -271,7 +271,8 @@ def test_ablations_suite_plans_one_zoo_with_every_input_and_permutation_variant(
     base = [e for e in exps if e.split == "random"]
     assert [e.predictors for e in base] == [("weightnet", "statnn-gbt", "statnn-mlp")]
     variants = {e.labels["weightnet"] for e in exps if e.split.startswith("ablation")}
-    assert variants == {"inputs: probes on", "inputs: probes off", "inputs: weight tokens off", "inputs: summary off",
+    assert variants == {"inputs: probes on", "inputs: probes=16", "inputs: probes off", "inputs: weight tokens off",
+                        "inputs: summary off",
                         *(f"permutation: {p}" for p in ("invariant", "weight_sort", "activation_sort", "align", "none"))}
     # every ablation fit sees the base split: same split function output for a seed
     ab = next(e for e in exps if e.split.startswith("ablation"))
@@ -300,8 +301,11 @@ def test_an_ablation_equal_to_the_default_shares_the_base_fit(tiny_zoo):
 
 def test_fit_identity_is_the_resolved_config():
     from evaluation.predictors import fit_identity
+    from weightnet.config import WeightNetConfig
 
-    assert fit_identity("weightnet", {"probes": 16}) == fit_identity("weightnet", {}) != fit_identity("weightnet", {"probes": 0})
+    default = WeightNetConfig().probes
+    assert fit_identity("weightnet", {"probes": default}) == fit_identity("weightnet", {}) != \
+        fit_identity("weightnet", {"probes": 0})
     assert fit_identity("weightnet", {"no_such_field": 1}) is None
     assert fit_identity("statnn-gbt", {"gbt_iter": 20}) != fit_identity("statnn-gbt", {"gbt_iter": 21})
     assert fit_identity("statnn-gbt", {}) != fit_identity("statnn-mlp", {})
