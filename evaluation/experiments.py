@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -93,14 +94,13 @@ def shared_fits(exps: Sequence[Experiment]) -> dict[tuple[int, str], tuple[int, 
     """(experiment index, predictor) -> the earlier (index, predictor) whose fit it reuses. A fit is only
     shared where its (experiment name, label) names one fit (the scores are found by them) and the later
     experiment does not keep its fitted predictors (interpretation needs its own object)."""
-    labels = [(e.name, e.labels.get(n, n)) for e in exps for n in e.predictors]
-    unique = {k for k in labels if labels.count(k) == 1}
+    counts = Counter((e.name, e.labels.get(n, n)) for e in exps for n in e.predictors)
     first: dict[tuple, tuple[int, str]] = {}
     alias: dict[tuple[int, str], tuple[int, str]] = {}
     for i, e in enumerate(exps):
         for name in e.predictors:
             key = _fit_key(e, name)
-            if key is None or key[3] is None or (e.name, e.labels.get(name, name)) not in unique:
+            if key is None or key[3] is None or counts[(e.name, e.labels.get(name, name))] > 1:
                 continue
             if key not in first:
                 first[key] = (i, name)
@@ -113,9 +113,11 @@ def n_fits(exps: Sequence[Experiment], index: int, alias: Mapping[tuple[int, str
     return sum((index, n) not in alias for n in exps[index].predictors)
 
 
-def n_units(exps: Sequence[Experiment], seeds: Sequence[int]) -> int:
-    """Fits the run makes: every (experiment, predictor, seed) but the shared ones."""
-    alias = shared_fits(exps)
+def n_units(exps: Sequence[Experiment], seeds: Sequence[int],
+            alias: Mapping[tuple[int, str], tuple[int, str]] | None = None) -> int:
+    """Fits the run makes: every (experiment, predictor, seed) but the shared ones (``alias``: the run's
+    ``shared_fits``, computed here when not given)."""
+    alias = shared_fits(exps) if alias is None else alias
     return sum(n_fits(exps, i, alias) for i in range(len(exps))) * len(seeds)
 
 
@@ -129,7 +131,7 @@ def run(exps: Sequence[Experiment], seeds: Sequence[int], device: str = "cpu",
         return run_forked(exps, seeds, device, progress, workers)
     out = Outcome()
     alias = shared_fits(exps)
-    total, done = n_units(exps, seeds), 0
+    total, done = n_units(exps, seeds, alias), 0
     for i in range(len(exps)):
         for seed in seeds:
             merge(out, run_unit(exps, i, seed, seeds[0], device, alias))

@@ -107,8 +107,8 @@ def run_forked(exps: Sequence[Experiment], seeds: Sequence[int], device: str,
     global _EXPERIMENTS, _SHARED
     units = [(i, seed) for i in range(len(exps)) for seed in seeds]
     parts: dict[int, Outcome] = {}
-    total, done = n_units(exps, seeds), 0
     _EXPERIMENTS, _SHARED = exps, shared_fits(exps)
+    total, done = n_units(exps, seeds, _SHARED), 0
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init) as ex:
             futures = {ex.submit(_unit, i, seed, seeds[0], device): k for k, (i, seed) in enumerate(units)}

@@ -17,7 +17,7 @@ from evaluation.registry import PREDICTORS, PredictorEntry, predictor
 from weightnet.predictor import Predictor
 
 __all__ = ["PREDICTORS", "PredictorEntry", "WEIGHTNET", "computed_properties", "config_fields", "fit_identity",
-           "make_predictor", "resolve_overrides"]
+           "make_predictor", "resolve_overrides", "weightnet_config"]
 
 WEIGHTNET = "weightnet"
 
@@ -55,15 +55,21 @@ def apply_overrides(config, overrides: Mapping[str, object]):
     return dataclasses.replace(config, **top)
 
 
-@predictor(WEIGHTNET)
-def weightnet(device: str = "cpu", **overrides) -> Predictor:
+def weightnet_config(overrides: Mapping[str, object]):
+    """WeightNet's default config with ``overrides``; a key the config lacks is a ZooError naming it."""
     from weightnet.config import WeightNetConfig
-    from weightnet.model import WeightNetPredictor
 
     applicable, missing = resolve_overrides(overrides)
     if missing:
         raise ZooError(f"WeightNetConfig has no field {', '.join(missing)} (known: {', '.join(sorted(config_fields()))})")
-    return WeightNetPredictor(config=apply_overrides(WeightNetConfig(), applicable), device=device)
+    return apply_overrides(WeightNetConfig(), applicable)
+
+
+@predictor(WEIGHTNET)
+def weightnet(device: str = "cpu", **overrides) -> Predictor:
+    from weightnet.model import WeightNetPredictor
+
+    return WeightNetPredictor(config=weightnet_config(overrides), device=device)
 
 
 def fit_identity(name: str, overrides: Mapping[str, object] | None) -> str | None:
@@ -71,10 +77,10 @@ def fit_identity(name: str, overrides: Mapping[str, object] | None) -> str | Non
     same model. WeightNet's is its resolved config, so an override equal to the default ("probes on")
     is the default; None where the overrides name a field WeightNet's config lacks (that fit raises)."""
     if name == WEIGHTNET:
-        from weightnet.config import WeightNetConfig
-
-        applicable, missing = resolve_overrides(overrides or {})
-        return None if missing else f"{name}:{apply_overrides(WeightNetConfig(), applicable)!r}"
+        try:
+            return f"{name}:{weightnet_config(overrides or {})!r}"
+        except ZooError:
+            return None
     return f"{name}:{sorted((overrides or {}).items())!r}"
 
 

@@ -259,14 +259,15 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
             outside = []
         elif outside:
             notes.append(f"zoo {zoo}: {len(outside)} ingested models of its architecture scored as '{targets_mod.OUTSIDE_SET}'")
+        key = _random_key(ss)
         exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss, outside), learned, targets,
                                overrides=suite.overrides_for(), keep_fitted=(i == 0 and suite.interpret),
-                               split_key=_random_key(ss)))
+                               split_key=key))
         for p in suite.predictors:  # zero-shot calculators: scored on the properties they compute
             computed = calculated_targets(ss, PREDICTORS.get(p).computes)
             if computed:
                 exps.append(Experiment(f"{zoo} / random", zoo, "random", _random(ss), (p,), computed,
-                                       split_key=_random_key(ss)))
+                                       split_key=key))
     base = exps[0] if exps else None
     if base is None:
         return exps, primary, primary_targets
@@ -331,13 +332,13 @@ def plan(samples: Sequence[ZooSample], suite: Suite, train_configs: dict[str, di
     if suite.ablation_groups and WEIGHTNET in suite.predictors:
         variants, why = ablations.plan(suite.ablation_groups)
         notes += why
+        split, key = _random(primary_samples), _random_key(primary_samples)  # one split for every variant
         for v in variants:
             exps.append(Experiment(f"{primary} / ablation", primary, f"ablation:{v.group}",
-                                   _random(primary_samples), (WEIGHTNET,), ("test_accuracy",),
+                                   split, (WEIGHTNET,), ("test_accuracy",),
                                    overrides={WEIGHTNET: {**suite.overrides_for().get(WEIGHTNET, {}),
                                                           **v.as_dict}},
-                                   labels={WEIGHTNET: f"{v.group}: {v.label}"},
-                                   split_key=_random_key(primary_samples)))
+                                   labels={WEIGHTNET: f"{v.group}: {v.label}"}, split_key=key))
     return exps, primary, primary_targets
 
 
