@@ -212,8 +212,11 @@ def _fit_and_score(exp: Experiment, name: str, label: str, seed: int, first_seed
         if not samples:
             continue
         try:
-            p = pred.predict(samples)
-            iv = pred.predict_interval(samples, alpha=0.1) if hasattr(pred, "predict_interval") else {}
+            if hasattr(pred, "predict_with_intervals"):  # one pass for both (learned predictors)
+                p, iv = pred.predict_with_intervals(samples, alpha=0.1)
+            else:
+                p = pred.predict(samples)
+                iv = pred.predict_interval(samples, alpha=0.1) if hasattr(pred, "predict_interval") else {}
         except Exception as e:
             out.failures.append(f"{exp.name}/{test_name}: {label} could not predict: {type(e).__name__}: {e}")
             continue

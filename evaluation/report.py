@@ -147,6 +147,7 @@ def _result_rows(rows: Sequence[dict]) -> list[dict]:
     return [{"experiment": r["experiment"], "test set": r["test_set"], "predictor": r["predictor"],
              "property": r["property"], "tau": fmt(r["kendall_tau"]), "spearman": fmt(r["spearman"]),
              "r2": fmt(r["r2"]), "mae": fmt(r["mae"], 4), "rmse": fmt(r["rmse"], 4), "coverage": fmt(r["coverage"], 2),
+             "interval width": fmt(r.get("interval_width", (math.nan, math.nan)), 3),
              "fit s": fmt(r["fit_seconds"], 1), "n_train": r["n_train"], "n_test": r["n_test"], "seeds": r["n_seeds"]} for r in rows]
 
 

@@ -72,14 +72,18 @@ def test_baseline_beats_the_mean_on_a_known_function(zoos, name, arch):
 
 
 def assert_interval_is_the_calibration_quantile(pred, val, test, point) -> None:
-    """The half-width is the ceil((n+1)(1-alpha))-th smallest |error| on the calibration models, a part of
-    the validation set recomputed here from the predictor's own predictions (alpha 0.5: rank 3 of 4)."""
+    """The half-width is the model's novelty scale times the ceil((n+1)(1-alpha))-th smallest |error| /
+    scale on the calibration models, a part of the validation set recomputed here from the predictor's
+    own predictions (alpha 0.5: rank 3 of 4)."""
     cal = [s for s in val if s.model_id in set(pred.conformal.calibration_ids)]
     assert len(cal) == 4  # half of the 8 validation runs
-    r = np.sort(np.abs(pred.predict(cal)["norm0"] - np.array([s.labels["norm0"] for s in cal])))
+    assert pred.conformal.normalized  # every learned baseline reads a representation
+    s_cal, s_test = pred._predict_scaled(cal)[1], pred._predict_scaled(test)[1]
+    assert np.all(s_cal > 0) and np.all(s_test > 0) and np.ptp(s_test) > 0
+    r = np.sort(np.abs(pred.predict(cal)["norm0"] - np.array([s.labels["norm0"] for s in cal])) / s_cal)
     lo, hi = pred.predict_interval(test, alpha=0.5)["norm0"]
-    np.testing.assert_allclose(hi - point, r[2], rtol=1e-9)
-    np.testing.assert_allclose(point - lo, r[2], rtol=1e-9)
+    np.testing.assert_allclose(hi - point, r[2] * s_test, rtol=1e-9)
+    np.testing.assert_allclose(point - lo, r[2] * s_test, rtol=1e-9)
     lo, hi = pred.predict_interval(test, alpha=0.1)["norm0"]  # rank 5 of 4 does not exist: no finite interval
     assert np.all(np.isinf(lo) & np.isinf(hi))
 

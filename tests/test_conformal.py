@@ -11,7 +11,8 @@ import torch
 
 from evaluation.predictors import PREDICTORS
 from fixtures.eval_zoo import synthetic_samples
-from weightnet.conformal import Conformal, clip_to_bounds, conformal_rank, property_bounds, split_calibration
+from weightnet.conformal import (NOVELTY_DIM, Conformal, Novelty, clip_to_bounds, conformal_rank, property_bounds,
+                                 reference_subset, split_calibration)
 
 LEARNED = [n for n, entry in PREDICTORS.items() if entry.learned]  # WeightNet and every learned baseline
 FAST = {"nfn": {"epochs": 30}, "statnn-mlp": {"epochs": 60}, "flat-mlp": {"epochs": 60},
@@ -38,20 +39,118 @@ def _coverage(n_cal: int, alpha: float, draws: int, rank_shift: int = 0) -> floa
     return float(np.mean(covered))
 
 
+def _exact_rate(n_cal: int, alpha: float, draws: int, n_test: int) -> tuple[float, float]:
+    """(k / (n + 1), the standard error of a mean coverage over ``draws`` draws of ``n_test`` test points):
+    per draw, coverage is Beta(k, n + 1 - k) distributed (one shared quantile) plus binomial noise."""
+    k = conformal_rank(n_cal, alpha)
+    expected = k / (n_cal + 1)
+    var = k * (n_cal + 1 - k) / ((n_cal + 1) ** 2 * (n_cal + 2)) + expected * (1 - expected) / n_test
+    return expected, math.sqrt(var / draws)
+
+
 @pytest.mark.parametrize("n_cal,alpha", [(10, 0.1), (19, 0.1), (9, 0.2)])
 def test_coverage_matches_the_split_conformal_rate(n_cal: int, alpha: float) -> None:
     # exchangeable continuous residuals: coverage is exactly k / (n + 1), k = ceil((n + 1)(1 - alpha))
-    k = conformal_rank(n_cal, alpha)
-    expected = k / (n_cal + 1)
     draws = 3000
-    # per draw, coverage is Beta(k, n + 1 - k) distributed (one shared quantile) plus binomial noise over 50 points
-    var = k * (n_cal + 1 - k) / ((n_cal + 1) ** 2 * (n_cal + 2)) + expected * (1 - expected) / 50
-    se = math.sqrt(var / draws)
+    expected, se = _exact_rate(n_cal, alpha, draws, 50)
     got = _coverage(n_cal, alpha, draws)
     assert abs(got - expected) < 4 * se, (got, expected)
     # the test has the power to see an off-by-one rank (what ceil(n (1 - alpha)) gives for these n)
     wrong = _coverage(n_cal, alpha, draws, rank_shift=1)
     assert abs(wrong - expected) > 8 * se, (wrong, expected)
+
+
+def _normalized_coverage(n_cal: int, alpha: float, draws: int, forget_scale: bool = False) -> tuple[float, float]:
+    """Like ``_coverage`` with normalized scores: each point has a scale s = exp(u), u ~ U(-1.5, 1.5), and
+    noise s * t_3, so plain residuals are far from identically distributed. Returns (mean coverage, mean
+    coverage of the widest-scale quarter of test points). ``forget_scale`` mimics an implementation that
+    normalizes the calibration scores but forgets to scale the test interval back."""
+    rng = np.random.default_rng(99)
+    covered, top = [], []
+    for _ in range(draws):
+        x = rng.normal(size=n_cal + 40)
+        s = np.exp(rng.uniform(-1.5, 1.5, size=x.size))
+        y = x + s * rng.standard_t(3, size=x.size)
+        conf = Conformal.fit({"v": x[:n_cal]}, {"v": y[:n_cal]}, scale=s[:n_cal])
+        test_scale = np.ones(40) if forget_scale else s[n_cal:]
+        lo, hi = conf.interval("v", x[n_cal:], alpha, test_scale)
+        inside = (y[n_cal:] >= lo) & (y[n_cal:] <= hi)
+        covered.append(np.mean(inside))
+        top.append(np.mean(inside[s[n_cal:] >= np.quantile(s[n_cal:], 0.75)]))
+    return float(np.mean(covered)), float(np.mean(top))
+
+
+@pytest.mark.parametrize("n_cal,alpha", [(19, 0.1), (9, 0.2)])
+def test_normalized_scores_keep_the_split_conformal_rate(n_cal: int, alpha: float) -> None:
+    # scores |y - y_hat| / s are exchangeable when s is fixed before calibration: coverage is k / (n + 1)
+    # overall, and it holds for the widest-scale points too, where plain residual quantiles under-cover
+    draws = 3000
+    expected, se = _exact_rate(n_cal, alpha, draws, 40)
+    got, top = _normalized_coverage(n_cal, alpha, draws)
+    assert abs(got - expected) < 4 * se, (got, expected)
+    assert abs(top - expected) < 0.03, (top, expected)
+    wrong, wrong_top = _normalized_coverage(n_cal, alpha, draws, forget_scale=True)
+    assert abs(wrong - expected) > 8 * se and wrong_top < expected - 0.15, (wrong, wrong_top)
+
+
+def test_normalized_intervals_need_scales_and_scales_must_be_positive() -> None:
+    conf = Conformal.fit({"v": np.zeros(4)}, {"v": np.array([1.0, 2.0, 3.0, 4.0])}, scale=np.array([1.0, 2.0, 1.0, 4.0]))
+    assert conf.normalized and np.allclose(conf.residuals["v"], [1.0, 1.0, 1.0, 3.0])
+    np.testing.assert_allclose(conf.interval("v", np.zeros(2), 0.5, np.array([1.0, 3.0]))[1], [1.0, 3.0])  # rank 3
+    with pytest.raises(ValueError, match="novelty scale"):
+        conf.interval("v", np.zeros(2), 0.5)
+    with pytest.raises(ValueError, match="positive"):
+        conf.interval("v", np.zeros(2), 0.5, np.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match="not normalized"):
+        Conformal.fit({"v": np.zeros(2)}, {"v": np.ones(2)}).interval("v", np.zeros(2), 0.5, np.ones(2))
+    restored = Conformal.from_state(conf.state())
+    assert restored.normalized and np.array_equal(restored.residuals["v"], conf.residuals["v"])
+
+
+@pytest.mark.parametrize("width", [6, NOVELTY_DIM + 40])
+def test_novelty_grows_with_distance_from_the_training_models(width: int) -> None:
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(3000, width)) * np.linspace(0.5, 3.0, width)  # uneven scales: z-scored first
+    nov = Novelty.fit(train, seed=0)
+    assert len(nov.reference) == 2000 and (nov.projection is not None) == (width > NOVELTY_DIM)
+    direction = rng.normal(size=width)
+    direction /= np.linalg.norm(direction)
+    fresh = rng.normal(size=(200, width)) * np.linspace(0.5, 3.0, width)
+    scales = [float(np.median(nov.scale(fresh + shift * 3.0 * direction * np.linspace(0.5, 3.0, width))))
+              for shift in (0.0, 1.0, 2.0, 4.0)]
+    assert all(a < b for a, b in zip(scales, scales[1:])), scales  # farther from the zoo: larger scale
+    dup = nov.scale(train[:5])  # training models themselves: small, but never zero
+    assert np.all(dup >= nov.floor) and nov.floor > 0
+    again = Novelty.from_state(nov.state())
+    np.testing.assert_array_equal(again.scale(fresh), nov.scale(fresh))
+    with pytest.raises(ValueError, match="width"):
+        nov.scale(fresh[:, :-1])
+    assert reference_subset(3000, 0) == reference_subset(3000, 0) != reference_subset(3000, 1)
+
+
+def test_normalized_intervals_cover_a_shifted_population_that_plain_ones_miss() -> None:
+    """A predictor whose error grows with the distance from its training models (as WeightNet's does on a
+    held-out family): calibration models come from the training distribution, test models from a shifted
+    one. Plain split conformal under-covers the shifted models; normalized scores with the novelty scale
+    stay near the nominal 0.9 without being wider on in-distribution models."""
+    rng = np.random.default_rng(11)
+    train = rng.normal(size=(1500, 8))
+    nov = Novelty.fit(train, seed=0)
+
+    def draw(n: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.normal(size=(n, 8)) + shift
+        return x, 0.02 * nov.scale(x) * rng.standard_t(4, size=n)  # the error, in label units
+
+    xc, ec = draw(400, 0.0)
+    plain = Conformal.fit({"v": np.zeros(400)}, {"v": ec})
+    norm = Conformal.fit({"v": np.zeros(400)}, {"v": ec}, scale=nov.scale(xc))
+    for shift, lo_cov in ((0.0, 0.86), (1.5, 0.86)):
+        xt, et = draw(4000, shift)
+        cov_norm = np.mean(np.abs(et) <= norm.interval("v", np.zeros(4000), 0.1, nov.scale(xt))[1])
+        cov_plain = np.mean(np.abs(et) <= plain.interval("v", np.zeros(4000), 0.1)[1])
+        assert lo_cov <= cov_norm <= 0.94, (shift, cov_norm)
+        if shift:
+            assert cov_plain < 0.75, cov_plain
 
 
 def test_too_few_calibration_models_give_infinite_intervals() -> None:

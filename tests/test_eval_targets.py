@@ -33,7 +33,10 @@ def test_every_ranked_property_gets_its_own_row_and_missing_ones_none():
             for p, t in (("weightnet", 0.9), ("statnn-gbt", 0.8))]
     ts = [t for t in targets.check_targets(rows) if t["target"].startswith("a random split")]
     assert [t["target"].split(", ")[1].split(":")[0] for t in ts] == ["test_accuracy", "pgd_linf_2_255"]
-    assert all(t["met"] for t in ts)  # no NFN row: it is not counted against WeightNet
+    # no NFN row: the StatNN margin is met but the "> NFN" half was not measured, so neither met nor missed
+    assert all(t["met"] is None and "NFN not run" in t["measured"] for t in ts)
+    rows = [_row("a / random", "weightnet", tau=0.81), _row("a / random", "statnn-gbt", tau=0.8)]
+    assert [t["met"] for t in targets.check_targets(rows) if t["target"].startswith("a random split")] == [False]
 
 
 def test_wild_zoos_get_the_absolute_target_and_pooled_all_is_ignored():

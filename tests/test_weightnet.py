@@ -140,12 +140,22 @@ def test_training_beats_the_mean_and_predictions_land_in_sql(tiny_zoo, tmp_path,
                         "USING (model_id) LEFT JOIN labels l ON l.model_id = m.model_id AND l.property = p.property "
                         "WHERE p.run_id = ? ORDER BY m.model_id", [res.run_id])
         assert {r[0] for r in rows} == {"mlp", "cnn"}
-        # stored bounds are the prediction +- the conformal half-width, clipped to [0, 1] (an accuracy)
-        half = WeightNetPredictor.load(res.checkpoint).interval_width("test_accuracy", cfg.alpha)
-        assert np.isfinite(half) and half > 0
-        for _, v, lo, hi, _ in rows:
+        # stored bounds are the prediction +- the conformal half-width times the model's novelty scale (from
+        # the reloaded checkpoint: the novelty reference travels with it), clipped to [0, 1] (an accuracy)
+        loaded = WeightNetPredictor.load(res.checkpoint)
+        q = loaded.interval_width("test_accuracy", cfg.alpha)
+        assert np.isfinite(q) and q > 0 and loaded.conformal.normalized
+        everything = load_samples(lk)
+        scale = dict(zip([s.model_id for s in everything], loaded._predict_scaled(everything)[1]))
+        ids = [r[0] for r in lk.fetch("SELECT p.model_id FROM predictions p JOIN models m USING (model_id) "
+                                      "WHERE p.run_id = ? ORDER BY m.model_id", [res.run_id])]
+        for mid, (_, v, lo, hi, _) in zip(ids, rows):
             assert 0 <= v <= 1
+            half = q * scale[mid]
             assert lo == pytest.approx(max(0.0, v - half), abs=1e-9) and hi == pytest.approx(min(1.0, v + half), abs=1e-9)
+        # an architecture never trained on lies farther from the training models: wider intervals
+        arch = {s.model_id: s.arch for s in everything}
+        assert min(scale[m] for m in ids if arch[m] == "cnn") > np.median([scale[m] for m in ids if arch[m] == "mlp"])
 
         # the checkpoint reloads to identical predictions
         stored = {mid: v for mid, v in lk.fetch("SELECT model_id, value FROM predictions WHERE run_id = ?", [res.run_id])}
@@ -179,13 +189,16 @@ def test_fit_is_deterministic_and_intervals_are_conformal(rng: torch.Generator) 
         p.fit(samples[:10], samples[10:], ["y"], seed=3)
         preds.append(p.predict(samples)["y"])
     assert np.array_equal(preds[0], preds[1])
-    # split conformal: 3 of the 6 validation runs calibrate, the fit never sees them; at alpha = 0.5 the
-    # half-width is the 2nd smallest |error| among them (recomputed here), at alpha = 0.2 none exists
+    # normalized split conformal: 3 of the 6 validation runs calibrate, the fit never sees them; at alpha =
+    # 0.5 the half-width is the model's novelty scale times the 2nd smallest |error| / scale among them
+    # (recomputed here), at alpha = 0.2 none exists
     cal = [s for s in samples[10:] if s.model_id in set(p.conformal.calibration_ids)]
     assert len(cal) == 3 and not set(p.conformal.calibration_ids) & set(p.seen_ids)
-    r = np.sort(np.abs(p.predict(cal)["y"] - np.array([s.labels["y"] for s in cal])))
+    s_cal, s_all = p.novelty.scale(p.embed(cal)), p.novelty.scale(p.embed(samples))
+    assert p.conformal.normalized and np.all(s_all > 0) and np.ptp(s_all) > 0
+    r = np.sort(np.abs(p.predict(cal)["y"] - np.array([s.labels["y"] for s in cal])) / s_cal)
     lo, hi = p.predict_interval(samples, alpha=0.5)["y"]
-    np.testing.assert_allclose(hi - lo, 2 * r[1], rtol=1e-6)
+    np.testing.assert_allclose(hi - lo, 2 * r[1] * s_all, rtol=1e-5)
     assert np.all(np.isinf(p.predict_interval(samples)["y"][1]))
     # trained on MLPs only, it still predicts every other registered architecture (conv, norm, attention...)
     others = [example_sample(arch, rng, f"other-{arch}") for arch in weightnet_archs()]

@@ -13,7 +13,7 @@ import numpy as np
 
 from core.errors import ZooError
 
-METRICS = ("mae", "rmse", "r2", "spearman", "kendall_tau", "coverage")
+METRICS = ("mae", "rmse", "r2", "spearman", "kendall_tau", "coverage", "interval_width")
 
 
 def _check(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +94,8 @@ def score(y: np.ndarray, p: np.ndarray, interval: tuple[np.ndarray, np.ndarray] 
         "mae": mae(y, p), "rmse": rmse(y, p), "r2": r2(y, p), "spearman": spearman(y, p),
         "kendall_tau": kendall_tau(y, p),
         "coverage": coverage(y, *interval) if interval is not None else math.nan,
+        # median width of the intervals (inf when there is no finite one): what a coverage figure costs
+        "interval_width": float(np.median(interval[1] - interval[0])) if interval is not None and y.size else math.nan,
     }
 
 
@@ -111,4 +113,6 @@ def fmt(mean_std: tuple[float, float], digits: int = 3) -> str:
     m, s = mean_std
     if math.isnan(m):
         return "n/a"
+    if math.isinf(m):
+        return "inf"
     return f"{m:.{digits}f} ± {s:.{digits}f}"

@@ -17,7 +17,8 @@ from core.errors import ZooError
 from core.hashing import code_version
 from weightnet.canonical import spec_key
 from weightnet.config import WeightNetConfig
-from weightnet.conformal import Conformal, clip_to_bounds, identity_calibration, linear_calibration, split_calibration
+from weightnet.conformal import (Conformal, Novelty, clip_to_bounds, identity_calibration, linear_calibration,
+                                 reference_subset, split_calibration)
 from weightnet.data import ZooSample
 from weightnet.network import Collated, Handles, WeightNetModel, buckets, collate
 from weightnet.pipeline import TokenPipeline
@@ -43,7 +44,8 @@ class WeightNetPredictor:
         self.members: list[WeightNetModel] = []  # predictions average every member
         self.target_mean = torch.zeros(0)
         self.target_std = torch.ones(0)
-        self.conformal = Conformal()  # calibration residuals (split conformal)
+        self.conformal = Conformal()  # calibration scores (split conformal)
+        self.novelty: Novelty | None = None  # distance to the training models in the head's input space
         self.seen_ids: tuple[str, ...] = ()  # models the fit used (training + early stopping/recalibration)
         self.runner = ProbeRunner(self.config.probe_max_flops)
         self.probe_shape: tuple[int, ...] | None = None
@@ -136,12 +138,19 @@ class WeightNetPredictor:
         self.model = self.members[0]
         if val and cfg.calibrate:  # calibration is still the identity here
             self.calibration = linear_calibration(self._predict_tokens(va_tok, va_h), y_va)
+        # intervals widen with the distance to the training models in the representation the heads read
+        # (normalized split conformal, weightnet.conformal): a fixed function of the fit, so still valid
+        self.novelty = None
+        if len(train) >= 2:
+            ref = reference_subset(len(train), seed)
+            emb = self._predict_tokens([tr_tok[i] for i in ref], [tr_h[i] for i in ref], embed=True)[1]
+            self.novelty = Novelty.fit(emb.numpy(), seed)
         self.conformal = Conformal()
-        if calibration:  # residuals on models no step of the fit has seen
+        if calibration:  # scores on models no step of the fit has seen
             y_cal = self._labels(calibration).numpy().astype(np.float64)
-            self.conformal = Conformal.fit(self.predict(calibration),
-                                           {t: y_cal[:, j] for j, t in enumerate(self.targets)},
-                                           [s.model_id for s in calibration])
+            pred, scale = self._predict_scaled(calibration)
+            self.conformal = Conformal.fit(pred, {t: y_cal[:, j] for j, t in enumerate(self.targets)},
+                                           [s.model_id for s in calibration], scale)
 
     def _fit_member(self, seed: int, k: int, tr: tuple[Sequence[Tokens], Handles, Collated],
                     va: tuple[Sequence[Tokens], Handles], y_tr: torch.Tensor, y_va: torch.Tensor,
@@ -228,21 +237,27 @@ class WeightNetPredictor:
     # -- prediction --
     @torch.no_grad()
     def _predict_tokens(self, toks: Sequence[Tokens], handles: Handles | None = None,
-                        batch_size: int | None = None) -> torch.Tensor:
-        """(N, n_targets) de-standardized, recalibrated predictions (not yet clipped to property ranges)."""
+                        batch_size: int | None = None, embed: bool = False):
+        """(N, n_targets) de-standardized, recalibrated predictions (not yet clipped to property ranges);
+        with ``embed`` also the first member's (N, d_head) head inputs, from the same pass."""
         if self.model is None:
             raise ZooError("WeightNet is not trained (call fit or load a checkpoint)")
         members = self.members or [self.model]
         out = torch.empty(len(toks), len(self.targets))
+        emb = torch.empty(len(toks), members[0].regress.in_features) if embed else None
         for idx in buckets([len(t) for t in toks], batch_size or max(64, self.config.batch_size)):
             # tokens are collated once and shared: members differ only in weights. A plain loop over
             # members: torch.func.vmap over stacked members measured 1.4x slower (no batching rule for
             # CPU flash attention), and the per-member Python overhead is ~1% at batch 256
             b = self._batch([toks[i] for i in idx], members[0])
             h = [handles[i] for i in idx] if handles is not None else None
-            reg = torch.stack([m.eval()(b, h).float().cpu() for m in members]).mean(0)
+            z = [m.eval().head_input(b, h) for m in members]
+            reg = torch.stack([m.regress(zi).float().cpu() for m, zi in zip(members, z)]).mean(0)
             out[idx] = reg * self.target_std + self.target_mean
-        return out * self.calibration[:, 0] + self.calibration[:, 1]
+            if emb is not None:
+                emb[idx] = z[0].float().cpu()
+        out = out * self.calibration[:, 0] + self.calibration[:, 1]
+        return (out, emb) if embed else out
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         if not samples:
@@ -250,14 +265,20 @@ class WeightNetPredictor:
         pred = self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples)).numpy()
         return {t: clip_to_bounds(t, pred[:, j].astype(np.float64)) for j, t in enumerate(self.targets)}
 
-    @torch.no_grad()
+    def _predict_scaled(self, samples: Sequence[ZooSample]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Predictions and each model's novelty scale (None without a novelty reference), in one pass."""
+        if not samples:
+            return {t: np.zeros(0) for t in self.targets}, (np.zeros(0) if self.novelty else None)
+        pred, emb = self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples), embed=True)
+        scale = self.novelty.scale(emb.numpy()) if self.novelty is not None else None
+        return {t: clip_to_bounds(t, pred[:, j].numpy().astype(np.float64)) for j, t in enumerate(self.targets)}, scale
+
     def embed(self, samples: Sequence[ZooSample]) -> np.ndarray:
-        """(N, d_head) pooled encodings (+ summary embeddings), the representation every head reads."""
-        if self.model is None:
-            raise ZooError("WeightNet is not trained (call fit or load a checkpoint)")
-        self.model.eval()
-        toks, handles = self.pipeline.many(samples), self.runner.handles(samples)
-        return torch.cat([self.model.head_input(self._batch([t]), [h]).cpu() for t, h in zip(toks, handles)]).numpy()
+        """(N, d_head) pooled encodings (+ summary embeddings) of the first member, the representation its
+        heads read."""
+        if not samples:
+            return np.zeros((0, 0))
+        return self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples), embed=True)[1].numpy()
 
     def attention_by_layer(self, samples: Sequence[ZooSample]) -> dict[str, float]:
         """``kind@depth`` -> share of the encoder's attention on that layer (see ``weightnet.attention``)."""
@@ -266,14 +287,23 @@ class WeightNetPredictor:
         return attention_by_layer(self, samples)
 
     def interval_width(self, prop: str, alpha: float) -> float:
-        """Split-conformal half-width before clipping to the property's range: the ceil((n+1)(1-alpha))-th
-        smallest calibration residual; inf when the calibration set is too small for that rank."""
+        """The ceil((n+1)(1-alpha))-th smallest calibration score: the half-width before clipping, in units
+        of a model's novelty scale when the scores are normalized; inf when the calibration set is too
+        small for that rank (no finite interval)."""
         return self.conformal.radius(prop, alpha)
 
-    def predict_interval(self, samples: Sequence[ZooSample], alpha: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """(lo, hi) per property: prediction +- the conformal half-width, clipped to the property's range."""
+    def predict_with_intervals(self, samples: Sequence[ZooSample], alpha: float | None = None
+                               ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Predictions and (lo, hi) per property from one pass: prediction +- the conformal half-width
+        (times the model's novelty scale when normalized), clipped to the property's range."""
         alpha = self.config.alpha if alpha is None else alpha
-        return {t: self.conformal.interval(t, v, alpha) for t, v in self.predict(samples).items()}
+        pred, scale = self._predict_scaled(samples)
+        scale = scale if self.conformal.normalized else None  # older checkpoints: plain residuals
+        return pred, {t: self.conformal.interval(t, v, alpha, scale) for t, v in pred.items()}
+
+    def predict_interval(self, samples: Sequence[ZooSample], alpha: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(lo, hi) per property (see ``predict_with_intervals``)."""
+        return self.predict_with_intervals(samples, alpha)[1]
 
     # -- checkpoints --
     def state(self) -> dict:
@@ -281,6 +311,7 @@ class WeightNetPredictor:
         return {"state_dict": self.model.state_dict(), "members": [m.state_dict() for m in self.members[1:]],
                 "config": self.config.to_dict(), "targets": list(self.targets),
                 "target_mean": self.target_mean, "target_std": self.target_std, "conformal": self.conformal.state(),
+                "novelty": self.novelty.state() if self.novelty is not None else {},
                 "calibration": self.calibration, "seen_ids": list(self.seen_ids),
                 "probe_shape": list(self.probe_shape or []), "probe_out": self.probe_out,
                 "references": self.pipeline.references, "code_version": code_version(), "history": self.history}
@@ -302,6 +333,7 @@ class WeightNetPredictor:
         p.targets = list(ck["targets"])
         p.target_mean, p.target_std = ck["target_mean"], ck["target_std"]
         p.conformal = Conformal.from_state(ck.get("conformal", {}))  # older checkpoints: no valid residuals
+        p.novelty = Novelty.from_state(ck.get("novelty"))  # older checkpoints: plain intervals
         p.seen_ids = tuple(ck.get("seen_ids", ()))
         p.calibration = ck.get("calibration", identity_calibration(len(p.targets)))
         p.history = list(ck.get("history", []))

@@ -43,8 +43,7 @@ def predict_zoo(lake: Lake, run_id: str, where: str | None = None, device: str =
         weights = read_weights(lake, [r.model_id for r in chunk])
         samples = [ZooSample(r.model_id, r.run_id or r.model_id, r.family, r.arch, r.arch_config, r.spec,
                              weights[r.model_id]) for r in chunk]
-        pred = predictor.predict(samples)
-        intervals = predictor.predict_interval(samples)
+        pred, intervals = predictor.predict_with_intervals(samples)
         for prop, values in pred.items():
             finite = predictor.interval_width(prop, predictor.config.alpha) < float("inf")  # else: no calibration
             for s, v, lo, hi in zip(samples, values.tolist(), *(x.tolist() for x in intervals[prop])):

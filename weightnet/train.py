@@ -41,9 +41,10 @@ def regression_metrics(pred: WeightNetPredictor, samples: Sequence[ZooSample]) -
         return {}
     out = {}
     alpha = pred.config.alpha
-    for t, p in pred.predict(samples).items():  # one ensemble pass: the intervals reuse these predictions
+    values, intervals = pred.predict_with_intervals(samples, alpha)  # one ensemble pass for both
+    for t, p in values.items():
         half = pred.interval_width(t, alpha)
-        lo, hi = pred.conformal.interval(t, p, alpha)
+        lo, hi = intervals[t]
         y = np.array([s.labels.get(t, np.nan) for s in samples], dtype=np.float64)
         ok = np.isfinite(y)
         if not ok.any():

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from core.errors import ZooError
-from weightnet.conformal import Conformal, clip_to_bounds, split_calibration
+from weightnet.conformal import Conformal, Novelty, clip_to_bounds, reference_subset, split_calibration
 from weightnet.data import ZooSample
 
 
@@ -30,13 +30,16 @@ class ConformalMixin:
     """Split-conformal intervals (weightnet.conformal) for a baseline.
 
     ``fit`` first calls ``self._split_calibration(val, seed)``, fits on the training models and the first
-    part only (early stopping), then calls ``self._calibrate(calibration)``: the residuals come from
-    models the fit never saw. ``predict`` implementations return ``self._bounded(...)`` so bounded
-    properties stay inside their range.
+    part only (early stopping), then calls ``self._calibrate(calibration, train, seed)``: the residuals
+    come from models the fit never saw. A baseline that defines ``_representation`` gets normalized
+    intervals: residuals divided by the model's novelty scale (distance to the training models in that
+    representation), so intervals widen for models unlike the zoo. ``predict`` implementations return
+    ``self._bounded(...)`` so bounded properties stay inside their range.
     """
 
     targets: tuple[str, ...]
     conformal: Conformal
+    novelty: Novelty | None = None
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -49,17 +52,36 @@ class ConformalMixin:
     def _bounded(pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {t: clip_to_bounds(t, v) for t, v in pred.items()}
 
-    def _calibrate(self, calibration: Sequence[ZooSample]) -> None:
-        self.conformal = Conformal()
+    def _representation(self, samples: Sequence[ZooSample]) -> np.ndarray | None:
+        """(N, D) the fitted model's view of each sample, for novelty scales; None: plain intervals."""
+        return None
+
+    def _predict_scaled(self, samples: Sequence[ZooSample]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Predictions and each sample's novelty scale (None without a novelty reference)."""
+        nov = self.novelty
+        return self.predict(samples), (nov.scale(self._representation(samples)) if nov is not None else None)
+
+    def _calibrate(self, calibration: Sequence[ZooSample], train: Sequence[ZooSample] = (), seed: int = 0) -> None:
+        self.conformal, self.novelty = Conformal(), None
+        if len(train) >= 2:
+            x = self._representation([train[i] for i in reference_subset(len(train), seed)])
+            self.novelty = Novelty.fit(x, seed) if x is not None else None
         if not calibration:
             return
         y = target_matrix(calibration, self.targets)
-        self.conformal = Conformal.fit(self.predict(calibration), {t: y[:, j] for j, t in enumerate(self.targets)},
-                                       [s.model_id for s in calibration])
+        pred, scale = self._predict_scaled(calibration)
+        self.conformal = Conformal.fit(pred, {t: y[:, j] for j, t in enumerate(self.targets)},
+                                       [s.model_id for s in calibration], scale)
+
+    def predict_with_intervals(self, samples: Sequence[ZooSample], alpha: float = 0.1
+                               ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+        conf = getattr(self, "conformal", Conformal())
+        pred, scale = self._predict_scaled(samples)
+        scale = scale if conf.normalized else None
+        return pred, {t: conf.interval(t, p, alpha, scale) for t, p in pred.items()}
 
     def predict_interval(self, samples: Sequence[ZooSample], alpha: float = 0.1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        conf = getattr(self, "conformal", Conformal())
-        return {t: conf.interval(t, p, alpha) for t, p in self.predict(samples).items()}
+        return self.predict_with_intervals(samples, alpha)[1]
 
 
 class Standardizer:

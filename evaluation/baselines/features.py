@@ -82,7 +82,7 @@ class FeaturePredictor(ConformalMixin):
         else:
             self.net = self._fit_mlp(xtr, ytr, self._x(val) if val else None,
                                      self.ys(target_matrix(val, self.targets)) if val else None, seed)
-        self._calibrate(calibration)
+        self._calibrate(calibration, train, seed)
 
     def _fit_mlp(self, xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray | None, yva: np.ndarray | None, seed: int):
         c = self.config
@@ -106,10 +106,22 @@ class FeaturePredictor(ConformalMixin):
             torch.manual_seed(seed)  # dropout masks
             return fit_torch(net, batches, lambda m, x: m(x), seed, epochs=c.epochs, lr=c.lr)
 
+    def _representation(self, samples: Sequence[ZooSample]) -> np.ndarray:
+        """(N, width) the standardized features the model reads."""
+        return self._x(samples)
+
+    def _predict_scaled(self, samples: Sequence[ZooSample]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        if not samples:  # featurize once for both the prediction and the novelty scale
+            return self.predict(samples), (np.zeros(0) if self.novelty is not None else None)
+        x = self._x(samples)
+        return self._predict_x(x), (self.novelty.scale(x) if self.novelty is not None else None)
+
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         if not samples:
             return {t: np.zeros(0) for t in self.targets}
-        x = self._x(samples)
+        return self._predict_x(self._x(samples))
+
+    def _predict_x(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if self.config.model == "gbt":
             from threadpoolctl import threadpool_limits
 

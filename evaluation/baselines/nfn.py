@@ -196,7 +196,16 @@ class NFNPredictor(ConformalMixin):
             self.net = NFN(self.layout, len(self.targets), c.hidden, c.n_layers, c.head_hidden).to(self.device)
         self.net = fit_torch(self.net, batches, lambda m, x: m(x), seed, epochs=c.epochs, lr=c.lr,
                              patience=c.patience, max_examples=c.max_examples)
-        self._calibrate(calibration)
+        self._calibrate(calibration, train, seed)
+
+    def _representation(self, samples: Sequence[ZooSample]) -> np.ndarray:
+        """(N, layers * hidden) the invariant pooled encoding the head reads."""
+        self._check(samples)
+        z = np.zeros((len(samples), self.net.head[0].in_features))
+        with torch.no_grad(), one_thread():
+            for grp in self._groups(samples):
+                z[grp] = self.net.embed(self._inputs([samples[i].state for i in grp])).cpu().double().numpy()
+        return z
 
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         self._check(samples)
