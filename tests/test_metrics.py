@@ -49,6 +49,15 @@ def test_coverage_of_known_intervals():
         metrics.coverage(y, y + 1, y)
 
 
+def test_interval_width_is_the_median_width_and_inf_without_a_finite_interval():
+    y = np.array([0.0, 1.0, 2.0, 3.0])
+    s = metrics.score(y, y, (y - np.array([0.1, 0.2, 0.3, 5.0]), y + 0.1))
+    assert s["interval_width"] == pytest.approx(0.35) and s["coverage"] == 1.0  # widths 0.2, 0.3, 0.4, 5.1
+    assert metrics.score(y, y, (np.full(4, -math.inf), np.full(4, math.inf)))["interval_width"] == math.inf
+    assert math.isnan(metrics.score(y, y)["interval_width"])  # no interval
+    assert metrics.fmt((math.inf, math.nan)) == "inf"
+
+
 def test_length_mismatch_is_a_clear_error():
     with pytest.raises(ZooError, match="differ in length"):
         metrics.mae(np.zeros(3), np.zeros(4))

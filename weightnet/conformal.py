@@ -112,7 +112,7 @@ class Novelty:
         nov = cls(np.zeros((0, 0)), mean, std, proj, min(k, len(x) - 1))
         nov.reference = nov._project(x)
         d = nov._distances(nov.reference, exclude_self=True)  # leave-one-out: a reference is not its own neighbour
-        nov.floor = NOVELTY_FLOOR * float(np.median(d))
+        nov.floor = max(NOVELTY_FLOOR * float(np.median(d)), 1e-12)  # identical references: still positive
         return nov
 
     def _project(self, x: np.ndarray) -> np.ndarray:
