@@ -103,9 +103,8 @@ class Novelty:
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"novelty needs an (N >= 2, D) representation, got shape {x.shape}")
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)  # any scale keeps the guarantee; NaN would not
+        x = x[reference_subset(len(x), seed, size)]  # callers that pre-select with it pass through unchanged
         rng = np.random.default_rng(int(seed) + 104729)
-        if len(x) > size:
-            x = x[np.sort(rng.choice(len(x), size, replace=False))]
         mean, std = x.mean(0), x.std(0)
         std = np.where(std > 1e-12, std, 1.0)
         proj = rng.normal(size=(x.shape[1], NOVELTY_DIM)) / math.sqrt(NOVELTY_DIM) if x.shape[1] > NOVELTY_DIM else None
@@ -190,6 +189,13 @@ class Conformal:
         half = q * _check_scale(scale, p.size) if scale is not None and math.isfinite(q) else q
         lo, hi = property_bounds(prop)
         return np.maximum(p - half, lo), np.minimum(p + half, hi)
+
+    def intervals(self, pred: Mapping[str, np.ndarray], alpha: float, scale: np.ndarray | None
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``interval`` for every property; ``scale`` is used only when the scores are normalized (older
+        checkpoints and predictors without a novelty reference hold plain residuals)."""
+        scale = scale if self.normalized else None
+        return {t: self.interval(t, p, alpha, scale) for t, p in pred.items()}
 
     def state(self) -> dict:
         return {"residuals": {k: torch.as_tensor(v) for k, v in self.residuals.items()},

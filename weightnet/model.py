@@ -298,8 +298,7 @@ class WeightNetPredictor:
         (times the model's novelty scale when normalized), clipped to the property's range."""
         alpha = self.config.alpha if alpha is None else alpha
         pred, scale = self._predict_scaled(samples)
-        scale = scale if self.conformal.normalized else None  # older checkpoints: plain residuals
-        return pred, {t: self.conformal.interval(t, v, alpha, scale) for t, v in pred.items()}
+        return pred, self.conformal.intervals(pred, alpha, scale)
 
     def predict_interval(self, samples: Sequence[ZooSample], alpha: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """(lo, hi) per property (see ``predict_with_intervals``)."""

@@ -75,10 +75,8 @@ class ConformalMixin:
 
     def predict_with_intervals(self, samples: Sequence[ZooSample], alpha: float = 0.1
                                ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
-        conf = getattr(self, "conformal", Conformal())
         pred, scale = self._predict_scaled(samples)
-        scale = scale if conf.normalized else None
-        return pred, {t: conf.interval(t, p, alpha, scale) for t, p in pred.items()}
+        return pred, getattr(self, "conformal", Conformal()).intervals(pred, alpha, scale)
 
     def predict_interval(self, samples: Sequence[ZooSample], alpha: float = 0.1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return self.predict_with_intervals(samples, alpha)[1]

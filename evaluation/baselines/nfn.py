@@ -198,23 +198,27 @@ class NFNPredictor(ConformalMixin):
                              patience=c.patience, max_examples=c.max_examples)
         self._calibrate(calibration, train, seed)
 
-    def _representation(self, samples: Sequence[ZooSample]) -> np.ndarray:
-        """(N, layers * hidden) the invariant pooled encoding the head reads."""
+    def _forward(self, samples: Sequence[ZooSample]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One pass: the (N, layers * hidden) invariant pooled encodings the head reads, and the predictions."""
         self._check(samples)
-        z = np.zeros((len(samples), self.net.head[0].in_features))
-        with torch.no_grad(), one_thread():
-            for grp in self._groups(samples):
-                z[grp] = self.net.embed(self._inputs([samples[i].state for i in grp])).cpu().double().numpy()
-        return z
-
-    def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
-        self._check(samples)
+        emb = np.zeros((len(samples), self.net.head[0].in_features))
         z = np.zeros((len(samples), len(self.targets)))
         with torch.no_grad(), one_thread():
             for grp in self._groups(samples):
-                z[grp] = self.net(self._inputs([samples[i].state for i in grp])).cpu().double().numpy()
+                e = self.net.embed(self._inputs([samples[i].state for i in grp]))
+                emb[grp], z[grp] = e.cpu().double().numpy(), self.net.head(e).cpu().double().numpy()
         y = self.ys.inverse(z)
-        return self._bounded({t: y[:, j] for j, t in enumerate(self.targets)})
+        return emb, self._bounded({t: y[:, j] for j, t in enumerate(self.targets)})
+
+    def _representation(self, samples: Sequence[ZooSample]) -> np.ndarray:
+        return self._forward(samples)[0]
+
+    def _predict_scaled(self, samples: Sequence[ZooSample]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        emb, pred = self._forward(samples)  # the NP layers once for both
+        return pred, (self.novelty.scale(emb) if self.novelty is not None else None)
+
+    def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
+        return self._forward(samples)[1]
 
 
 def supports(samples: Sequence[ZooSample]) -> bool:
