@@ -13,7 +13,7 @@ recomputed accuracy must equal the stored label, else the family is skipped with
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ class ZooSample(Protocol):
     arch_config: dict
     state: dict[str, torch.Tensor]
     labels: dict[str, float]
+
+
+# (samples, x, y) -> (M, N) bool: model m classifies test example n correctly
+Correctness = Callable[[Sequence["ZooSample"], torch.Tensor, torch.Tensor], np.ndarray]
 
 
 def correctness(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> np.ndarray:
@@ -62,9 +66,11 @@ def retest_taus(correct: np.ndarray, n_resamples: int = 20, seed: int = 0) -> di
 
 
 def label_reliability(samples: Sequence[ZooSample], prop: str = "test_accuracy", min_models: int = 10,
-                      n_resamples: int = 20, seed: int = 0) -> tuple[dict[str, dict], list[str]]:
+                      n_resamples: int = 20, seed: int = 0, correct: Correctness | None = None
+                      ) -> tuple[dict[str, dict], list[str]]:
     """(family -> {'n_models', 'n_test', 'bootstrap_tau', 'split_half_tau'}, notes) for ``prop``
-    (only test accuracy is re-measurable here)."""
+    (only test accuracy is re-measurable here). ``correct`` computes the (M, N) matrix (default
+    ``correctness`` in this process; the build suite spreads it over its worker processes)."""
     from zoo.datasets import load_dataset
     from zoo.families import FAMILIES
 
@@ -84,13 +90,13 @@ def label_reliability(samples: Sequence[ZooSample], prop: str = "test_accuracy",
             continue
         family = FAMILIES.get(fam)
         x, y = load_dataset(family.dataset, family.dataset_seed).split("test")
-        correct = correctness(ss, x, y)
+        hits = (correct or correctness)(ss, x, y)
         stored = np.array([s.labels[prop] for s in ss])
         # labels come from batched/stacked forwards whose float rounding can flip a near-tie argmax: a few
         # examples in 10,000 may differ; another split or other code differs by far more
-        if np.abs(correct.mean(1) - stored).max() > max(RECOMPUTE_TOLERANCE, 2.5 / len(y)):
+        if np.abs(hits.mean(1) - stored).max() > max(RECOMPUTE_TOLERANCE, 2.5 / len(y)):
             notes.append(f"label reliability of {fam}: skipped (recomputed test accuracy differs from the stored "
                          "labels: they were measured on another split or by other code)")
             continue
-        out[fam] = {"n_models": len(ss), "n_test": int(len(y)), **retest_taus(correct, n_resamples, seed)}
+        out[fam] = {"n_models": len(ss), "n_test": int(len(y)), **retest_taus(hits, n_resamples, seed)}
     return out, notes

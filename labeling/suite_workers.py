@@ -74,6 +74,29 @@ def _label_batches(config: LakeConfig, batches: list[tuple[list[str], list[str]]
     return done
 
 
+def _correctness_shard(config: LakeConfig, ids: list[str], x, y, worker: int):
+    """(ids, packed bits of the (len(ids), N) correctness matrix) for models ``ids`` of one family."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from labeling.reliability import correctness
+    from storage.lake import Lake
+    from storage.writes import read_models, read_weights
+
+    rows = []
+    with Lake.open(config) as lk:
+        records = {r.model_id: r for r in read_models(lk, "model_id IN (SELECT unnest(?::VARCHAR[]))", [ids])}
+        for i in range(0, len(ids), 256):  # weights a chunk at a time: memory stays per chunk
+            chunk = ids[i:i + 256]
+            states = read_weights(lk, chunk)
+            models = [SimpleNamespace(arch=records[m].arch, arch_config=records[m].arch_config, state=states[m])
+                      for m in chunk]
+            rows.append(correctness(models, x, y))
+            _report(worker, i + len(chunk))
+    return ids, np.packbits(np.concatenate(rows), axis=1)
+
+
 def _run(workers: int, threads: int, jobs: list[tuple[Callable, tuple]],
          progress: Callable[[int], None] | None) -> list:
     """Run ``jobs`` (one per worker) in spawned processes; ``progress(total done)`` as reports arrive."""
@@ -114,3 +137,16 @@ def label_in_workers(config: LakeConfig, batches: list[tuple[list[str], list[str
     dealt = [batches[i::workers] for i in range(min(workers, len(batches)))]
     jobs = [(_label_batches, (config, d, overrides, device, seed, i)) for i, d in enumerate(dealt)]
     return sum(_run(workers, threads, jobs, progress))
+
+
+def correctness_in_workers(config: LakeConfig, ids: list[str], x, y, workers: int, threads: int,
+                           progress: Callable[[int], None] | None = None):
+    """``labeling.reliability.correctness`` of models ``ids`` (M, N) bool, computed in ``workers``
+    processes that each read their share of the weights from the lake (contiguous shares, in order)."""
+    import numpy as np
+
+    size = -(-len(ids) // workers)
+    shares = [ids[i:i + size] for i in range(0, len(ids), size)]
+    jobs = [(_correctness_shard, (config, share, x, y, i)) for i, share in enumerate(shares)]
+    parts = _run(workers, threads, jobs, progress)
+    return np.concatenate([np.unpackbits(bits, axis=1, count=len(y)).astype(bool) for _, bits in parts])

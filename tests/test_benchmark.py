@@ -202,6 +202,24 @@ def _lake_contents(lk) -> tuple[dict, list]:
     return read_weights(lk, ids), labels
 
 
+def assert_worker_correctness_is_serial(lk, family: str) -> None:
+    import numpy as np
+
+    from labeling.reliability import correctness
+    from labeling.suite_workers import correctness_in_workers
+    from storage.samples import load_samples
+    from zoo.datasets import load_dataset
+
+    samples = load_samples(lk, f"family = '{family}'")
+    fam = FAMILIES.get(family)
+    x, y = load_dataset(fam.dataset, fam.dataset_seed).split("test")
+    serial = correctness(samples, x, y)
+    shared = correctness_in_workers(lk.config, [s.model_id for s in samples], x, y, workers=2, threads=1)
+    assert shared.shape == serial.shape == (len(samples), len(y)) and shared.dtype == bool
+    assert np.array_equal(shared, serial)
+    assert 0 < serial.mean() < 1  # neither all right nor all wrong: the comparison can see a misplaced row
+
+
 def test_suite_in_worker_processes_stores_the_same_models_and_labels(tmp_path, tiny_suite) -> None:
     """--workers 2 on a SQLite catalog: units and label batches in two processes, same result as one."""
     import torch
@@ -212,7 +230,7 @@ def test_suite_in_worker_processes_stores_the_same_models_and_labels(tmp_path, t
     SUITES.register("tiny-workers")(s)
     try:
         with Lake.open(f"sqlite:{tmp_path / 'one'}", create=True) as one:
-            build_suite(one, "tiny-workers", label_batch=2)
+            res_one = build_suite(one, "tiny-workers", label_batch=2)
             w_one, l_one = _lake_contents(one)
         calls: list[tuple[str, int, int]] = []
         with Lake.open(f"sqlite:{tmp_path / 'two'}", create=True) as two:
@@ -220,9 +238,13 @@ def test_suite_in_worker_processes_stores_the_same_models_and_labels(tmp_path, t
                               progress=lambda d, a, b: calls.append((d, a, b)))
             w_two, l_two = _lake_contents(two)
             shards = two.fetch("SELECT count(*) FROM lake.main.runs WHERE kind = 'build'")[0][0]
+            # the label reliability's re-run of every model on the test split, in the two workers
+            assert_worker_correctness_is_serial(two, "bench-mnist1d-mlp")
     finally:
         SUITES._entries.pop("tiny-workers")
     assert res.families[0].models == 8 and res.tag == "tiny-v1"
+    keys = ("n_models", "n_test", "bootstrap_tau", "split_half_tau", "acc_median")
+    assert {k: res.families[0].reliability[k] for k in keys} == {k: res_one.families[0].reliability[k] for k in keys}
     assert shards == 2  # the 4 runs' populations were dealt to two worker processes
     assert sorted(w_one) == sorted(w_two) and len(w_one) == 8
     for mid, state in w_one.items():
