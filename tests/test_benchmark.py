@@ -145,7 +145,7 @@ def test_suite_builds_labels_tags_and_stores_reliability_then_resumes(lake, tiny
     before = lake.fetch("SELECT count(*) FROM lake.main.labels")[0][0]
     n_rel = lake.fetch("SELECT count(*) FROM lake.main.runs WHERE kind = 'reliability'")[0][0]
     measured = []
-    monkeypatch.setattr(suite_mod, "family_reliability", lambda lk, f: measured.append(f) or {})
+    monkeypatch.setattr(suite_mod, "family_reliability", lambda lk, f, *workers: measured.append(f) or {})
     again = build_suite(lake, "tiny-test")
     assert again.families[0].models == 6 and again.tag == "tiny-v1"
     # a finished family keeps its measured reliability and times: not measured again, no new row
