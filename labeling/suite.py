@@ -222,7 +222,8 @@ def family_reliability(lake: Lake, family: str, workers: int = 1, threads: int =
     from labeling.reliability import label_reliability
     from storage.samples import load_samples
 
-    samples = load_samples(lake, f"family = '{family}'", ("test_accuracy",))
+    # with workers, each worker reads its own share of the weights: the parent needs labels only
+    samples = load_samples(lake, f"family = '{family}'", ("test_accuracy",), weights=workers <= 1)
     if not samples:
         return {"n_models": 0}
     correct = None

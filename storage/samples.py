@@ -30,10 +30,11 @@ class ZooSample:
 
 
 def load_samples(lake: Lake, where: str | None = None, targets: Sequence[str] = (), require_all: bool = True,
-                 batch: int = 256) -> list[ZooSample]:
+                 batch: int = 256, weights: bool = True) -> list[ZooSample]:
     """Models matching ``where`` with their weights and the requested labels.
 
-    With ``require_all`` models lacking any target are skipped (not an error: labeling may lag).
+    With ``require_all`` models lacking any target are skipped (not an error: labeling may lag). With
+    ``weights=False`` every ``state`` is empty: for callers that need records and labels only.
     """
     records = read_models(lake, where)
     labels: dict[str, dict[str, float]] = {}
@@ -48,8 +49,8 @@ def load_samples(lake: Lake, where: str | None = None, targets: Sequence[str] = 
     out: list[ZooSample] = []
     for i in range(0, len(records), batch):
         chunk = records[i:i + batch]
-        weights = read_weights(lake, [r.model_id for r in chunk])
+        states = read_weights(lake, [r.model_id for r in chunk]) if weights else {}
         for r in chunk:
             out.append(ZooSample(r.model_id, r.run_id or r.model_id, r.family, r.arch, r.arch_config, r.spec,
-                                 weights[r.model_id], labels.get(r.model_id, {})))
+                                 states.get(r.model_id, {}), labels.get(r.model_id, {})))
     return out

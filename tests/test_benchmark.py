@@ -218,6 +218,11 @@ def assert_worker_correctness_is_serial(lk, family: str) -> None:
     assert shared.shape == serial.shape == (len(samples), len(y)) and shared.dtype == bool
     assert np.array_equal(shared, serial)
     assert 0 < serial.mean() < 1  # neither all right nor all wrong: the comparison can see a misplaced row
+    # the parent of a worker run reads records and labels only (load_samples(weights=False))
+    light = load_samples(lk, f"family = '{family}'", ("test_accuracy",), weights=False)
+    assert [s.model_id for s in light] == [s.model_id for s in samples] and all(s.state == {} for s in light)
+    full = load_samples(lk, f"family = '{family}'", ("test_accuracy",))
+    assert [s.labels for s in light] == [s.labels for s in full] and all(s.state for s in full)
 
 
 def test_suite_in_worker_processes_stores_the_same_models_and_labels(tmp_path, tiny_suite) -> None:
