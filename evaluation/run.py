@@ -152,16 +152,19 @@ RELIABILITY_KEYS = ("n_models", "n_test", "bootstrap_tau", "split_half_tau")
 def measured_reliability(lake: Lake, samples: Sequence[ZooSample]) -> tuple[dict[str, dict], list[str]]:
     """Test-accuracy label reliability per family (``label_reliability``), read from the family's latest
     build-suite ``reliability`` row where that row measured exactly as many labelled models as the
-    evaluation has of the family (a suite measures all of a family's models: re-measuring them ran every
-    model on the family's test set on one core, ~5 min per benchmark wild family), measured otherwise."""
+    evaluation has of the family (a suite measures all of a family's models), measured otherwise: from the
+    models' stored test-split outcomes where they have them, else by running them on the test split."""
+    from labeling.reliability import TEST_CORRECT
     from labeling.suite import stored_reliability
+    from storage.writes import read_outcomes
 
     stored = stored_reliability(lake)
     counts = Counter(s.family for s in samples if "test_accuracy" in s.labels)
     reused = {f: {k: stored[f][k] for k in RELIABILITY_KEYS} for f, n in counts.items()
               if all(k in stored.get(f, {}) for k in RELIABILITY_KEYS) and stored[f]["n_models"] == n}
     rest = [s for s in samples if s.family not in reused]
-    out, notes = label_reliability(rest) if rest else ({}, [])
+    out, notes = label_reliability(rest, stored=read_outcomes(lake, [s.model_id for s in rest], TEST_CORRECT)
+                                   ) if rest else ({}, [])
     if reused:
         notes.append(f"label reliability of {', '.join(sorted(reused))}: read from the build suite's measurement "
                      "of the same number of models (zoo families --reliability), not measured again")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from core.flops import count_flops
 from core.hashing import canonical_json
 from labeling.population import Population, population_logits
-from labeling.registry import ModelBatch, register_property
+from labeling.registry import ModelBatch, PerExample, register_property
 from zoo.datasets import Splits
 
 
@@ -39,6 +39,11 @@ def macro_f1(y_true: torch.Tensor, y_pred: torch.Tensor) -> float:
     return float(f1.mean())
 
 
+# per-example correctness kept on these splits (``<split>_correct`` outcomes): the test split's is what the
+# label reliability re-measures (20,000 bits, 2.5 kB, per benchmark model)
+OUTCOME_SPLITS = ("test",)
+
+
 @dataclass(frozen=True)
 class PerfParams:
     splits: tuple[str, ...] = ("train", "val", "test")  # accuracy/F1/loss on each; gaps need train and test
@@ -46,9 +51,9 @@ class PerfParams:
 
 @register_property("performance", version=1, params=PerfParams())
 def performance(batch: ModelBatch, splits: Splits, params: PerfParams, device: torch.device,
-                generator: torch.Generator) -> list[dict[str, float]]:
+                generator: torch.Generator) -> list[dict[str, float | PerExample]]:
     pop = population(batch, splits)
-    out: list[dict[str, float]] = [{} for _ in range(len(batch))]
+    out: list[dict[str, float | PerExample]] = [{} for _ in range(len(batch))]
     for split in params.splits:
         x, y = splits.split(split)
         if len(y) == 0:
@@ -56,7 +61,10 @@ def performance(batch: ModelBatch, splits: Splits, params: PerfParams, device: t
         logits = population_logits(pop, x)  # (M, N, classes)
         for i in range(len(batch)):
             pred = logits[i].argmax(-1)
-            out[i][f"{split}_accuracy"] = float((pred == y).double().mean())
+            right = pred == y
+            out[i][f"{split}_accuracy"] = float(right.double().mean())
+            if split in OUTCOME_SPLITS:
+                out[i][f"{split}_correct"] = PerExample(right.cpu().numpy())
             out[i][f"{split}_f1"] = macro_f1(y, pred)
             out[i][f"{split}_loss"] = float(F.cross_entropy(logits[i].double(), y))
     for d in out:

@@ -5,8 +5,10 @@
                     generator: torch.Generator) -> list[dict[str, float]]: ...
 
 A property gets all models of one architecture group at once (``ModelBatch``: same arch, arch config,
-dataset and data seed) and returns, per model and in batch order, a dict of named float values. Each
-value becomes one row of ``labels`` (property = the value's name, labeler = the property's name,
+dataset and data seed) and returns, per model and in batch order, a dict of named float values. A value
+may instead be a ``PerExample`` (e.g. performance's ``test_correct``: which test examples the model got
+right), stored in ``outcomes`` beside the labels. Each float value becomes one row of ``labels``
+(property = the value's name, labeler = the property's name,
 labeler_version = its version, params = its parameters as JSON). Bumping ``version`` marks every label
 it produced as stale, so ``labeling.run.plan_labeling`` relabels exactly those models.
 """
@@ -16,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from core.errors import UnknownEntry
@@ -38,7 +41,20 @@ class ModelBatch:
         return len(self.records)
 
 
-PropertyFn = Callable[[ModelBatch, Splits, Any, torch.device, torch.Generator], Sequence[dict[str, float]]]
+@dataclass(frozen=True, eq=False)
+class PerExample:
+    """One model's outcome on each example of a split, kept beside its labels (``storage.writes.Outcome``):
+    what the label reliability reads instead of running every model on the test split again."""
+    values: np.ndarray  # (N,) bool
+
+    def __eq__(self, other: object) -> bool:  # by value, so that two labelings' results compare
+        return isinstance(other, PerExample) and np.array_equal(self.values, other.values)
+
+    __hash__ = None  # type: ignore[assignment]  (mutable array inside)
+
+
+PropertyFn = Callable[[ModelBatch, Splits, Any, torch.device, torch.Generator],
+                      Sequence[dict[str, float | PerExample]]]
 
 
 @dataclass(frozen=True)

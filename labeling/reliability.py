@@ -2,8 +2,10 @@
 
 A label measured on N test examples is noisy: two models at chance level differ by a few examples, and
 no predictor can rank them better than the label ranks itself when measured again. For every zoo family
-this module re-runs each model on its family's test split (the split the label was measured on; the
-recomputed accuracy must equal the stored label, else the family is skipped with a note) and reports:
+this module takes each model's per-example correctness on its family's test split (the split the label
+was measured on): the ``test_correct`` outcome the ``performance`` labeler stored beside the label, or,
+for models labeled before outcomes were kept, a re-run of the model (the accuracy must equal the stored
+label, else the family is skipped with a note), and reports:
 
 - ``bootstrap_tau``: Kendall tau of test accuracy with itself recomputed on a bootstrap resample of the
   test examples (mean over resamples). Resamples share ~63% of their examples with the full set, so this
@@ -13,19 +15,21 @@ recomputed accuracy must equal the stored label, else the family is skipped with
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 from scipy.stats import kendalltau
 
 
+TEST_CORRECT = "test_correct"  # the performance labeler's outcome read here (``storage.writes.read_outcomes``)
 RECOMPUTE_TOLERANCE = 1e-3  # |recomputed - stored| test accuracy still taken as the same label (or 2 examples)
 
 
 class ZooSample(Protocol):
     """What reliability reads of a stored model (``weightnet.data.ZooSample`` has it; labeling sits below
     weightnet, so it names the fields instead of importing the class)."""
+    model_id: str
     family: str
     arch: str
     arch_config: dict
@@ -52,6 +56,26 @@ def correctness(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor, 
     return np.array(rows, dtype=bool).reshape(len(samples), len(y))
 
 
+def correctness_of_stored(lake, ids: Sequence[str], x: torch.Tensor, y: torch.Tensor, chunk: int = 256,
+                          progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """``correctness`` of stored models ``ids`` (lake: ``storage.lake.Lake``), reading their weights a
+    chunk at a time (memory stays per chunk)."""
+    from types import SimpleNamespace
+
+    from storage.writes import read_models, read_weights
+
+    records = {r.model_id: r for r in read_models(lake, "model_id IN (SELECT unnest(?::VARCHAR[]))", [list(ids)])}
+    rows = [np.zeros((0, len(y)), dtype=bool)]
+    for i in range(0, len(ids), chunk):
+        part = list(ids[i:i + chunk])
+        states = read_weights(lake, part)
+        rows.append(correctness([SimpleNamespace(arch=records[m].arch, arch_config=records[m].arch_config,
+                                                 state=states[m]) for m in part], x, y))
+        if progress is not None:
+            progress(i + len(part))
+    return np.concatenate(rows)
+
+
 def retest_taus(correct: np.ndarray, n_resamples: int = 20, seed: int = 0) -> dict[str, float]:
     """correct: (M, N) bool -> {'bootstrap_tau', 'split_half_tau'} (see the module docstring)."""
     rng = np.random.default_rng(seed)
@@ -66,11 +90,13 @@ def retest_taus(correct: np.ndarray, n_resamples: int = 20, seed: int = 0) -> di
 
 
 def label_reliability(samples: Sequence[ZooSample], prop: str = "test_accuracy", min_models: int = 10,
-                      n_resamples: int = 20, seed: int = 0, correct: Correctness | None = None
-                      ) -> tuple[dict[str, dict], list[str]]:
+                      n_resamples: int = 20, seed: int = 0, correct: Correctness | None = None,
+                      stored: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, dict], list[str]]:
     """(family -> {'n_models', 'n_test', 'bootstrap_tau', 'split_half_tau'}, notes) for ``prop``
-    (only test accuracy is re-measurable here). ``correct`` computes the (M, N) matrix (default
-    ``correctness`` in this process; the build suite spreads it over its worker processes)."""
+    (only test accuracy is re-measurable here). ``stored``: model id -> its ``test_correct`` outcome
+    (``storage.writes.read_outcomes``); models without one (or of another length) are re-run by
+    ``correct``, which computes their (M, N) rows (default ``correctness`` in this process; the build
+    suite spreads it over its worker processes)."""
     from zoo.datasets import load_dataset
     from zoo.families import FAMILIES
 
@@ -90,7 +116,7 @@ def label_reliability(samples: Sequence[ZooSample], prop: str = "test_accuracy",
             continue
         family = FAMILIES.get(fam)
         x, y = load_dataset(family.dataset, family.dataset_seed).split("test")
-        hits = (correct or correctness)(ss, x, y)
+        hits = _hits(ss, x, y, stored or {}, correct or correctness)
         stored = np.array([s.labels[prop] for s in ss])
         # labels come from batched/stacked forwards whose float rounding can flip a near-tie argmax: a few
         # examples in 10,000 may differ; another split or other code differs by far more
@@ -100,3 +126,16 @@ def label_reliability(samples: Sequence[ZooSample], prop: str = "test_accuracy",
             continue
         out[fam] = {"n_models": len(ss), "n_test": int(len(y)), **retest_taus(hits, n_resamples, seed)}
     return out, notes
+
+
+def _hits(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor, stored: Mapping[str, np.ndarray],
+          correct: Correctness) -> np.ndarray:
+    """(M, N) correctness: the stored outcome of each model that has one of length N, the rest re-run."""
+    have = [i for i, s in enumerate(samples) if len(stored.get(s.model_id, ())) == len(y)]
+    hits = np.zeros((len(samples), len(y)), dtype=bool)
+    if have:
+        hits[have] = np.stack([stored[samples[i].model_id] for i in have])
+    rest = sorted(set(range(len(samples))) - set(have))
+    if rest:
+        hits[rest] = correct([samples[i] for i in rest], x, y)
+    return hits

@@ -30,10 +30,10 @@ import torch
 from core.errors import DatasetUnavailable, LakeError, ZooError
 from core.hashing import stable_hash
 from labeling.population import load_module
-from labeling.registry import ModelBatch, Property, resolve
+from labeling.registry import ModelBatch, PerExample, Property, resolve
 from storage.lake import Lake
 from storage.runs import Run, tracked_run
-from storage.writes import Label, ModelRecord, read_models, read_weights, write_labels
+from storage.writes import Label, ModelRecord, Outcome, read_models, read_weights, write_labels
 from zoo.datasets import DatasetInfo, Splits, load_dataset
 
 Progress = Callable[[int, int], None] | None
@@ -125,8 +125,9 @@ def plan_labeling(lake: Lake, properties: Sequence[str] | str | None = None, whe
 
 def compute_labels(records: Sequence[ModelRecord], states: dict[str, dict[str, torch.Tensor]],
                    props: Sequence[Property], device: torch.device, seed: int = 0,
-                   progress: Progress = None) -> list[Label]:
-    """Labels of the given models (no lake access): grouped by architecture, each property run per group."""
+                   progress: Progress = None, outcomes: list[Outcome] | None = None) -> list[Label]:
+    """Labels of the given models (no lake access): grouped by architecture, each property run per group.
+    The properties' per-example outcomes (``PerExample`` values) are appended to ``outcomes`` when given."""
     groups: dict[tuple, list[ModelRecord]] = defaultdict(list)
     for rec in records:
         groups[group_key(rec)].append(rec)
@@ -149,7 +150,10 @@ def compute_labels(records: Sequence[ModelRecord], states: dict[str, dict[str, t
             pj = prop.params_json(params)
             for rec, vals in zip(recs, values):
                 for name, v in vals.items():
-                    if math.isfinite(float(v)):  # a wrong label is worse than a missing one
+                    if isinstance(v, PerExample):
+                        if outcomes is not None:
+                            outcomes.append(Outcome(rec.model_id, name, v.values, prop.name, prop.version, pj))
+                    elif math.isfinite(float(v)):  # a wrong label is worse than a missing one
                         labels.append(Label(rec.model_id, name, float(v), prop.name, prop.version, pj))
             if progress is not None:
                 progress(done, len(steps))
@@ -169,9 +173,10 @@ def label_models(lake: Lake, model_ids: Sequence[str], properties: Sequence[str]
     if missing:
         raise LakeError(f"unknown model {missing[0]!r}")
     states = read_weights(lake, ids)
-    labels = compute_labels(records, states, props, dev, seed, progress)
+    outcomes: list[Outcome] = []
+    labels = compute_labels(records, states, props, dev, seed, progress, outcomes)
     n = write_labels(lake, labels, f"label {len(ids)} models: {', '.join(p.name for p in props)}",
-                     {"properties": [p.name for p in props], "models": len(ids)})
+                     {"properties": [p.name for p in props], "models": len(ids)}, outcomes)
     return LabelResult(n, len(ids), lake.current_snapshot())
 
 

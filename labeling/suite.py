@@ -217,23 +217,29 @@ def label_family(lake: Lake, suite: BuildSuite, family: str, device: str, batch_
 def family_reliability(lake: Lake, family: str, workers: int = 1, threads: int = 1) -> dict:
     """Test-accuracy label reliability of a family (all its labeled checkpoints) plus the spread of test
     accuracy over its final checkpoints: quartiles and the share under 20% (members left untrained).
-    ``workers`` > 1 re-runs the models on the test split in that many processes (the serial re-run of
-    4,000 bench-mnist1d-cnn models on 20,000 examples took ~10 minutes on one core while the other idled)."""
-    from labeling.reliability import label_reliability
+    Each model's per-example test correctness is the ``test_correct`` outcome its ``performance`` label
+    stored; models labeled before outcomes were kept are re-run on the test split, in ``workers``
+    processes when > 1 (the serial re-run of 4,000 bench-mnist1d-cnn models on 20,000 examples took
+    ~9 minutes on one core while the other idled)."""
+    from labeling.reliability import TEST_CORRECT, correctness_of_stored, label_reliability
     from storage.samples import load_samples
+    from storage.writes import read_outcomes
 
-    # with workers, each worker reads its own share of the weights: the parent needs labels only
-    samples = load_samples(lake, f"family = '{family}'", ("test_accuracy",), weights=workers <= 1)
+    samples = load_samples(lake, f"family = '{family}'", ("test_accuracy",), weights=False)
     if not samples:
         return {"n_models": 0}
-    correct = None
-    if workers > 1:
-        from labeling.suite_workers import correctness_in_workers
+    stored = read_outcomes(lake, [s.model_id for s in samples], TEST_CORRECT)
 
-        def correct(ss, x, y):
-            return correctness_in_workers(lake.config, [s.model_id for s in ss], x, y, workers, threads)
-    rel, notes = label_reliability(samples, min_models=2, correct=correct)
+    def correct(ss, x, y):  # the models without a stored outcome: their weights are read where they run
+        ids = [s.model_id for s in ss]
+        if workers > 1:
+            from labeling.suite_workers import correctness_in_workers
+
+            return correctness_in_workers(lake.config, ids, x, y, workers, threads)
+        return correctness_of_stored(lake, ids, x, y)
+    rel, notes = label_reliability(samples, min_models=2, correct=correct, stored=stored)
     out = dict(rel.get(family, {"n_models": len(samples)}))
+    out["rerun"] = len(samples) - len(stored)  # models re-run on the test split (no stored outcome)
     if notes:
         out["notes"] = notes
     last: dict[str, tuple[int, float]] = {}

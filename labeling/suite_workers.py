@@ -76,25 +76,14 @@ def _label_batches(config: LakeConfig, batches: list[tuple[list[str], list[str]]
 
 def _correctness_shard(config: LakeConfig, ids: list[str], x, y, worker: int):
     """(ids, packed bits of the (len(ids), N) correctness matrix) for models ``ids`` of one family."""
-    from types import SimpleNamespace
-
     import numpy as np
 
-    from labeling.reliability import correctness
+    from labeling.reliability import correctness_of_stored
     from storage.lake import Lake
-    from storage.writes import read_models, read_weights
 
-    rows = []
     with Lake.open(config) as lk:
-        records = {r.model_id: r for r in read_models(lk, "model_id IN (SELECT unnest(?::VARCHAR[]))", [ids])}
-        for i in range(0, len(ids), 256):  # weights a chunk at a time: memory stays per chunk
-            chunk = ids[i:i + 256]
-            states = read_weights(lk, chunk)
-            models = [SimpleNamespace(arch=records[m].arch, arch_config=records[m].arch_config, state=states[m])
-                      for m in chunk]
-            rows.append(correctness(models, x, y))
-            _report(worker, i + len(chunk))
-    return ids, np.packbits(np.concatenate(rows), axis=1)
+        hits = correctness_of_stored(lk, ids, x, y, progress=lambda done: _report(worker, done))
+    return ids, np.packbits(hits, axis=1)
 
 
 def _run(workers: int, threads: int, jobs: list[tuple[Callable, tuple]],

@@ -75,6 +75,25 @@ LABELS = Table(
     keys=("model_id", "property"),
 )
 
+# Per-example outcomes a labeler saw on the way to a label, e.g. ``test_correct``: which test examples the
+# model classifies correctly (its mean is test_accuracy). The label reliability reads them instead of
+# running every model on the test split again (~25% of a benchmark family's label time, issue 12).
+OUTCOMES = Table(
+    "outcomes",
+    (
+        ("model_id", "VARCHAR"),
+        ("outcome", "VARCHAR"),  # e.g. test_correct
+        ("n", "BIGINT"),  # examples: the vector's length before packing
+        ("bits", "BLOB"),  # numpy.packbits of the (n,) bool vector (big-endian bit order, zero-padded)
+        ("labeler", "VARCHAR"),  # property registry name that produced it
+        ("labeler_version", "INTEGER"),
+        ("params", "VARCHAR"),  # JSON of the labeler's parameters
+        ("measured_at", "TIMESTAMP WITH TIME ZONE"),
+    ),
+    keys=("model_id", "outcome"),
+    inline=False,  # 2.5 kB a row on a 20,000-example test split
+)
+
 PREDICTIONS = Table(
     "predictions",
     (
@@ -115,4 +134,4 @@ TAGS = Table(
     keys=("name",),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (MODELS, TENSORS, LABELS, PREDICTIONS, RUNS, TAGS)}
+TABLES: dict[str, Table] = {t.name: t for t in (MODELS, TENSORS, LABELS, OUTCOMES, PREDICTIONS, RUNS, TAGS)}

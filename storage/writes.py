@@ -2,7 +2,8 @@
 
 - ``write_models``: a batch of models with all their tensors lands in one transaction (one snapshot)
   or not at all; models already stored (same ``model_id``) are skipped, so re-writing is a no-op.
-- ``write_labels`` / ``write_predictions`` / ``write_run``: MERGE on the table's key.
+- ``write_labels`` / ``write_predictions`` / ``write_run``: MERGE on the table's key. ``write_labels``
+  also takes the labelers' per-example ``Outcome``s, stored in the same snapshot as the labels.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -19,7 +21,7 @@ from core.errors import BadWeights, LakeError
 from core.hashing import code_version
 from core.spec import WeightSpec
 from storage.lake import Lake
-from storage.schema import LABELS, MODELS, PREDICTIONS, RUNS, TENSORS, Table
+from storage.schema import LABELS, MODELS, OUTCOMES, PREDICTIONS, RUNS, TENSORS, Table
 from storage.tensors import DTYPE_SIZES, DTYPES, all_finite, dtype_name, fill, pack
 
 
@@ -52,6 +54,17 @@ class Label:
     model_id: str
     property: str
     value: float
+    labeler: str
+    labeler_version: int
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Outcome:
+    """A labeler's per-example outcome for one model, e.g. ``test_correct``: (N,) bool, example n right."""
+    model_id: str
+    outcome: str
+    values: np.ndarray  # (N,) bool
     labeler: str
     labeler_version: int
     params: dict = field(default_factory=dict)
@@ -269,18 +282,44 @@ def read_weights(lake: Lake, model_ids: Iterable[str]) -> dict[str, dict[str, to
 
 
 # --- labels, predictions, runs -----------------------------------------------------------------
-def write_labels(lake: Lake, labels: Sequence[Label], message: str, extra: dict | None = None) -> int:
-    """Upsert labels on (model_id, property) in one snapshot; returns how many rows were written."""
+def write_labels(lake: Lake, labels: Sequence[Label], message: str, extra: dict | None = None,
+                 outcomes: Sequence[Outcome] = ()) -> int:
+    """Upsert labels on (model_id, property) and ``outcomes`` on (model_id, outcome), all in one
+    snapshot; returns how many label rows were written."""
     for lab in labels:
         if lab.value is None or lab.value != lab.value:
             raise BadWeights(f"label {lab.property} of {lab.model_id} is NaN: refusing to store it")
-    if not labels:
+    for o in outcomes:
+        if o.values.ndim != 1 or o.values.dtype != np.bool_:
+            raise LakeError(f"outcome {o.outcome} of {o.model_id} must be a 1-D bool vector, got "
+                            f"{o.values.dtype} of shape {tuple(o.values.shape)}")
+    if not labels and not outcomes:
         return 0
     now = _now()
     rows = [(l.model_id, l.property, float(l.value), l.labeler, int(l.labeler_version),
              json.dumps(l.params, sort_keys=True), now) for l in labels]
-    lake.commit(lambda: _merge(lake, LABELS, _arrow(LABELS, rows)), message, extra)
+    packed = [(o.model_id, o.outcome, len(o.values), np.packbits(o.values).tobytes(), o.labeler,
+               int(o.labeler_version), json.dumps(o.params, sort_keys=True), now) for o in outcomes]
+
+    def body() -> None:
+        if rows:
+            _merge(lake, LABELS, _arrow(LABELS, rows))
+        if packed:
+            _merge(lake, OUTCOMES, _arrow(OUTCOMES, packed))
+
+    lake.commit(body, message, extra)
     return len(rows)
+
+
+def read_outcomes(lake: Lake, model_ids: Iterable[str], outcome: str) -> dict[str, np.ndarray]:
+    """model id -> its stored ``outcome`` as an (N,) bool vector, for the ids that have one."""
+    ids = list(dict.fromkeys(model_ids))
+    if not ids:
+        return {}
+    rows = lake.fetch("SELECT model_id, n, bits FROM lake.main.outcomes WHERE outcome = ? "
+                      "AND model_id IN (SELECT unnest(?::VARCHAR[]))", [outcome, ids])
+    return {m: np.unpackbits(np.frombuffer(bytes(b), dtype=np.uint8), count=int(n)).astype(bool)
+            for m, n, b in rows}
 
 
 def write_predictions(lake: Lake, preds: Sequence[Prediction], message: str, extra: dict | None = None) -> int:

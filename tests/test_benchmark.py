@@ -277,7 +277,7 @@ def test_evaluation_reads_a_suites_stored_reliability_only_for_the_same_models(l
     record_reliability(lake, "benchmark", FamilyTiming("bench-mnist1d-cnn", 2, 4, 12.0, 3.0, 1.0, rel))
     measured: list[list[str]] = []
 
-    def fake_measure(samples):
+    def fake_measure(samples, **_):
         measured.append(sorted({s.family for s in samples}))
         return {f: {"n_models": 1, "n_test": 10, "bootstrap_tau": 0.5, "split_half_tau": 0.4} for f in measured[-1]}, []
 
@@ -296,3 +296,43 @@ def test_evaluation_reads_a_suites_stored_reliability_only_for_the_same_models(l
     out, notes = run_mod.measured_reliability(lake, samples(5))
     assert measured[-1] == ["bench-mnist1d-cnn", "bench-mnist1d-mlp"]
     assert out["bench-mnist1d-cnn"]["split_half_tau"] == 0.4 and not notes
+
+
+def test_reliability_reads_stored_outcomes_and_reruns_only_models_without_one(lake, tiny_suite, monkeypatch) -> None:
+    """The performance label keeps each model's test correctness: the suite's reliability reads it instead
+    of running every model on the test split again, and re-runs only models labeled without it."""
+    import numpy as np
+
+    import labeling.reliability as rel_mod
+    from labeling.suite import family_reliability
+    from storage.writes import read_outcomes
+    from zoo.datasets import load_dataset
+
+    res = build_suite(lake, "tiny-test", label_batch=2)
+    ids = [r[0] for r in lake.fetch("SELECT model_id FROM lake.main.models ORDER BY model_id")]
+    stored = read_outcomes(lake, ids, rel_mod.TEST_CORRECT)
+    assert sorted(stored) == ids and len(ids) == 6
+    labels = dict(lake.fetch("SELECT model_id, value FROM lake.main.labels WHERE property = 'test_accuracy'"))
+    assert all(stored[m].mean() == labels[m] for m in ids)  # exactly the stored label
+    fam = FAMILIES.get("bench-mnist1d-mlp")
+    x, y = load_dataset(fam.dataset, fam.dataset_seed).split("test")
+    rerun_all = rel_mod.correctness_of_stored(lake, ids, x, y)
+    # what a re-run of the models one by one gives, up to near-tie argmaxes that the label's stacked forward
+    # rounds the other way (1 of 120,000 here; the stored bits are exactly what the label counted)
+    flips = (np.stack([stored[m] for m in ids]) != rerun_all).sum(1)
+    assert flips.max() <= 2 and flips.sum() <= 2
+    assert 0 < rerun_all.mean() < 1
+    rerun: list[list[str]] = []
+    real = rel_mod.correctness_of_stored
+    monkeypatch.setattr(rel_mod, "correctness_of_stored",
+                        lambda lk, ii, xx, yy: rerun.append(sorted(ii)) or real(lk, ii, xx, yy))
+    keys = ("n_models", "n_test", "bootstrap_tau", "split_half_tau")
+    from_stored = family_reliability(lake, "bench-mnist1d-mlp")
+    assert rerun == [] and from_stored["rerun"] == 0
+    assert {k: from_stored[k] for k in keys} == {k: res.families[0].reliability[k] for k in keys}
+    # two models labeled before outcomes were kept: only they are re-run, the reliability is the same
+    lake.commit(lambda: lake.con.execute("DELETE FROM lake.main.outcomes WHERE model_id IN (?, ?)", ids[:2]),
+                "forget two outcomes")
+    partial = family_reliability(lake, "bench-mnist1d-mlp")
+    assert rerun == [ids[:2]] and partial["rerun"] == 2
+    assert {k: partial[k] for k in keys} == {k: from_stored[k] for k in keys}

@@ -16,7 +16,7 @@ from labeling.corruption_robustness import CorruptionParams, corruption_robustne
 from labeling.corruptions import CORRUPTIONS, corrupt, corrupted_test_set
 from labeling.performance import fairness, fairness_values, performance
 from labeling.population import Population, load_module, population_logits
-from labeling.registry import PROPERTIES, ModelBatch
+from labeling.registry import PROPERTIES, ModelBatch, PerExample
 from labeling.weightstats import WeightStatsParams, matrix_stats, weight_stats
 from zoo.archs import build
 from zoo.datasets import DatasetInfo, Splits, load_dataset
@@ -68,6 +68,10 @@ def test_constant_model_gets_hand_computed_accuracy_f1_and_fairness():
     lse = torch.logsumexp(torch.tensor([0.0, 5.0]), 0)
     assert perf[0]["test_loss"] == pytest.approx(float(p * (lse - 5) + (1 - p) * lse))
     assert perf[0]["gen_gap_accuracy"] == pytest.approx(0.0) and perf[0]["gen_gap_loss"] == pytest.approx(0.0)
+    # per test example, whether the model got it right: the constant-1 model exactly where y is 1
+    assert perf[0]["test_correct"].values.tolist() == (sp.split("test")[1] == 1).tolist()
+    assert perf[1]["test_correct"].values.tolist() == (sp.split("test")[1] == 0).tolist()
+    assert "train_correct" not in perf[0]  # only the test split's outcome is kept
     fair = fairness(b, sp, PROPERTIES.get("fairness").params, CPU, gen())
     # everyone gets class 1: equal selection rates and equal TPR/FPR across groups -> 0 differences
     assert fair[0]["fairness_dp_diff_sex"] == pytest.approx(0.0)
@@ -135,6 +139,7 @@ def test_performance_is_invariant_to_hidden_permutations(tiny_digits_models, rng
     rec, state = tiny_digits_models[0]
     permuted = permute(state, rec.spec, random_perms(rec.spec, rng))
     a, b = performance(batch_of([(rec, state), (rec, permuted)]), sp, PERFORMANCE_PARAMS, CPU, gen())
+    assert a.pop("test_correct") == b.pop("test_correct")  # the same examples right, one by one
     assert a == pytest.approx(b, abs=1e-6)
 
 
@@ -281,4 +286,11 @@ def test_every_property_returns_finite_values_per_model(name, tiny_digits_models
     params = prop.params_for(sp) if name not in CHEAP else (prop.resolve_params or (lambda s, p: p))(sp, CHEAP[name])
     json.dumps(prop.params_json(params))  # parameters are stored as JSON with every label
     res = prop.fn(b, sp, params, CPU, gen())
-    assert len(res) == 2 and all(d and all(math.isfinite(v) for v in d.values()) for d in res)
+    assert len(res) == 2 and all(d for d in res)
+    for d in res:
+        for name, v in d.items():
+            if isinstance(v, PerExample):  # a per-example outcome: one bool per example of its split
+                split = name.split("_")[0]
+                assert v.values.dtype == bool and v.values.shape == (len(sp.split(split)[1]),), name
+            else:
+                assert math.isfinite(v), name

@@ -234,3 +234,31 @@ def test_pin_names_the_snapshot_a_stage_reads(lake) -> None:
     assert lake.pin("t") == lake.resolve("t") and lake.pin(str(first)) == first
     with lake.viewing(first) as old:
         assert old.pin(None) == first  # a handle showing a past snapshot pins that one, not the latest
+
+
+def test_outcomes_land_with_their_labels_bit_exact_and_upsert(lake, make_models):
+    import numpy as np
+
+    from storage.writes import Outcome, read_outcomes
+
+    write_models(lake, make_models(2, seed=1), "models")
+    rng = np.random.default_rng(0)
+    a, b = rng.random(20_001) < 0.3, rng.random(7) < 0.5  # lengths that are not whole bytes
+    before = lake.current_snapshot()
+    write_labels(lake, [Label("m1-00000", "test_accuracy", float(a.mean()), "performance", 1)], "with outcomes",
+                 outcomes=[Outcome("m1-00000", "test_correct", a, "performance", 1),
+                           Outcome("m1-00001", "test_correct", b, "performance", 1)])
+    assert lake.current_snapshot() == before + 1  # labels and outcomes in one snapshot
+    got = read_outcomes(lake, ["m1-00000", "m1-00001", "nope"], "test_correct")
+    assert sorted(got) == ["m1-00000", "m1-00001"]
+    assert got["m1-00000"].dtype == bool and np.array_equal(got["m1-00000"], a) and np.array_equal(got["m1-00001"], b)
+    assert read_outcomes(lake, ["m1-00000"], "train_correct") == {}
+    write_labels(lake, [], "again", outcomes=[Outcome("m1-00000", "test_correct", ~a, "performance", 2)])
+    assert count(lake, "outcomes") == 2  # MERGE on (model_id, outcome): replaced, not duplicated
+    assert np.array_equal(read_outcomes(lake, ["m1-00000"], "test_correct")["m1-00000"], ~a)
+    # not a bool vector: refused before anything is written, the stored rows stay
+    snap = lake.current_snapshot()
+    with pytest.raises(LakeError, match="m1-00001"):
+        write_labels(lake, [Label("m1-00001", "test_accuracy", 0.5, "performance", 1)], "bad",
+                     outcomes=[Outcome("m1-00001", "test_correct", np.ones(5), "performance", 1)])
+    assert lake.current_snapshot() == snap and count(lake, "labels") == 1
