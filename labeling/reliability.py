@@ -117,10 +117,10 @@ def label_reliability(samples: Sequence[ZooSample], prop: str = "test_accuracy",
         family = FAMILIES.get(fam)
         x, y = load_dataset(family.dataset, family.dataset_seed).split("test")
         hits = _hits(ss, x, y, stored or {}, correct or correctness)
-        stored = np.array([s.labels[prop] for s in ss])
+        labels = np.array([s.labels[prop] for s in ss])
         # labels come from batched/stacked forwards whose float rounding can flip a near-tie argmax: a few
         # examples in 10,000 may differ; another split or other code differs by far more
-        if np.abs(hits.mean(1) - stored).max() > max(RECOMPUTE_TOLERANCE, 2.5 / len(y)):
+        if np.abs(hits.mean(1) - labels).max() > max(RECOMPUTE_TOLERANCE, 2.5 / len(y)):
             notes.append(f"label reliability of {fam}: skipped (recomputed test accuracy differs from the stored "
                          "labels: they were measured on another split or by other code)")
             continue

@@ -52,3 +52,23 @@ def test_label_reliability_checks_the_stored_labels(rng: torch.Generator) -> Non
     assert out == {} and "not a registered family" in notes[0]
     with pytest.raises(ValueError, match="test_accuracy"):
         label_reliability(samples, prop="gen_gap_accuracy")
+
+
+def test_stored_outcomes_stand_in_for_the_rerun_in_every_family(rng: torch.Generator) -> None:
+    """Two families with stored test correctness: nothing re-run, the same numbers as a re-run."""
+    samples = []
+    for fam_name in ("digits-cnn", "digits-mlp"):
+        fam = FAMILIES.get(fam_name)
+        x, y = load_dataset(fam.dataset, fam.dataset_seed).split("test")
+        ss = [dataclasses.replace(example_sample("mlp", rng, f"{fam_name}-{i}"), family=fam_name) for i in range(10)]
+        for s, a in zip(ss, correctness(ss, x, y).mean(1)):
+            s.labels["test_accuracy"] = float(a)
+        samples += ss
+    x, y = load_dataset("digits", 0).split("test")
+    stored = dict(zip([s.model_id for s in samples], correctness(samples, x, y)))
+    rerun, notes = label_reliability(samples, n_resamples=4)
+
+    def refuse(*_):
+        raise AssertionError("a model with a stored outcome was re-run")
+    out, notes2 = label_reliability(samples, n_resamples=4, correct=refuse, stored=stored)
+    assert sorted(out) == ["digits-cnn", "digits-mlp"] and out == rerun and notes == notes2 == []
