@@ -41,7 +41,7 @@ class ZooSample(Protocol):
 Correctness = Callable[[Sequence["ZooSample"], torch.Tensor, torch.Tensor], np.ndarray]
 
 
-def correctness(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> np.ndarray:
+def correctness(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """(M, N) bool: model m classifies test example n correctly."""
     from zoo.archs import build
 
@@ -49,10 +49,7 @@ def correctness(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor, 
     for s in samples:
         module = build(s.arch, s.arch_config).module
         module.load_state_dict(s.state)
-        module.eval()
-        with torch.no_grad():
-            pred = torch.cat([module(x[i:i + batch]).argmax(-1) for i in range(0, len(y), batch)])
-        rows.append((pred == y).numpy())
+        rows.append(_right(module.eval(), y, x))
     return np.array(rows, dtype=bool).reshape(len(samples), len(y))
 
 
@@ -60,20 +57,25 @@ def correctness_of_stored(lake, ids: Sequence[str], x: torch.Tensor, y: torch.Te
                           progress: Callable[[int], None] | None = None) -> np.ndarray:
     """``correctness`` of stored models ``ids`` (lake: ``storage.lake.Lake``), reading their weights a
     chunk at a time (memory stays per chunk)."""
-    from types import SimpleNamespace
-
+    from labeling.population import load_module
     from storage.writes import read_models, read_weights
 
     records = {r.model_id: r for r in read_models(lake, "model_id IN (SELECT unnest(?::VARCHAR[]))", [list(ids)])}
-    rows = [np.zeros((0, len(y)), dtype=bool)]
+    rows = []
     for i in range(0, len(ids), chunk):
         part = list(ids[i:i + chunk])
         states = read_weights(lake, part)
-        rows.append(correctness([SimpleNamespace(arch=records[m].arch, arch_config=records[m].arch_config,
-                                                 state=states[m]) for m in part], x, y))
+        rows.extend(_right(load_module(records[m], states[m]), y, x) for m in part)
         if progress is not None:
             progress(i + len(part))
-    return np.concatenate(rows)
+    return np.array(rows, dtype=bool).reshape(len(ids), len(y))
+
+
+def _right(module: torch.nn.Module, y: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """(N,) bool: the module (eval mode) classifies example n correctly; the labels' own forward pass."""
+    from labeling.population import model_logits
+
+    return (model_logits(module, x).argmax(-1) == y).numpy()
 
 
 def retest_taus(correct: np.ndarray, n_resamples: int = 20, seed: int = 0) -> dict[str, float]:
@@ -131,11 +133,10 @@ def label_reliability(samples: Sequence[ZooSample], prop: str = "test_accuracy",
 def _hits(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor, stored: Mapping[str, np.ndarray],
           correct: Correctness) -> np.ndarray:
     """(M, N) correctness: the stored outcome of each model that has one of length N, the rest re-run."""
-    have = [i for i, s in enumerate(samples) if len(stored.get(s.model_id, ())) == len(y)]
+    have = np.array([len(stored.get(s.model_id, ())) == len(y) for s in samples], dtype=bool)
     hits = np.zeros((len(samples), len(y)), dtype=bool)
-    if have:
-        hits[have] = np.stack([stored[samples[i].model_id] for i in have])
-    rest = sorted(set(range(len(samples))) - set(have))
-    if rest:
-        hits[rest] = correct([samples[i] for i in rest], x, y)
+    if have.any():
+        hits[have] = np.stack([stored[s.model_id] for s, h in zip(samples, have) if h])
+    if not have.all():
+        hits[~have] = correct([s for s, h in zip(samples, have) if not h], x, y)
     return hits
