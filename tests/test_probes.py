@@ -108,3 +108,50 @@ def test_models_that_cannot_be_rebuilt_fall_back_to_weight_tokens(rng: torch.Gen
     off = WeightNetPredictor(WeightNetConfig(d_model=16, heads=2, epochs=1, ensemble=1, probes=0))
     off.fit(train, [], ["y"], seed=0)
     assert off.probe_shape is None and not hasattr(off.model, "probes")
+
+
+def test_unseen_architectures_are_read_from_their_function_alone(rng: torch.Generator, tmp_path) -> None:
+    """view_dropout trains the network to also read models from probe tokens alone; unseen_view="probes"
+    reads architectures absent from training that way, so their prediction depends only on the function
+    (a function-preserving widening, which changes every weight token and the summary, leaves it
+    unchanged), while models of the training architectures are read in full as before."""
+    train = [example_sample("cnn", rng, f"t{i}", {"y": float(i % 3)}) for i in range(6)]
+    cfg = WeightNetConfig(d_model=16, heads=2, epochs=2, ensemble=1, probes=4, view_dropout=0.5, unseen_view="probes")
+    p = WeightNetPredictor(cfg)
+    p.fit(train, [], ["y"], seed=0)
+    assert p.seen_archs == ("cnn",)
+    mlp, cnn = example_sample("mlp", rng, "m"), example_sample("cnn", rng, "c")
+    wide = widen(mlp, 2)
+    assert p._views([mlp, cnn]).tolist() == [True, False]
+    pred = p.predict([mlp, wide, cnn])["y"]
+    assert abs(pred[0] - pred[1]) <= 1e-4 * max(1.0, abs(pred[0]))
+    full = WeightNetPredictor(dataclasses.replace(p.config, unseen_view="full"))  # the same network, read in full
+    full.__dict__.update({k: v for k, v in p.__dict__.items() if k != "config"})
+    assert full._views([mlp]) is None
+    pred_full = full.predict([mlp, wide, cnn])["y"]
+    assert abs(pred_full[0] - pred_full[1]) > 1e-4 and pred_full[0] != pred[0]
+    assert pred_full[2] == pred[2]  # a training architecture: read in full either way
+    # a model without probe tokens keeps its weight tokens even when its architecture is unseen
+    alien = dataclasses.replace(mlp, model_id="alien", arch="not-registered")
+    assert np.isfinite(p.predict([alien])["y"]).all()
+    # the seen architectures survive a checkpoint, and with them the views
+    p.save(tmp_path / "v.pt")
+    q = WeightNetPredictor.load(tmp_path / "v.pt")
+    assert q.seen_archs == ("cnn",) and np.array_equal(q.predict([mlp, wide, cnn])["y"], pred)
+
+
+def test_view_dropout_zero_leaves_the_fit_unchanged(rng: torch.Generator) -> None:
+    train = [example_sample("cnn", rng, f"t{i}", {"y": float(i % 3)}) for i in range(6)]
+    test = [example_sample("cnn", rng, "c")]
+    base = WeightNetConfig(d_model=16, heads=2, epochs=2, ensemble=1, probes=4, view_dropout=0.0, unseen_view="full")
+    preds = []
+    for cfg in (base, dataclasses.replace(base, unseen_view="probes"), dataclasses.replace(base, view_dropout=0.5)):
+        p = WeightNetPredictor(cfg)
+        p.fit(train, [], ["y"], seed=0)
+        preds.append(p.predict(test)["y"])
+    assert np.array_equal(preds[0], preds[1])  # the reading of unseen models does not touch training
+    assert not np.array_equal(preds[0], preds[2])  # probes-only batches change what is learned
+    with pytest.raises(Exception, match="view_dropout"):
+        WeightNetConfig(view_dropout=1.0)
+    with pytest.raises(Exception, match="unseen_view"):
+        WeightNetConfig(unseen_view="weights")

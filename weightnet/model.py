@@ -47,6 +47,7 @@ class WeightNetPredictor:
         self.conformal = Conformal()  # calibration scores (split conformal)
         self.novelty: Novelty | None = None  # distance to the training models in the head's input space
         self.seen_ids: tuple[str, ...] = ()  # models the fit used (training + early stopping/recalibration)
+        self.seen_archs: tuple[str, ...] = ()  # their architectures (``unseen_view`` reads any other differently)
         self.runner = ProbeRunner(self.config.probe_max_flops)
         self.probe_shape: tuple[int, ...] | None = None
         self.probe_out = 0
@@ -67,6 +68,14 @@ class WeightNetPredictor:
             return
         self.probe_shape = max(set(shapes), key=shapes.count)
         self.probe_out = self.runner.out_dim(next(h for h in handles if h is not None and h.input_shape == self.probe_shape))
+
+    def _views(self, samples: Sequence[ZooSample]) -> torch.Tensor | None:
+        """(N,) bool: read from probe tokens alone (``unseen_view="probes"`` and an architecture the fit
+        never saw), or None when no model is."""
+        if self.config.unseen_view != "probes" or not self.seen_archs:
+            return None
+        only = torch.tensor([s.arch not in self.seen_archs for s in samples], dtype=torch.bool)
+        return only if bool(only.any()) else None
 
     def _new_model(self, n_summary: int) -> "WeightNetModel":
         m = WeightNetModel(self.config, len(self.targets), n_summary, self.probe_shape, self.probe_out).to(self.device)
@@ -119,6 +128,7 @@ class WeightNetPredictor:
         cfg = self.config
         val, calibration = split_calibration(val, seed)
         self.seen_ids = tuple(s.model_id for s in list(train) + list(val))
+        self.seen_archs = tuple(sorted({s.arch for s in list(train) + list(val)}))
         tr_tok, va_tok = self.pipeline.many(train), self.pipeline.many(val)
         tr_h, va_h = self.runner.handles(train), self.runner.handles(val)
         self._probe_setup(tr_h)
@@ -172,6 +182,7 @@ class WeightNetPredictor:
         model.feat_mean.copy_(allf.mean(0))
         model.feat_std.copy_(allf.std(0, correction=0).clamp_min(1e-6))
         gen = torch.Generator().manual_seed(seed)
+        views = torch.Generator().manual_seed(seed + 7919)  # its own stream: view_dropout=0 keeps every other draw
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
         lengths = [len(t) for t in tr_tok]
         steps_per_epoch = len(buckets(lengths, cfg.batch_size))
@@ -188,6 +199,8 @@ class WeightNetPredictor:
                 for _ in range(total * (r + 1) // rounds - total * r // rounds):  # this round's share of the steps
                     idx = next(stream)
                     b = {key: v.to(self.device) for key, v in tr_all.batch(idx).items()}
+                    if cfg.view_dropout > 0:
+                        b["probe_only"] = torch.rand(len(idx), generator=views) < cfg.view_dropout
                     reg = model(b, [tr_h[i] for i in idx])
                     loss = self._loss(reg, y_tr[idx].to(self.device))
                     opt.zero_grad()
@@ -237,9 +250,10 @@ class WeightNetPredictor:
     # -- prediction --
     @torch.no_grad()
     def _predict_tokens(self, toks: Sequence[Tokens], handles: Handles | None = None,
-                        batch_size: int | None = None, embed: bool = False):
+                        batch_size: int | None = None, embed: bool = False, probe_only: torch.Tensor | None = None):
         """(N, n_targets) de-standardized, recalibrated predictions (not yet clipped to property ranges);
-        with ``embed`` also the first member's (N, d_head) head inputs, from the same pass."""
+        with ``embed`` also the first member's (N, d_head) head inputs, from the same pass. ``probe_only``
+        (N,) bool: models read from their probe tokens alone (``_views``)."""
         if self.model is None:
             raise ZooError("WeightNet is not trained (call fit or load a checkpoint)")
         members = self.members or [self.model]
@@ -250,6 +264,8 @@ class WeightNetPredictor:
             # members: torch.func.vmap over stacked members measured 1.4x slower (no batching rule for
             # CPU flash attention), and the per-member Python overhead is ~1% at batch 256
             b = self._batch([toks[i] for i in idx], members[0])
+            if probe_only is not None:
+                b["probe_only"] = probe_only[idx].to(self.device)
             h = [handles[i] for i in idx] if handles is not None else None
             z = [m.eval().head_input(b, h) for m in members]
             reg = torch.stack([m.regress(zi).float().cpu() for m, zi in zip(members, z)]).mean(0)
@@ -262,14 +278,16 @@ class WeightNetPredictor:
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         if not samples:
             return {t: np.zeros(0) for t in self.targets}
-        pred = self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples)).numpy()
+        pred = self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples),
+                                    probe_only=self._views(samples)).numpy()
         return {t: clip_to_bounds(t, pred[:, j].astype(np.float64)) for j, t in enumerate(self.targets)}
 
     def _predict_scaled(self, samples: Sequence[ZooSample]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Predictions and each model's novelty scale (None without a novelty reference), in one pass."""
         if not samples:
             return {t: np.zeros(0) for t in self.targets}, (np.zeros(0) if self.novelty else None)
-        pred, emb = self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples), embed=True)
+        pred, emb = self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples), embed=True,
+                                         probe_only=self._views(samples))
         scale = self.novelty.scale(emb.numpy()) if self.novelty is not None else None
         return {t: clip_to_bounds(t, pred[:, j].numpy().astype(np.float64)) for j, t in enumerate(self.targets)}, scale
 
@@ -278,7 +296,8 @@ class WeightNetPredictor:
         heads read."""
         if not samples:
             return np.zeros((0, 0))
-        return self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples), embed=True)[1].numpy()
+        return self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples), embed=True,
+                                    probe_only=self._views(samples))[1].numpy()
 
     def attention_by_layer(self, samples: Sequence[ZooSample]) -> dict[str, float]:
         """``kind@depth`` -> share of the encoder's attention on that layer (see ``weightnet.attention``)."""
@@ -311,7 +330,7 @@ class WeightNetPredictor:
                 "config": self.config.to_dict(), "targets": list(self.targets),
                 "target_mean": self.target_mean, "target_std": self.target_std, "conformal": self.conformal.state(),
                 "novelty": self.novelty.state() if self.novelty is not None else {},
-                "calibration": self.calibration, "seen_ids": list(self.seen_ids),
+                "calibration": self.calibration, "seen_ids": list(self.seen_ids), "seen_archs": list(self.seen_archs),
                 "probe_shape": list(self.probe_shape or []), "probe_out": self.probe_out,
                 "references": self.pipeline.references, "code_version": code_version(), "history": self.history}
 
@@ -334,6 +353,7 @@ class WeightNetPredictor:
         p.conformal = Conformal.from_state(ck.get("conformal", {}))  # older checkpoints: no valid residuals
         p.novelty = Novelty.from_state(ck.get("novelty"))  # older checkpoints: plain intervals
         p.seen_ids = tuple(ck.get("seen_ids", ()))
+        p.seen_archs = tuple(ck.get("seen_archs", ()))  # older checkpoints: every model read in full
         p.calibration = ck.get("calibration", identity_calibration(len(p.targets)))
         p.history = list(ck.get("history", []))
         p.probe_shape, p.probe_out = tuple(ck.get("probe_shape", ())) or None, int(ck.get("probe_out", 0))

@@ -135,6 +135,12 @@ class WeightNetModel(nn.Module):
 
     def encode(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
         """(B, T, ...) padded batch (+ each model's probe handle) -> (B, d) pooled embedding."""
+        return self._encode(b, handles)[0]
+
+    def _encode(self, b: dict[str, torch.Tensor], handles: Handles | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pooled embedding and (B,) bool: the model was read from its probe tokens alone (None when
+        the batch asks no model for that view). ``b["probe_only"]`` (B,) bool asks for it; a model
+        without probe tokens keeps its weight tokens whatever it asks."""
         f = ((b["features"] - self.feat_mean) / self.feat_std).clamp(-Z_CLIP, Z_CLIP)
         x = self.embed(f)
         if self.layer_type:
@@ -142,28 +148,36 @@ class WeightNetModel(nn.Module):
         if self.segment:
             x = x + self.meta(b["meta"]) + self.depth(b["depth"]) + self.position(b["position"])
         mask = b["mask"] if self.weight_tokens else torch.zeros_like(b["mask"])  # off: every weight token masked
+        only = None
         if self.probe_shape is not None and handles is not None and self.runner is not None:
             feats, has = self.probe_tokens(handles)  # (B, P, F), (B,)
+            has = has.to(mask.device)
+            if "probe_only" in b:
+                only = b["probe_only"].to(mask.device) & has
+                mask = mask & ~only[:, None]
             x = torch.cat([x, self.probe_embed(feats.to(x.device)) + self.probe_index.weight[None]], 1)
-            mask = torch.cat([mask, has[:, None].expand(-1, feats.shape[1]).to(mask.device)], 1)
+            mask = torch.cat([mask, has[:, None].expand(-1, feats.shape[1])], 1)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)  # (B, 1 + T (+ P), d)
         mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
         for blk in self.blocks:
             x = blk(x, mask[:, None, None, :])
         x = self.norm(x)
         if self.pooling == "cls":
-            return x[:, 0]
+            return x[:, 0], only
         tok, m = x[:, 1:], mask[:, 1:, None].to(x.dtype)
         if self.pooling == "mean":
-            return (tok * m).sum(1) / m.sum(1).clamp_min(1)
+            return (tok * m).sum(1) / m.sum(1).clamp_min(1), only
         logits = self.attn_query(tok).masked_fill(m == 0, float("-inf"))
-        return (torch.softmax(logits, 1) * tok).sum(1)
+        return (torch.softmax(logits, 1) * tok).sum(1), only
 
     def head_input(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
-        """(B, d) pooled encoding, concatenated with the (B, d) summary embedding when configured."""
-        z = self.encode(b, handles)
+        """(B, d) pooled encoding, concatenated with the (B, d) summary embedding when configured (a
+        probes-only model's summary reads as the training mean: standardized zeros)."""
+        z, only = self._encode(b, handles)
         if self.summary is not None:
             s = ((b["summary"] - self.sum_mean) / self.sum_std).clamp(-Z_CLIP, Z_CLIP)
+            if only is not None:
+                s = s.masked_fill(only[:, None], 0.0)
             z = torch.cat([z, self.summary(s)], 1)
         return self.drop(z)
 
