@@ -43,13 +43,9 @@ Correctness = Callable[[Sequence["ZooSample"], torch.Tensor, torch.Tensor], np.n
 
 def correctness(samples: Sequence[ZooSample], x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """(M, N) bool: model m classifies test example n correctly."""
-    from zoo.archs import build
+    from labeling.population import load_module
 
-    rows = []
-    for s in samples:
-        module = build(s.arch, s.arch_config).module
-        module.load_state_dict(s.state)
-        rows.append(_right(module.eval(), y, x))
+    rows = [_right(load_module(s, s.state), y, x) for s in samples]
     return np.array(rows, dtype=bool).reshape(len(samples), len(y))
 
 

@@ -275,19 +275,23 @@ class WeightNetPredictor:
         out = out * self.calibration[:, 0] + self.calibration[:, 1]
         return (out, emb) if embed else out
 
+    def _read(self, samples: Sequence[ZooSample], embed: bool = False):
+        """``_predict_tokens`` of samples: their tokens, probe handles and view (``_views``), the one way
+        every public prediction reads a model."""
+        return self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples), embed=embed,
+                                    probe_only=self._views(samples))
+
     def predict(self, samples: Sequence[ZooSample]) -> dict[str, np.ndarray]:
         if not samples:
             return {t: np.zeros(0) for t in self.targets}
-        pred = self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples),
-                                    probe_only=self._views(samples)).numpy()
+        pred = self._read(samples).numpy()
         return {t: clip_to_bounds(t, pred[:, j].astype(np.float64)) for j, t in enumerate(self.targets)}
 
     def _predict_scaled(self, samples: Sequence[ZooSample]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Predictions and each model's novelty scale (None without a novelty reference), in one pass."""
         if not samples:
             return {t: np.zeros(0) for t in self.targets}, (np.zeros(0) if self.novelty else None)
-        pred, emb = self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples), embed=True,
-                                         probe_only=self._views(samples))
+        pred, emb = self._read(samples, embed=True)
         scale = self.novelty.scale(emb.numpy()) if self.novelty is not None else None
         return {t: clip_to_bounds(t, pred[:, j].numpy().astype(np.float64)) for j, t in enumerate(self.targets)}, scale
 
@@ -296,8 +300,7 @@ class WeightNetPredictor:
         heads read."""
         if not samples:
             return np.zeros((0, 0))
-        return self._predict_tokens(self.pipeline.many(samples), self.runner.handles(samples), embed=True,
-                                    probe_only=self._views(samples))[1].numpy()
+        return self._read(samples, embed=True)[1].numpy()
 
     def attention_by_layer(self, samples: Sequence[ZooSample]) -> dict[str, float]:
         """``kind@depth`` -> share of the encoder's attention on that layer (see ``weightnet.attention``)."""
