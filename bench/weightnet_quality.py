@@ -3,6 +3,7 @@
     .venv/bin/python bench/weightnet_quality.py --lake /tmp/q-lake [--seeds 0,1,2] [--only weightnet,statnn-gbt]
         [--variant NAME=JSON ...]   # extra WeightNet variants: JSON overrides of WeightNetConfig
         [--split family:digits-cnn]  # a held-out family / architecture / width instead of a random split
+        [--views]                     # WeightNet: also score the test models read in full, from probes alone, and the mean
 
 Build the zoo first (zoo build --family digits-cnn --n 60; zoo label -p performance). Prints mean +- std
 over the split seeds and each fit's wall time (measured on whatever load the machine has; compare the
@@ -22,12 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from evaluation.predictors import PREDICTORS  # noqa: E402
 from evaluation.widen import widen  # noqa: E402
 from storage.lake import Lake  # noqa: E402
 from weightnet.config import WeightNetConfig  # noqa: E402
+from weightnet.conformal import clip_to_bounds  # noqa: E402
 from storage.samples import load_samples  # noqa: E402
 from weightnet.data import split_samples  # noqa: E402
 from weightnet.model import WeightNetPredictor  # noqa: E402
@@ -40,6 +43,17 @@ def r2(y: np.ndarray, p: np.ndarray) -> float:
 def weightnet_variant(overrides: dict):
     cfg = WeightNetConfig.from_dict({**WeightNetConfig().to_dict(), **overrides})
     return lambda: WeightNetPredictor(cfg)
+
+
+def readings(pred: WeightNetPredictor, test: list, target: str) -> dict[str, np.ndarray]:
+    """One fit's predictions of ``target`` for the test models read three ways, whatever their architecture:
+    in full, from their probe tokens alone, and the mean of the two (``predict`` picks full or probes by
+    ``unseen_view``; this shows what each choice would give on the same fit)."""
+    toks, handles, j = pred.pipeline.many(test), pred.runner.handles(test), pred.targets.index(target)
+    out = {view: pred._predict_tokens(toks, handles, probe_only=torch.full((len(test),), view == "probes"))[:, j]
+           .numpy().astype(np.float64) for view in ("full", "probes")}
+    out["mean"] = (out["full"] + out["probes"]) / 2
+    return {view: clip_to_bounds(target, p) for view, p in out.items()}
 
 
 def quick_lake(folder: str) -> str:
@@ -63,11 +77,13 @@ def main() -> None:
     ap.add_argument("--split", default="random", help="random | family:NAME | arch:NAME | width:MAX")
     ap.add_argument("--only", default="weightnet,statnn-gbt,statnn-mlp,nfn")
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON WeightNetConfig overrides")
+    ap.add_argument("--views", action="store_true",
+                    help="WeightNet: also score the test models read in full, from probes alone, and the mean of both")
     ap.add_argument("--widen", default="", help="also score the test models widened by these factors (e.g. 2,4)")
     args = ap.parse_args()
     if args.quick:
         args.lake = quick_lake(tempfile.mkdtemp(prefix="wn-quality-") + "/lake")
-        args.seeds, args.only = "0", "statnn-gbt"
+        args.seeds, args.only, args.views = "0", "statnn-gbt", True
         args.variant = args.variant or ['weightnet-2ep={"epochs": 2}']  # WeightNet, trained briefly
     elif args.lake is None:
         ap.error("--lake is required (or --quick)")
@@ -85,6 +101,7 @@ def main() -> None:
     for name, make in makers.items():
         taus, secs, covs, r2s = [], [], [], []
         wide: dict[int, list[tuple[float, float]]] = {f: [] for f in factors}  # factor -> (tau, r2) per seed
+        views: dict[str, list[tuple[float, float]]] = {}  # reading -> (tau, r2) per seed
         for seed in seeds:
             train, val, test = split_samples(samples, args.split, seed)
             pred = make()
@@ -98,8 +115,16 @@ def main() -> None:
             for f in factors:  # function-preserving widening: the labels are unchanged
                 pw = pred.predict([widen(s, f) for s in test])[args.target]
                 wide[f].append((float(kendalltau(pw, y).statistic), r2(y, pw)))
+            if args.views and isinstance(pred, WeightNetPredictor):
+                read = readings(pred, test, args.target)
+                pick = pred._views(test)  # what predict did: each model read by its architecture's view
+                chosen = np.where(pick.numpy(), read["probes"], read["full"]) if pick is not None else read["full"]
+                assert np.allclose(p, chosen, atol=1e-5), "predict differs from the reading its view rule picks"
+                for view, pv in read.items():
+                    views.setdefault(view, []).append((float(kendalltau(pv, y).statistic), r2(y, pv)))
             print(f"  {name} seed {seed}: tau {taus[-1]:.3f} r2 {r2s[-1]:.3f} fit {secs[-1]:.0f}s"
-                  + "".join(f" x{f}: tau {wide[f][-1][0]:.3f} r2 {wide[f][-1][1]:.3f}" for f in factors), flush=True)
+                  + "".join(f" x{f}: tau {wide[f][-1][0]:.3f} r2 {wide[f][-1][1]:.3f}" for f in factors)
+                  + "".join(f" {v}: tau {vals[-1][0]:.3f} r2 {vals[-1][1]:.3f}" for v, vals in views.items()), flush=True)
             if hasattr(pred, "predict_interval"):  # split-conformal 90% intervals: share of test models covered
                 lo, hi = pred.predict_interval(test, alpha=0.1)[args.target]
                 covs.append(float(np.mean((y >= lo) & (y <= hi))))
@@ -109,6 +134,9 @@ def main() -> None:
         for f, vals in wide.items():
             print(f"{'':28s} widened x{f}: tau {np.mean([v[0] for v in vals]):.3f}  r2 {np.mean([v[1] for v in vals]):.3f}",
                   flush=True)
+        for view, vals in views.items():
+            print(f"{'':28s} read {view}: tau {np.mean([v[0] for v in vals]):.3f} +- {np.std([v[0] for v in vals]):.3f}"
+                  f"  r2 {np.mean([v[1] for v in vals]):.3f}", flush=True)
 
 
 if __name__ == "__main__":
