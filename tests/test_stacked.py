@@ -12,8 +12,8 @@ from weightnet.data import ZooSample
 from weightnet.probes import ProbeRunner
 from zoo.archs import build
 from zoo.sampling import WildCNN1dSpace, WildCNNSpace, sample_wildcnn, sample_wildcnn1d
-from zoo.population_wild import group_key
-from zoo.stacked import STACKED, StackedForward, wild_logits
+from zoo.population_wild import group_key, padded_config
+from zoo.stacked import STACKED, StackedForward, wild_logits, wild_shapes
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -55,6 +55,19 @@ def assert_close_relative(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
 
 
 @pytest.mark.parametrize("arch", sorted(SAMPLERS))
+def test_wild_shapes_equal_the_built_modules_state(arch: str) -> None:
+    """wild_shapes reads a config's state shapes without building it: the same (name, shape) pairs as the
+    module's float state, for single members and for the padded layout of every group."""
+    groups = groups_of(arch, 40)
+    padded = [padded_config(cs) for cs in groups.values()]
+    assert {c["norm"] for cs in groups.values() for c in cs} == {"none", "batch", "layer"}
+    for cfg in [c for cs in groups.values() for c in cs] + padded:
+        want = {k: tuple(v.shape) for k, v in build(arch, cfg).module.state_dict().items() if v.is_floating_point()}
+        got = wild_shapes(cfg)
+        assert len(got) == len(want) and dict(got) == want, cfg
+
+
+@pytest.mark.parametrize("arch", sorted(SAMPLERS))
 def test_stacked_logits_and_input_gradients_equal_each_members_own(arch: str) -> None:
     gen = torch.Generator().manual_seed(0)
     groups = groups_of(arch, 40)
@@ -67,7 +80,7 @@ def test_stacked_logits_and_input_gradients_equal_each_members_own(arch: str) ->
     for configs in groups.values():
         modules = [random_module(arch, c, gen) for c in configs]
         x = torch.randn((6, *shape), generator=gen, requires_grad=True)
-        got = wild_logits(arch, configs, [m.state_dict() for m in modules], x)
+        got = wild_logits(configs, [m.state_dict() for m in modules], x)
         want = torch.stack([m(x) for m in modules])
         assert got.shape == want.shape == (len(configs), 6, 10)
         assert_close_relative(got.detach(), want.detach(), 1e-5)

@@ -14,19 +14,15 @@ statistics, dropout is off. Gradients flow to the shared input (the probes), not
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from core.hashing import canonical_json
 from core.registry import Registry
-from zoo.archs import build
-from zoo.population_wild import (_ACT, _grouped_conv, _linear, _region, _skips, _strides, bn_affine, group_key,
-                                 masked_layer_norm, padded_config)
+from zoo.population_wild import (_ACT, _grouped_conv, _kernels, _linear, _region, _skips, _strides, bn_affine,
+                                 group_key, masked_layer_norm, padded_config)
 
 
 @dataclass(frozen=True)
@@ -41,20 +37,28 @@ class StackedForward:
 STACKED: Registry[StackedForward] = Registry("stacked forward")
 
 
-@lru_cache(maxsize=4096)
-def _padded_shapes(arch: str, padded_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """(name, shape) of the padded config's parameters and float buffers (BatchNorm's running
-    statistics; its step counter is unused in eval mode), cached per layout."""
-    module = build(arch, json.loads(padded_json)).module
-    return tuple((k, tuple(v.shape)) for k, v in module.state_dict().items() if v.is_floating_point())
+def wild_shapes(padded: Mapping) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(name, shape) of a wild CNN's (wildcnn, wildcnn1d) float parameters and buffers, read off its config:
+    the module's own state_dict without building it (a training batch's padded layout is new nearly every
+    step, and building one measured ~5 ms, ~20% of a batch's probe forward and backward)."""
+    shape = [int(d) for d in padded["input_shape"]]
+    kernel_dims, prev = len(shape) - 1, shape[0]  # (C, L) -> 1-D kernels, (C, H, W) -> 2-D
+    convs, norms = [], []
+    for i, (c, k) in enumerate(zip((int(c) for c in padded["channels"]), _kernels(padded))):
+        convs += [(f"convs.{i}.weight", (c, prev) + (k,) * kernel_dims), (f"convs.{i}.bias", (c,))]
+        kind = padded.get("norm", "none")
+        stats = ("running_mean", "running_var") if kind == "batch" else ()
+        norms += [(f"norms.{i}.{n}", (c,)) for n in ("weight", "bias", *stats)] if kind != "none" else []
+        prev = c
+    return (*convs, *norms, ("head.weight", (int(padded["n_classes"]), prev)), ("head.bias", (int(padded["n_classes"]),)))
 
 
-def _stack_padded(arch: str, padded: Mapping, states: Sequence[Mapping[str, torch.Tensor]],
+def _stack_padded(padded: Mapping, states: Sequence[Mapping[str, torch.Tensor]],
                   device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """name -> (G, *shape in the ``padded`` config): member m's tensor in row m, zeros where it has none
     (padded channels, outer kernel taps, a norm it does not have)."""
     out = {}
-    for name, shape in _padded_shapes(arch, canonical_json(padded)):
+    for name, shape in wild_shapes(padded):
         t = torch.zeros((len(states), *shape), dtype=dtype)
         for m, s in enumerate(states):
             if name in s:
@@ -75,13 +79,13 @@ def _norm(kind: str, y: torch.Tensor, p: Mapping[str, torch.Tensor], i: int, idx
     return masked_layer_norm(y, chans[idx.cpu()], w, b)
 
 
-def wild_logits(arch: str, configs: Sequence[Mapping], states: Sequence[Mapping[str, torch.Tensor]],
+def wild_logits(configs: Sequence[Mapping], states: Sequence[Mapping[str, torch.Tensor]],
                 x: torch.Tensor) -> torch.Tensor:
     """Members of one ``group_key`` (their own configs and state dicts), shared input x (P, C, *S)
     -> logits (G, P, K), as each member's own module in eval mode would give them."""
     G = len(configs)
     padded = padded_config(configs)
-    p = _stack_padded(arch, padded, states, x.device, x.dtype)
+    p = _stack_padded(padded, states, x.device, x.dtype)
     strides, depth = _strides(padded), len(padded["channels"])
     chans = torch.tensor([[int(c) for c in cfg["channels"]] for cfg in configs])  # (G, depth)
     skip = torch.tensor([[float(s) for s in _skips(c)] for c in configs], dtype=x.dtype, device=x.device)
@@ -109,4 +113,4 @@ def wild_logits(arch: str, configs: Sequence[Mapping], states: Sequence[Mapping[
 # call-overhead bound. Not wildcnn: on bench-digits-wild the fit went 41 -> 45 s (grouped conv2d over
 # padded members is slower than one plain conv2d per member; cutting calls to <= 1.5x padding waste
 # did not help), so its members keep the per-config vmap. wild_logits itself runs both.
-STACKED.register("wildcnn1d")(StackedForward(group_key, lambda cs, ss, x: wild_logits("wildcnn1d", cs, ss, x)))
+STACKED.register("wildcnn1d")(StackedForward(group_key, wild_logits))
