@@ -4,6 +4,7 @@
         [--variant NAME=JSON ...]   # extra WeightNet variants: JSON overrides of WeightNetConfig
         [--split family:digits-cnn]  # a held-out family / architecture / width instead of a random split
         [--views]                     # WeightNet: also score the test models read in full, from probes alone, and the mean
+        [--threads 1]                 # torch threads; run two benches side by side to use two cores
 
 Build the zoo first (zoo build --family digits-cnn --n 60; zoo label -p performance). Prints mean +- std
 over the split seeds and each fit's wall time (measured on whatever load the machine has; compare the
@@ -80,7 +81,10 @@ def main() -> None:
     ap.add_argument("--views", action="store_true",
                     help="WeightNet: also score the test models read in full, from probes alone, and the mean of both")
     ap.add_argument("--widen", default="", help="also score the test models widened by these factors (e.g. 2,4)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1, as zoo evaluate: these fits run fastest on one thread)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.lake = quick_lake(tempfile.mkdtemp(prefix="wn-quality-") + "/lake")
         args.seeds, args.only, args.views = "0", "statnn-gbt", True
