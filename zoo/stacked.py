@@ -43,14 +43,15 @@ def wild_shapes(padded: Mapping) -> tuple[tuple[str, tuple[int, ...]], ...]:
     step, and building one measured ~5 ms, ~20% of a batch's probe forward and backward)."""
     shape = [int(d) for d in padded["input_shape"]]
     kernel_dims, prev = len(shape) - 1, shape[0]  # (C, L) -> 1-D kernels, (C, H, W) -> 2-D
+    norm_names = {"none": (), "layer": ("weight", "bias"),
+                  "batch": ("weight", "bias", "running_mean", "running_var")}[padded.get("norm", "none")]
     convs, norms = [], []
     for i, (c, k) in enumerate(zip((int(c) for c in padded["channels"]), _kernels(padded))):
         convs += [(f"convs.{i}.weight", (c, prev) + (k,) * kernel_dims), (f"convs.{i}.bias", (c,))]
-        kind = padded.get("norm", "none")
-        stats = ("running_mean", "running_var") if kind == "batch" else ()
-        norms += [(f"norms.{i}.{n}", (c,)) for n in ("weight", "bias", *stats)] if kind != "none" else []
+        norms += [(f"norms.{i}.{n}", (c,)) for n in norm_names]
         prev = c
-    return (*convs, *norms, ("head.weight", (int(padded["n_classes"]), prev)), ("head.bias", (int(padded["n_classes"]),)))
+    n_classes = int(padded["n_classes"])
+    return (*convs, *norms, ("head.weight", (n_classes, prev)), ("head.bias", (n_classes,)))
 
 
 def _stack_padded(padded: Mapping, states: Sequence[Mapping[str, torch.Tensor]],
