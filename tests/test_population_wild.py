@@ -151,9 +151,9 @@ def test_padded_layout_and_groups(data):
     assert len({group_key(c) for c in cfgs}) == 1
     padded = padded_config(cfgs)
     assert padded["channels"] == [6, 7, 6] and padded["kernel_sizes"] == [5, 7, 7] and padded["norm"] == "batch"
-    with pytest.raises(ZooError, match="share depth and strides"):
+    with pytest.raises(ZooError, match="must agree on group_key"):
         padded_config([cfgs[0], {**cfgs[1], "strides": [1, 1, 1]}])
-    with pytest.raises(ZooError, match="share depth and strides"):
+    with pytest.raises(ZooError, match="must agree on group_key"):
         WildPopulation("wildcnn1d", [cfgs[0], {**cfgs[1], "channels": [4, 7], "kernel_sizes": [5, 3],
                                                 "strides": [2, 1]}], mixed_members()[:2])
 

@@ -29,7 +29,7 @@ padded sums add exact zeros in another order), and ``extract`` cuts it back to i
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,13 +85,14 @@ def order_key(cfg: Mapping) -> tuple:
     return (max(int(c) for c in cfg["channels"]), sum(int(c) for c in cfg["channels"]), tuple(_kernels(cfg)))
 
 
-def padded_config(configs: Sequence[Mapping]) -> dict:
+def padded_config(configs: Sequence[Mapping], key: Callable[[Mapping], str] = group_key) -> dict:
     """The config whose module has every member's parameters as a sub-block: per layer the largest
-    width and kernel, a norm if any member has one (BatchNorm: its affine params plus buffers)."""
-    keys = {group_key(c) for c in configs}
+    width and kernel, a norm if any member has one (BatchNorm: its affine params plus buffers). Members
+    must share ``key`` (a population: ``group_key``; zoo.stacked only needs the depth)."""
+    keys = {key(c) for c in configs}
     if len(keys) != 1:
-        raise ZooError(f"wild population members must share depth and strides; got {len(keys)} groups: "
-                       f"{sorted(keys)[:3]}")
+        raise ZooError(f"wild members padded together must agree on {key.__name__}; got {len(keys)} "
+                       f"different ones: {sorted(keys)[:3]}")
     depth = len(configs[0]["channels"])
     out = dict(configs[0])
     out["channels"] = [max(int(c["channels"][i]) for c in configs) for i in range(depth)]
