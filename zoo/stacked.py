@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from core.errors import ZooError
 from core.hashing import canonical_json
 from core.registry import Registry
-from zoo.population_wild import NORM_EPS, _ACT, _kernels, _linear, _region, _skips, _strides, padded_config
+from zoo.population_wild import (NORM_EPS, _ACT, _kernels, _linear, _region, _skips, _strides, bn_affine,
+                                 padded_config)
 
 # the fixed cost of one chunk per layer, in padded multiply-adds. Probe forward + backward on 32-member
 # batches of bench-mnist1d-wild, 32 probes, one thread: 1e6 (16 calls a batch) and 4e6 (8) both 130-175 ms,
@@ -144,9 +145,9 @@ def _norm_act(kind: tuple[str, str], y: torch.Tensor, p: Mapping[str, torch.Tens
     norm, act = kind
     n, _, L, C = y.shape
     view = (n, 1, 1, C)
-    if norm == "batch":  # running statistics
-        scale = p[f"norms.{i}.weight"] * torch.rsqrt(p[f"norms.{i}.running_var"] + NORM_EPS)
-        y = torch.addcmul((p[f"norms.{i}.bias"] - p[f"norms.{i}.running_mean"] * scale).view(view), y, scale.view(view))
+    if norm == "batch":  # running statistics; bn_affine reads channels on dim 2 (a transposed view)
+        y = bn_affine(y.transpose(2, 3), p[f"norms.{i}.running_mean"], p[f"norms.{i}.running_var"],
+                      p[f"norms.{i}.weight"], p[f"norms.{i}.bias"]).transpose(2, 3)
     elif norm == "layer":  # GroupNorm(1, C) over each member's real channels and positions
         real = ((torch.arange(L).view(1, -1, 1) < lout.view(-1, 1, 1))
                 & (torch.arange(C).view(1, 1, -1) < chans.view(-1, 1, 1))).to(y).unsqueeze(1)  # (n, 1, L, C)
@@ -170,14 +171,14 @@ def _wild1d_chunk(configs: Sequence[Mapping], states: Sequence[Mapping[str, torc
     for kind in dict.fromkeys(kinds):
         slices.append((kind, start, start + kinds.count(kind)))
         start += kinds.count(kind)
-    chans = torch.tensor([[int(c) for c in cfg["channels"]] for cfg in configs])  # (G, depth)
-    kernels, strides = torch.tensor([_kernels(c) for c in configs]), torch.tensor([_strides(c) for c in configs])
+    geo = torch.tensor([_geometry(c, x.shape[-1]) for c in configs])  # (G, depth, (in, out, kernel, length))
+    chans, kernels, louts = geo[..., 1], geo[..., 2], geo[..., 3]
+    strides = torch.tensor([_strides(c) for c in configs])
     skip = torch.tensor([[float(s) for s in _skips(c)] for c in configs], dtype=x.dtype, device=x.device)
     lens = torch.full((G,), x.shape[-1])  # each member's sequence length before layer i
     h = x.transpose(1, 2).unsqueeze(0).expand(G, P, x.shape[2], x.shape[1])  # (G, P, L, C): channels last
     for i in range(chans.shape[1]):
-        k, s = kernels[:, i], strides[:, i]
-        lout = (lens + 2 * (k // 2) - k) // s + 1
+        k, s, lout = kernels[:, i], strides[:, i], louts[:, i]
         L, C_in, K = h.shape[2], h.shape[3], int(k.max())
         win = _windows(lens, k, s, lout, K, L)  # (G, Lout, K)
         rows = torch.arange(G * P).view(G, P, 1, 1) * (L + 1) + win.unsqueeze(1)  # into (G*P*(L+1), C_in)
