@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,12 +102,15 @@ def test_wild1d_logits_and_input_gradients_equal_each_members_own(chunk_macs: fl
 def test_chunks_partition_the_members_and_cut_only_when_it_pays() -> None:
     configs = [SAMPLERS["wildcnn1d"](seed) for seed in range(60)]
     configs = [c for c in configs if len(c["channels"]) == 3]
-    whole = stacked._chunks(configs, 21, 8)
+    def chunks(cs: list[dict]) -> list[list[int]]:
+        return stacked._chunks(np.array([stacked._geometry(c, 21) for c in cs]), 8)
+
+    whole = chunks(configs)
     assert sorted(m for ms in whole for m in ms) == list(range(len(configs)))
     tiny = {**configs[0], "channels": [3, 3, 3], "kernel_sizes": [3, 3, 3]}
     wide = {**configs[0], "channels": [400, 400, 400], "kernel_sizes": [7, 7, 7]}
-    assert stacked._chunks([tiny, wide, tiny], 21, 8) == [[0, 2], [1]]  # the tiny ones not padded to 400 wide
-    assert stacked._chunks([tiny, tiny, tiny], 21, 8) == [[0, 1, 2]]
+    assert chunks([tiny, wide, tiny]) == [[0, 2], [1]]  # the tiny ones not padded to 400 wide
+    assert chunks([tiny, tiny, tiny]) == [[0, 1, 2]]
 
 
 def test_wild1d_logits_refuses_another_input_rank() -> None:
@@ -133,7 +137,7 @@ def test_probe_runner_stacks_one_key_in_one_call_with_each_models_own_outputs(ar
     alone = torch.cat([runner.outputs(probes, [h], 10)[0] for h in handles])
     calls = []
     real = STACKED.get(arch)
-    counting = StackedForward(real.key, lambda *a: calls.append(1) or real.logits(*a))
+    counting = StackedForward(real.key, real.bank, lambda *a: calls.append(1) or real.logits(*a))
     monkeypatch.setitem(STACKED._entries, arch, counting)
     together, has = runner.outputs(probes, handles, 10)
     assert has.all() and len(calls) == 1

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ class ProbeHandle:
     stack: str = ""
     arch: str = ""
     arch_config: Mapping | None = None
+    # the stack's bank (``zoo.stacked``: these models' tensors laid out once) and this model's row in it
+    bank: Any = None
+    row: int = -1
 
 
 class ProbeRunner:
@@ -83,7 +86,17 @@ class ProbeRunner:
         return ProbeHandle(key, state, shape)
 
     def handles(self, samples: Sequence[ZooSample]) -> list[ProbeHandle | None]:
-        return [self.handle(s) for s in samples]
+        """One handle per sample; models of one stack key share one bank, laid out here once."""
+        out = [self.handle(s) for s in samples]
+        stacks: dict[str, list[int]] = {}
+        for i, h in enumerate(out):
+            if h is not None and h.stack:
+                stacks.setdefault(h.stack, []).append(i)
+        for idx in stacks.values():
+            bank = STACKED.get(out[idx[0]].arch).bank([out[i].arch_config for i in idx], [out[i].state for i in idx])
+            for row, i in enumerate(idx):
+                out[i] = replace(out[i], bank=bank, row=row)
+        return out
 
     @torch.no_grad()
     def out_dim(self, h: ProbeHandle) -> int:
@@ -100,16 +113,20 @@ class ProbeRunner:
         B, P = len(handles), probes.shape[0]
         out = probes.new_zeros(B, P, n_out)
         has = torch.zeros(B, dtype=torch.bool)
-        groups: dict[str, list[int]] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
         for i, h in enumerate(handles):
-            if h is not None and h.input_shape == tuple(probes.shape[1:]):
-                groups.setdefault(h.stack or h.key, []).append(i)
+            if h is not None and h.input_shape == tuple(probes.shape[1:]):  # stacked: one call per bank
+                groups.setdefault((h.stack, id(h.bank)) if h.stack else (h.key, 0), []).append(i)
         rows, values = [], []
-        for key, idx in groups.items():
+        for (key, _), idx in groups.items():
             first = handles[idx[0]]
             if first.stack:
-                y = STACKED.get(first.arch).logits([handles[i].arch_config for i in idx],
-                                                   [handles[i].state for i in idx], probes)  # (G, P, K)
+                fwd = STACKED.get(first.arch)
+                bank, at = first.bank, [handles[i].row for i in idx]
+                if bank is None:  # handles made one by one: a bank of just these
+                    bank = fwd.bank([handles[i].arch_config for i in idx], [handles[i].state for i in idx])
+                    at = list(range(len(idx)))
+                y = fwd.logits(bank, at, probes)  # (G, P, K)
             else:
                 module, names = self._modules[key]
                 stacked = {n: torch.stack([handles[i].state[n] for i in idx]).to(probes.device) for n in names}
