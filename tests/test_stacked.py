@@ -142,3 +142,7 @@ def test_probe_runner_stacks_one_key_in_one_call_with_each_models_own_outputs(ar
     together, has = runner.outputs(probes, handles, 10)
     assert has.all() and len(calls) == 1
     assert_close_relative(together, alone, 1e-5)
+    some, _ = runner.outputs(probes, handles[::-2], 10)  # a subset of the bank's rows, in another order
+    assert_close_relative(some, alone.flip(0)[::2], 1e-5)
+    unbanked, _ = runner.outputs(probes, [runner.handle(s) for s in samples], 10)  # handles made one by one
+    assert_close_relative(unbanked, alone, 1e-5)
