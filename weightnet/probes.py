@@ -93,7 +93,7 @@ class ProbeRunner:
             if h is not None and h.stack:
                 stacks.setdefault(h.stack, []).append(i)
         for idx in stacks.values():
-            bank = STACKED.get(out[idx[0]].arch).bank([out[i].arch_config for i in idx], [out[i].state for i in idx])
+            bank = _bank([out[i] for i in idx])
             for row, i in enumerate(idx):
                 out[i] = replace(out[i], bank=bank, row=row)
         return out
@@ -121,12 +121,10 @@ class ProbeRunner:
         for (key, _), idx in groups.items():
             first = handles[idx[0]]
             if first.stack:
-                fwd = STACKED.get(first.arch)
                 bank, at = first.bank, [handles[i].row for i in idx]
                 if bank is None:  # handles made one by one: a bank of just these
-                    bank = fwd.bank([handles[i].arch_config for i in idx], [handles[i].state for i in idx])
-                    at = list(range(len(idx)))
-                y = fwd.logits(bank, at, probes)  # (G, P, K)
+                    bank, at = _bank([handles[i] for i in idx]), list(range(len(idx)))
+                y = STACKED.get(first.arch).logits(bank, at, probes)  # (G, P, K)
             else:
                 module, names = self._modules[key]
                 stacked = {n: torch.stack([handles[i].state[n] for i in idx]).to(probes.device) for n in names}
@@ -140,6 +138,11 @@ class ProbeRunner:
             out = out.index_put((index,), torch.cat(values).to(out.dtype))
             has[index] = True
         return out, has
+
+
+def _bank(hs: Sequence[ProbeHandle]) -> Any:
+    """The ``zoo.stacked`` bank of stacked handles of one stack key, in their order."""
+    return STACKED.get(hs[0].arch).bank([h.arch_config for h in hs], [h.state for h in hs])
 
 
 def _example_flops(module: torch.nn.Module, arch_config: Mapping) -> float:

@@ -294,14 +294,22 @@ def _batch_norm(pop: WildPopulation, i: int, y: torch.Tensor, idx: torch.Tensor,
     return bn_affine(y, mean, var, w, bias)
 
 
+def bn_scale_shift(mean: torch.Tensor, var: torch.Tensor, w: torch.Tensor, bias: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm in eval form, y * scale + shift, from per-member, per-channel (n, C) statistics and affine
+    params: scale = w / sqrt(var + eps), shift = bias - mean * scale."""
+    scale = w * torch.rsqrt(var + NORM_EPS)
+    return scale, bias - mean * scale
+
+
 def bn_affine(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, w: torch.Tensor,
               bias: torch.Tensor) -> torch.Tensor:
     """BatchNorm's output for y (n, B, C, *S) from per-member, per-channel (n, C) statistics and
-    affine params: y * scale + shift, scale = w / sqrt(var + eps), shift = bias - mean * scale."""
+    affine params (``bn_scale_shift``)."""
     n, c = y.shape[0], y.shape[2]
     view = (n, 1, c) + (1,) * (y.dim() - 3)
-    scale = w * torch.rsqrt(var + NORM_EPS)
-    return torch.addcmul((bias - mean * scale).view(view), y, scale.view(view))
+    scale, shift = bn_scale_shift(mean, var, w, bias)
+    return torch.addcmul(shift.view(view), y, scale.view(view))
 
 
 def masked_layer_norm(y: torch.Tensor, real: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from core.errors import ZooError
 from core.hashing import canonical_json
 from core.registry import Registry
-from zoo.population_wild import NORM_EPS, _ACT, _kernels, _region, _skips, _strides, padded_config
+from zoo.population_wild import (NORM_EPS, _ACT, _kernels, _linear, _region, _skips, _strides, bn_scale_shift,
+                                 padded_config)
 
 # the fixed cost of one chunk per layer, in padded multiply-adds. Probe forward + backward on 32-member
 # batches of bench-mnist1d-wild, 32 probes, one thread: 1e6 (16 calls a batch) and 4e6 (8) both 130-175 ms,
@@ -77,17 +78,15 @@ def wild_shapes(padded: Mapping) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return (*convs, *norms, ("head.weight", (n_classes, prev)), ("head.bias", (n_classes,)))
 
 
-def _stack_padded(padded: Mapping, states: Sequence[Mapping[str, torch.Tensor]],
-                  device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """name -> (G, *shape in the ``padded`` config): member m's tensor in row m, zeros where it has none
-    (padded channels, outer kernel taps, a norm it does not have)."""
+def _stack_padded(padded: Mapping, states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """name -> (G, *shape in the ``padded`` config), float32 on the CPU: member m's tensor in row m, zeros
+    where it has none (padded channels, outer kernel taps, a norm it does not have)."""
     out = {}
     for name, shape in wild_shapes(padded):
-        t = torch.zeros((len(states), *shape), dtype=dtype)
+        out[name] = torch.zeros((len(states), *shape))
         for m, s in enumerate(states):
             if name in s:
-                t[m][_region(name, tuple(s[name].shape), shape)] = s[name]
-        out[name] = t.to(device)
+                out[name][m][_region(name, tuple(s[name].shape), shape)] = s[name]
     return out
 
 
@@ -105,7 +104,7 @@ def _geometry(cfg: Mapping, length: int) -> list[tuple[int, int, int, int]]:
 class Wild1dBank:
     """Members of one ``depth_key``, laid out once. Per layer i: conv weights w[i] (N, K_i, C_in_i, C_out_i)
     tap-major (the batched matmul's layout) with BatchNorm folded in, biases b[i] (N, C_out_i) and the
-    LayerNorm affine ln_w[i], ln_b[i] (N, C_out_i); the head head_w (N, C_last, K), head_b (N, K). Sizes are
+    LayerNorm affine ln_w[i], ln_b[i] (N, C_out_i); the head head_w (N, K, C_last), head_b (N, K). Sizes are
     the largest of the members, zeros where a member has no entry."""
 
     configs: tuple[Mapping, ...]
@@ -132,22 +131,21 @@ def wild1d_bank(configs: Sequence[Mapping], states: Sequence[Mapping[str, torch.
     if not configs or len(configs) != len(states):
         raise ZooError(f"a wild 1-D bank needs one state per config; got {len(configs)} configs, {len(states)} states")
     padded = padded_config(configs, depth_key)
-    p = _stack_padded(padded, states, torch.device("cpu"), torch.float32)
+    p = _stack_padded(padded, states)
     batch = torch.tensor([c.get("norm", "none") == "batch" for c in configs]).view(-1, 1)
     w, b, ln_w, ln_b = [], [], [], []
     for i in range(len(padded["channels"])):
         scale, shift = torch.ones_like(p[f"convs.{i}.bias"]), torch.zeros_like(p[f"convs.{i}.bias"])
-        if f"norms.{i}.running_mean" in p:  # BatchNorm in eval mode: y * s + (bias - mean * s), per channel
-            s = p[f"norms.{i}.weight"] * torch.rsqrt(p[f"norms.{i}.running_var"] + NORM_EPS)
-            scale = torch.where(batch, s, scale)
-            shift = torch.where(batch, p[f"norms.{i}.bias"] - p[f"norms.{i}.running_mean"] * s, shift)
+        if f"norms.{i}.running_mean" in p:  # BatchNorm in eval mode: an affine map per channel
+            s, t = bn_scale_shift(p[f"norms.{i}.running_mean"], p[f"norms.{i}.running_var"], p[f"norms.{i}.weight"],
+                                  p[f"norms.{i}.bias"])
+            scale, shift = torch.where(batch, s, scale), torch.where(batch, t, shift)
             ln_w.append(p[f"norms.{i}.weight"])  # the same names hold a LayerNorm member's affine
             ln_b.append(p[f"norms.{i}.bias"])
         w.append((p[f"convs.{i}.weight"] * scale[:, :, None, None]).permute(0, 3, 2, 1).contiguous())
         b.append(p[f"convs.{i}.bias"] * scale + shift)
     kern_off = np.array([[(K - k) // 2 for K, k in zip(_kernels(padded), _kernels(c))] for c in configs])
-    return Wild1dBank(tuple(configs), w, b, ln_w, ln_b, p["head.weight"].transpose(1, 2).contiguous(),
-                      p["head.bias"], kern_off, np.array([_strides(c) for c in configs]),
+    return Wild1dBank(tuple(configs), w, b, ln_w, ln_b, p["head.weight"], p["head.bias"], kern_off, np.array([_strides(c) for c in configs]),
                       torch.tensor([[float(s) for s in _skips(c)] for c in configs]),
                       [(c.get("norm", "none") == "layer", c.get("activation", "relu")) for c in configs])
 
@@ -247,7 +245,7 @@ def _wild1d_chunk(bank: Wild1dBank, rows: Sequence[int], x: torch.Tensor) -> tor
     C = h.shape[3]
     own = (torch.arange(h.shape[2]).view(1, -1) < lens.view(-1, 1)).to(h) / lens.to(h).view(-1, 1)  # (G, L)
     pooled = torch.einsum("gplc,gl->gpc", h, own)
-    logits = torch.baddbmm(bank.head_b[idx].to(dev).unsqueeze(1), pooled, bank.head_w[idx, :C].to(dev))
+    logits = _linear(pooled, bank.head_w[idx, :, :C].to(dev), bank.head_b[idx].to(dev))
     return logits.index_select(0, torch.tensor(order).argsort().to(dev))
 
 
