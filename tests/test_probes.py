@@ -71,7 +71,7 @@ def test_probe_tokens_are_invariant_to_function_preserving_widening(arch: str, r
 
 def test_probes_are_learned_end_to_end_from_noise(rng: torch.Generator) -> None:
     train = [example_sample("cnn", rng, f"t{i}", {"y": float(i % 3)}) for i in range(8)]
-    cfg = WeightNetConfig(d_model=16, heads=2, epochs=3, ensemble=1, probes=4, patience=10)
+    cfg = WeightNetConfig(d_model=16, heads=2, epochs=3, ensemble=1, probes=4, patience=10, probe_latent=0)
     p = WeightNetPredictor(cfg)
     p.fit(train, [], ["y"], seed=0)
     with torch.random.fork_rng(devices=[]):  # the same seeded init the member started from
@@ -85,6 +85,50 @@ def test_probes_are_learned_end_to_end_from_noise(rng: torch.Generator) -> None:
     reg = m(p._batch(p.pipeline.many(train)), p.runner.handles(train))
     reg.sum().backward()
     assert m.probes.grad is not None and float(m.probes.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("how", [{"probe_latent": 0, "probe_init": "uniform"}, {"probe_latent": 0, "probe_init": "normal"},
+                                 {"probe_latent": 6}])
+def test_every_probe_parameterization_learns_and_keeps_the_symmetries(how: dict, rng: torch.Generator,
+                                                                       tmp_path) -> None:
+    """Free probes (uniform or normal noise) or probes generated from per-probe codes by a shared deep
+    linear map: each is one (P, *input) tensor that the gradient reaches and training moves; the probe tokens
+    stay invariant to hidden permutations, and a checkpoint restores the same probes."""
+    train = [example_sample("cnn", rng, f"t{i}", {"y": float(i % 3)}) for i in range(8)]
+    p = WeightNetPredictor(WeightNetConfig(d_model=16, heads=2, epochs=3, ensemble=1, probes=4, patience=10, **how))
+    p.fit(train, [], ["y"], seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = p._new_model(p.model.n_summary)
+    probes = p.model.probe_inputs()
+    assert probes.shape == (4, 1, 8, 8)
+    assert float((fresh.probe_inputs() - probes).detach().abs().max()) > 1e-4  # training moved them
+    learned = [n for n, _ in p.model.named_parameters() if n.startswith("probe") and n != "probe_embed.weight"]
+    if how.get("probe_latent"):
+        assert not hasattr(p.model, "probes") and {"probe_code", "probe_gen.0.weight"} <= set(learned)
+        assert (fresh.probe_code.shape == (4, 6)) and len(fresh.probe_gen) == 3
+    else:
+        assert "probes" in learned
+        assert (float(fresh.probes.detach().min()) < 0) == (how["probe_init"] == "normal")  # normal noise is signed
+    m = p.model.train()
+    reg = m(p._batch(p.pipeline.many(train)), p.runner.handles(train))
+    reg.sum().backward()
+    grads = [q.grad for n, q in m.named_parameters() if n in ("probes", "probe_code", "probe_gen.0.weight")]
+    assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)
+    s = train[0]
+    perm = with_state(s, permute(s.state, s.spec, random_perms(s.spec, rng)), "perm")
+    with torch.no_grad():
+        tok, has = m.probe_tokens(p.runner.handles([s, perm]))
+    assert has.all()
+    assert_probe_tokens_close(tok[0], tok[1], 1e-5)
+    p.save(tmp_path / "p.pt")
+    q = WeightNetPredictor.load(tmp_path / "p.pt")
+    assert torch.equal(q.model.probe_inputs(), p.model.probe_inputs())
+    if not how.get("probe_latent"):  # a checkpoint from before probe_latent existed still loads as free probes
+        ck = torch.load(tmp_path / "p.pt", weights_only=True)
+        del ck["config"]["probe_latent"]
+        torch.save(ck, tmp_path / "old.pt")
+        assert torch.equal(WeightNetPredictor.load(tmp_path / "old.pt").model.probe_inputs(), probes)
 
 
 def test_models_that_cannot_be_rebuilt_fall_back_to_weight_tokens(rng: torch.Generator, tmp_path) -> None:

@@ -101,7 +101,16 @@ class WeightNetModel(nn.Module):
         self.probe_out = int(probe_out) if self.probe_shape else 0
         self.runner: ProbeRunner | None = None  # set by the predictor (rebuilt modules are not parameters)
         if self.probe_shape:
-            self.probes = nn.Parameter(torch.rand(cfg.probes, *self.probe_shape))  # uniform noise, then learned
+            n_in = 1
+            for x in self.probe_shape:
+                n_in *= x
+            if cfg.probe_latent:  # per-probe codes (P, L) through one shared deep linear generator
+                L = cfg.probe_latent
+                self.probe_code = nn.Parameter(torch.randn(cfg.probes, L))
+                self.probe_gen = nn.Sequential(nn.Linear(L, L), nn.Linear(L, L), nn.Linear(L, n_in))
+            else:  # the inputs themselves: noise, then learned
+                init = torch.rand if cfg.probe_init == "uniform" else torch.randn
+                self.probes = nn.Parameter(init(cfg.probes, *self.probe_shape))
             self.probe_embed = nn.Linear(2 * self.probe_out, d)
             self.probe_index = nn.Embedding(cfg.probes, d)  # probe i is one fixed (learned) input: not a set
         self.n_summary = n_summary if cfg.summary else 0
@@ -126,11 +135,17 @@ class WeightNetModel(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.regress = nn.Linear(d_head, n_regression)
 
+    def probe_inputs(self) -> torch.Tensor:
+        """(P, *probe_shape): the learned probes, free or generated from their codes."""
+        if hasattr(self, "probe_gen"):
+            return self.probe_gen(self.probe_code).reshape(-1, *self.probe_shape)
+        return self.probes
+
     def probe_tokens(self, handles: Handles) -> tuple[torch.Tensor, torch.Tensor]:
         """((B, P, 2 * probe_out) probe features, (B,) bool: the model could be run) for each handle."""
         if self.probe_shape is None or self.runner is None:
             raise ZooError("this WeightNet has no probe tokens (probes=0 or no rebuildable training model)")
-        logits, has = self.runner.outputs(self.probes, handles, self.probe_out)
+        logits, has = self.runner.outputs(self.probe_inputs(), handles, self.probe_out)
         return probe_features(logits), has
 
     def encode(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
