@@ -7,6 +7,7 @@ and pooling (CLS, mean or attention) is symmetric: predictions do not depend on 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -101,13 +102,10 @@ class WeightNetModel(nn.Module):
         self.probe_out = int(probe_out) if self.probe_shape else 0
         self.runner: ProbeRunner | None = None  # set by the predictor (rebuilt modules are not parameters)
         if self.probe_shape:
-            n_in = 1
-            for x in self.probe_shape:
-                n_in *= x
             if cfg.probe_latent:  # per-probe codes (P, L) through one shared deep linear generator
                 L = cfg.probe_latent
                 self.probe_code = nn.Parameter(torch.randn(cfg.probes, L))
-                self.probe_gen = nn.Sequential(nn.Linear(L, L), nn.Linear(L, L), nn.Linear(L, n_in))
+                self.probe_gen = nn.Sequential(nn.Linear(L, L), nn.Linear(L, L), nn.Linear(L, math.prod(self.probe_shape)))
             else:  # the inputs themselves: noise, then learned
                 init = torch.rand if cfg.probe_init == "uniform" else torch.randn
                 self.probes = nn.Parameter(init(cfg.probes, *self.probe_shape))

@@ -145,7 +145,8 @@ def wild1d_bank(configs: Sequence[Mapping], states: Sequence[Mapping[str, torch.
         w.append((p[f"convs.{i}.weight"] * scale[:, :, None, None]).permute(0, 3, 2, 1).contiguous())
         b.append(p[f"convs.{i}.bias"] * scale + shift)
     kern_off = np.array([[(K - k) // 2 for K, k in zip(_kernels(padded), _kernels(c))] for c in configs])
-    return Wild1dBank(tuple(configs), w, b, ln_w, ln_b, p["head.weight"], p["head.bias"], kern_off, np.array([_strides(c) for c in configs]),
+    return Wild1dBank(tuple(configs), w, b, ln_w, ln_b, p["head.weight"], p["head.bias"], kern_off,
+                      np.array([_strides(c) for c in configs]),
                       torch.tensor([[float(s) for s in _skips(c)] for c in configs]),
                       [(c.get("norm", "none") == "layer", c.get("activation", "relu")) for c in configs])
 
