@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ZooError
 from core.spec import permute, random_perms
 from fixtures.symmetry import break_coupling
 from fixtures.weightnet_models import example_sample, hidden_groups, weightnet_archs, with_state
@@ -129,6 +130,14 @@ def test_every_probe_parameterization_learns_and_keeps_the_symmetries(how: dict,
         del ck["config"]["probe_latent"]
         torch.save(ck, tmp_path / "old.pt")
         assert torch.equal(WeightNetPredictor.load(tmp_path / "old.pt").model.probe_inputs(), probes)
+
+
+def test_probe_settings_that_would_be_ignored_or_invalid_are_refused() -> None:
+    with pytest.raises(ZooError, match="probe_init 'normal' applies to free probes only"):
+        WeightNetConfig(probe_latent=32, probe_init="normal")
+    with pytest.raises(ZooError, match="probe_latent must be >= 0"):
+        WeightNetConfig(probe_latent=-1)
+    assert WeightNetConfig(probe_latent=0, probe_init="normal").probe_init == "normal"
 
 
 def test_models_that_cannot_be_rebuilt_fall_back_to_weight_tokens(rng: torch.Generator, tmp_path) -> None:

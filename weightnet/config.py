@@ -141,6 +141,9 @@ class WeightNetConfig:
                 raise ZooError(f"unknown {what} {value!r} (known: {', '.join(known)})")
         if self.probe_latent < 0:
             raise ZooError(f"probe_latent must be >= 0, got {self.probe_latent}")
+        if self.probe_latent and self.probe_init != "uniform":  # generated probes start from normal codes
+            raise ZooError(f"probe_init {self.probe_init!r} applies to free probes only (probe_latent=0); "
+                           f"got probe_latent={self.probe_latent}")
         for name in ("epochs", "max_examples", "batch_size", "val_max"):
             if getattr(self, name) < 1:
                 raise ZooError(f"{name} must be >= 1, got {getattr(self, name)}")
