@@ -132,6 +132,49 @@ def test_every_probe_parameterization_learns_and_keeps_the_symmetries(how: dict,
         assert torch.equal(WeightNetPredictor.load(tmp_path / "old.pt").model.probe_inputs(), probes)
 
 
+def test_probe_readout_reads_the_probes_jointly_and_keeps_the_symmetries(rng: torch.Generator, tmp_path) -> None:
+    """probe_readout: the probes' features in probe order through an MLP beside the pooled encoding. It is
+    trained (its gradient is non-zero), it changes predictions, and since it reads only probe outputs,
+    hidden permutations leave predictions unchanged while breaking a coupling changes them; a model
+    without probe outputs reads the readout of zero features."""
+    train = [example_sample("cnn", rng, f"t{i}", {"y": float(i % 3)}) for i in range(8)]
+    cfg = WeightNetConfig(d_model=16, heads=2, epochs=3, ensemble=1, probes=4, patience=10, probe_readout=True)
+    p = WeightNetPredictor(cfg)
+    p.fit(train, [], ["y"], seed=0)
+    m = p.model
+    assert m.readout[0].in_features == 4 * 2 * 10 and m.regress.in_features == 3 * 16  # pooled, summary, readout
+    m.train()
+    m(p._batch(p.pipeline.many(train)), p.runner.handles(train)).sum().backward()
+    assert float(m.readout[0].weight.grad.abs().sum()) > 0
+    s = train[0]
+    perm = with_state(s, permute(s.state, s.spec, random_perms(s.spec, rng)), "perm")
+    broken = with_state(s, break_coupling(s.state, s.spec, rng), "broken")
+    alien = dataclasses.replace(s, model_id="alien", arch="not-registered")
+    with torch.no_grad():
+        feats, has = m.eval().probe_tokens(p.runner.handles([s, perm, broken, alien]))
+        read = m.readout((feats * has[:, None, None]).flatten(1))  # (4, d)
+    assert has.tolist() == [True, True, True, False]
+    assert_probe_tokens_close(read[0], read[1], 1e-5)
+    assert float((read[0] - read[2]).abs().max()) > 1e-4
+    pred = p.predict([s, perm, alien])["y"]
+    assert abs(pred[0] - pred[1]) <= 1e-4 * max(1.0, abs(pred[0])) and np.isfinite(pred[2])
+    with torch.no_grad():  # zeroing the readout's output layer changes what the heads read
+        m.readout[2].weight.zero_()
+        m.readout[2].bias.zero_()
+    assert p.predict([s])["y"][0] != pred[0]
+    off = WeightNetPredictor(dataclasses.replace(cfg, probe_readout=False))
+    off.fit(train, [], ["y"], seed=0)
+    assert off.model.readout is None and off.model.regress.in_features == 2 * 16
+    off.save(tmp_path / "off.pt")  # a checkpoint from before probe_readout existed loads without it
+    ck = torch.load(tmp_path / "off.pt", weights_only=True)
+    del ck["config"]["probe_readout"]
+    torch.save(ck, tmp_path / "old.pt")
+    old = WeightNetPredictor.load(tmp_path / "old.pt")
+    assert old.model.readout is None and np.array_equal(old.predict([s])["y"], off.predict([s])["y"])
+    p.save(tmp_path / "r.pt")
+    assert np.array_equal(WeightNetPredictor.load(tmp_path / "r.pt").predict([s])["y"], p.predict([s])["y"])
+
+
 def test_probe_settings_that_would_be_ignored_or_invalid_are_refused() -> None:
     with pytest.raises(ZooError, match="probe_init 'normal' applies to free probes only"):
         WeightNetConfig(probe_latent=32, probe_init="normal")

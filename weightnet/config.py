@@ -81,6 +81,15 @@ class WeightNetConfig:
     # models whose forward pass on one example costs more FLOPs get no probe tokens (weight tokens only):
     # probes run once per ensemble member at prediction time (ResNet-18 at 224x224: 3.6e9 -> skipped)
     probe_max_flops: float = 5e7
+    # probe readout: every probe's features concatenated in probe order (probes are fixed learned inputs,
+    # not a set) through a small MLP, beside the pooled encoding before the heads (ProbeGen reads its
+    # probes this way), so the heads see the probes' joint outputs and not only the encoder's one-layer
+    # attention average of them. Models without probe outputs read it of zero features. Off by default:
+    # on bench-mnist1d-wild's random split (3 split seeds) it raised tau on test accuracy 0.815 -> 0.848
+    # (+0.017 / +0.028 / +0.053 per seed; docs/results.md "Probe readout"), but it adds 2 * n_classes *
+    # probes * d_model weights, on a ~35-model test zoo it fell below the tests' bar, and the homogeneous
+    # benchmark zoos are not measured with it yet
+    probe_readout: bool = False
     weight_tokens: bool = True  # the per-unit weight tokens (off: probe tokens, CLS and the summary only)
     # probes-only view: a training model is read from its probe tokens alone (weight tokens masked, summary
     # at the training mean) with this probability, so one network also predicts from the function alone;

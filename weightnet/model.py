@@ -350,6 +350,7 @@ class WeightNetPredictor:
         if config.pop("thresholds", ()):  # older checkpoints name the removed classification heads (unused: empty)
             raise ZooError(f"WeightNet checkpoint {path} uses threshold classification heads, which were removed")
         config.setdefault("probe_latent", 0)  # older checkpoints learned their probes directly
+        config.setdefault("probe_readout", False)  # and had no probe readout
         cfg = WeightNetConfig.from_dict(config)
         p = cls(cfg, device, TokenPipeline(cfg.tokenizer, ck.get("references")))
         p.targets = list(ck["targets"])

@@ -111,12 +111,14 @@ class WeightNetModel(nn.Module):
                 self.probes = nn.Parameter(init(cfg.probes, *self.probe_shape))
             self.probe_embed = nn.Linear(2 * self.probe_out, d)
             self.probe_index = nn.Embedding(cfg.probes, d)  # probe i is one fixed (learned) input: not a set
+        self.readout = (nn.Sequential(nn.Linear(2 * self.probe_out * cfg.probes, d), nn.GELU(), nn.Linear(d, d))
+                        if self.probe_shape and cfg.probe_readout else None)
         self.n_summary = n_summary if cfg.summary else 0
         self.register_buffer("sum_mean", torch.zeros(self.n_summary))
         self.register_buffer("sum_std", torch.ones(self.n_summary))
         self.summary = nn.Sequential(nn.Linear(self.n_summary, d), nn.GELU(), nn.Linear(d, d)) if self.n_summary else None
         self.drop = nn.Dropout(cfg.dropout)
-        d_head = 2 * d if self.n_summary else d
+        d_head = d * (1 + bool(self.n_summary) + (self.readout is not None))
         self.pooling = cfg.pooling
         self.layer_type, self.segment = cfg.layer_type_embedding, cfg.segment_embedding
         self.register_buffer("feat_mean", torch.zeros(fdim))
@@ -150,9 +152,11 @@ class WeightNetModel(nn.Module):
         """(B, T, ...) padded batch (+ each model's probe handle) -> (B, d) pooled embedding."""
         return self._encode(b, handles)[0]
 
-    def _encode(self, b: dict[str, torch.Tensor], handles: Handles | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The pooled embedding and (B,) bool: the model was read from its probe tokens alone (None when
-        the batch asks no model for that view). ``b["probe_only"]`` (B,) bool asks for it; a model
+    def _encode(self, b: dict[str, torch.Tensor], handles: Handles | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The pooled embedding, (B,) bool: the model was read from its probe tokens alone (None when
+        the batch asks no model for that view), and the (B, P, F) probe features (zeros for a model
+        without them; None when no probes ran). ``b["probe_only"]`` (B,) bool asks for that view; a model
         without probe tokens keeps its weight tokens whatever it asks."""
         f = ((b["features"] - self.feat_mean) / self.feat_std).clamp(-Z_CLIP, Z_CLIP)
         x = self.embed(f)
@@ -161,14 +165,15 @@ class WeightNetModel(nn.Module):
         if self.segment:
             x = x + self.meta(b["meta"]) + self.depth(b["depth"]) + self.position(b["position"])
         mask = b["mask"] if self.weight_tokens else torch.zeros_like(b["mask"])  # off: every weight token masked
-        only = None
+        only = feats = None
         if self.probe_shape is not None and handles is not None and self.runner is not None:
             feats, has = self.probe_tokens(handles)  # (B, P, F), (B,)
+            feats = feats.to(x.device) * has[:, None, None].to(x.device)
             has = has.to(mask.device)
             if "probe_only" in b:
                 only = b["probe_only"].to(mask.device) & has
                 mask = mask & ~only[:, None]
-            x = torch.cat([x, self.probe_embed(feats.to(x.device)) + self.probe_index.weight[None]], 1)
+            x = torch.cat([x, self.probe_embed(feats) + self.probe_index.weight[None]], 1)
             mask = torch.cat([mask, has[:, None].expand(-1, feats.shape[1])], 1)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)  # (B, 1 + T (+ P), d)
         mask = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
@@ -176,23 +181,28 @@ class WeightNetModel(nn.Module):
             x = blk(x, mask[:, None, None, :])
         x = self.norm(x)
         if self.pooling == "cls":
-            return x[:, 0], only
+            return x[:, 0], only, feats
         tok, m = x[:, 1:], mask[:, 1:, None].to(x.dtype)
         if self.pooling == "mean":
-            return (tok * m).sum(1) / m.sum(1).clamp_min(1), only
+            return (tok * m).sum(1) / m.sum(1).clamp_min(1), only, feats
         logits = self.attn_query(tok).masked_fill(m == 0, float("-inf"))
-        return (torch.softmax(logits, 1) * tok).sum(1), only
+        return (torch.softmax(logits, 1) * tok).sum(1), only, feats
 
     def head_input(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
         """(B, d) pooled encoding, concatenated with the (B, d) summary embedding when configured (a
-        probes-only model's summary reads as the training mean: standardized zeros)."""
-        z, only = self._encode(b, handles)
+        probes-only model's summary reads as the training mean: standardized zeros) and the (B, d) probe
+        readout when configured (of zero features when no probes ran)."""
+        z, only, feats = self._encode(b, handles)
+        parts = [z]
         if self.summary is not None:
             s = ((b["summary"] - self.sum_mean) / self.sum_std).clamp(-Z_CLIP, Z_CLIP)
             if only is not None:
                 s = s.masked_fill(only[:, None], 0.0)
-            z = torch.cat([z, self.summary(s)], 1)
-        return self.drop(z)
+            parts.append(self.summary(s))
+        if self.readout is not None:
+            width = self.readout[0].in_features
+            parts.append(self.readout(feats.flatten(1) if feats is not None else z.new_zeros(z.shape[0], width)))
+        return self.drop(torch.cat(parts, 1))
 
     def forward(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
         """(B, n_regression) standardized predictions."""
