@@ -142,11 +142,13 @@ class WeightNetModel(nn.Module):
         return self.probes
 
     def probe_tokens(self, handles: Handles) -> tuple[torch.Tensor, torch.Tensor]:
-        """((B, P, 2 * probe_out) probe features, (B,) bool: the model could be run) for each handle."""
+        """((B, P, 2 * probe_out) probe features, zeros for a model that could not be run; (B,) bool: the
+        model could be run) for each handle. The zeros are what the probe readout reads for such a model
+        (its probe tokens are masked out of the attention)."""
         if self.probe_shape is None or self.runner is None:
             raise ZooError("this WeightNet has no probe tokens (probes=0 or no rebuildable training model)")
         logits, has = self.runner.outputs(self.probe_inputs(), handles, self.probe_out)
-        return probe_features(logits), has
+        return probe_features(logits) * has[:, None, None].to(logits.device), has
 
     def encode(self, b: dict[str, torch.Tensor], handles: Handles | None = None) -> torch.Tensor:
         """(B, T, ...) padded batch (+ each model's probe handle) -> (B, d) pooled embedding."""
@@ -168,7 +170,7 @@ class WeightNetModel(nn.Module):
         only = feats = None
         if self.probe_shape is not None and handles is not None and self.runner is not None:
             feats, has = self.probe_tokens(handles)  # (B, P, F), (B,)
-            feats = feats.to(x.device) * has[:, None, None].to(x.device)
+            feats = feats.to(x.device)
             has = has.to(mask.device)
             if "probe_only" in b:
                 only = b["probe_only"].to(mask.device) & has
