@@ -39,7 +39,7 @@ ABLATIONS: tuple[Variant, ...] = (
     _v("inputs", "weight tokens off", weight_tokens=False),
     _v("inputs", "summary off", summary=False),
     _v("inputs", "free probes (no generator)", probe_latent=0),
-    _v("inputs", "probe readout on", probe_readout=True),
+    _v("inputs", "probe readout off", probe_readout=False),
     # the fit never reads a model from its probes alone, and unseen architectures are read in full (the
     # default before 5928da3); on a random split only the training changes
     _v("inputs", "view dropout off", view_dropout=0.0, unseen_view="full"),

@@ -273,7 +273,7 @@ def test_ablations_suite_plans_one_zoo_with_every_input_and_permutation_variant(
     variants = {e.labels["weightnet"] for e in exps if e.split.startswith("ablation")}
     assert variants == {"inputs: probes on", "inputs: probes=16", "inputs: probes off", "inputs: weight tokens off",
                         "inputs: summary off", "inputs: free probes (no generator)", "inputs: view dropout off",
-                        "inputs: probe readout on",
+                        "inputs: probe readout off",
                         *(f"permutation: {p}" for p in ("invariant", "weight_sort", "activation_sort", "align", "none"))}
     # every ablation fit sees the base split: same split function output for a seed
     ab = next(e for e in exps if e.split.startswith("ablation"))

@@ -138,7 +138,8 @@ def test_probe_readout_reads_the_probes_jointly_and_keeps_the_symmetries(rng: to
     hidden permutations leave predictions unchanged while breaking a coupling changes them; a model
     without probe outputs reads the readout of zero features."""
     train = [example_sample("cnn", rng, f"t{i}", {"y": float(i % 3)}) for i in range(8)]
-    cfg = WeightNetConfig(d_model=16, heads=2, epochs=3, ensemble=1, probes=4, patience=10, probe_readout=True)
+    cfg = WeightNetConfig(d_model=16, heads=2, epochs=3, ensemble=1, probes=4, patience=10)
+    assert cfg.probe_readout  # the default since 2026-12-03
     p = WeightNetPredictor(cfg)
     p.fit(train, [], ["y"], seed=0)
     m = p.model
