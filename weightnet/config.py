@@ -89,8 +89,8 @@ class WeightNetConfig:
     # bench-mnist1d-wild 0.815 -> 0.848 (3 seeds), bench-mnist1d-mlp 0.824 -> 0.844 and bench-mnist1d-cnn
     # 0.846 -> 0.879 (5 seeds, every seed up), digits-cnn zoos of 100 / 600 models 0.737 -> 0.795 /
     # 0.723 -> 0.751 (8 seeds), the tests' 96 briefly trained MLPs 0.733 -> 0.787 Spearman (10 seeds; with 48
-    # of them -0.046 +- 0.047, 18 seeds: within the noise).
-    # Held-out families not measured with it (docs/results.md "Probe readout")
+    # of them -0.046 +- 0.047, 18 seeds: within the noise). Held-out families not measured with it
+    # (docs/results.md "Probe readout on the homogeneous zoos and small zoos")
     probe_readout: bool = True
     weight_tokens: bool = True  # the per-unit weight tokens (off: probe tokens, CLS and the summary only)
     # probes-only view: a training model is read from its probe tokens alone (weight tokens masked, summary
